@@ -1,0 +1,1 @@
+//! The osprov.io/v1alpha1 custom resource types (filled in by the core provisioner work).

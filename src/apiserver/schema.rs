@@ -1,0 +1,1 @@
+//! Structural schema handling: pruning, defaulting and validation of custom resources.
