@@ -2,6 +2,9 @@
 //!
 //! The spec says which adapter to use and how to reach it; the status mirrors what the provisioner
 //! last learnt from it (state, host count, OS catalogue, last discovery).
+// kube-derive takes several `printcolumn(...)` attributes of the same shape; clippy mistakes them for duplicates.
+#![allow(clippy::duplicated_attributes)]
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;
 use schemars::JsonSchema;

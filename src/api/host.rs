@@ -3,6 +3,9 @@
 //! Hosts are never invented: the controller creates one for each host a dispatcher reports, owned by
 //! that dispatcher (so deleting the dispatcher garbage-collects its hosts), and writes its status only
 //! when the discovered facts change. The spec holds identity only.
+// kube-derive takes several `printcolumn(...)` attributes of the same shape; clippy mistakes them for duplicates.
+#![allow(clippy::duplicated_attributes)]
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;
 use schemars::JsonSchema;

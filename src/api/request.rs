@@ -4,6 +4,9 @@
 //! `spec.os` may change, which bumps `metadata.generation` and makes the controller converge again.
 //! The status records the phase, conditions `Accepted`/`Progressing`/`Provisioned`, and — before any
 //! backend call — the operation token, so a restarted controller never provisions twice.
+// kube-derive takes several `printcolumn(...)` attributes of the same shape; clippy mistakes them for duplicates.
+#![allow(clippy::duplicated_attributes)]
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
