@@ -5,3 +5,4 @@
 pub mod adapter;
 pub mod api;
 pub mod apiserver;
+pub mod provisioner;
