@@ -5,5 +5,8 @@
 //! - [`occupancy`]: who holds which host and how many reprovision slots are in use;
 //! - [`inventory`] and [`session`]: per-dispatcher sessions (subscribe, discover, keep the cache
 //!   current) and the in-memory inventory cache the controller reads at memory speed.
+pub mod inventory;
+pub mod occupancy;
 pub mod plan;
+pub mod session;
 pub mod status;
