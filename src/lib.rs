@@ -5,4 +5,5 @@
 pub mod adapter;
 pub mod api;
 pub mod apiserver;
+pub mod controller;
 pub mod provisioner;
