@@ -2,5 +2,7 @@
 //!
 //! The crate is split by concern: `api` holds the custom resource types, `apiserver` the embedded
 //! single-node Kubernetes API used by `osprov standalone` and the integration tests.
+pub mod adapter;
 pub mod api;
 pub mod apiserver;
+pub mod provisioner;

@@ -1,18 +1,24 @@
-//! The `osprov` binary: wiring only (subcommands → library calls).
+//! The `osprov` binary: wiring only. Each subcommand hands over to a library module.
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-#[derive(Parser, Debug)]
+#[derive(Parser)]
 #[command(name = "osprov", version, about = "OS provisioner for Kubernetes")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
-#[derive(Subcommand, Debug)]
+#[derive(Subcommand)]
 enum Command {
+    /// Print the CustomResourceDefinitions (or write one file per CRD into --dir).
+    Crds {
+        /// Write `<name>.yaml` files into this directory instead of printing.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Run the embedded Kubernetes API (and, later, the controller) on this machine.
     Standalone {
         /// Address to listen on; port 0 picks a free port.
@@ -30,38 +36,44 @@ enum Command {
     },
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Crds { dir } => write_crds(dir),
+        Command::Standalone { listen, data_dir, kubeconfig, access_log } => {
+            let opts = osprov::apiserver::standalone::ApiOptions { listen, data_dir, kubeconfig, access_log };
+            standalone(opts)
+        }
+    }
+}
+
+fn standalone(opts: osprov::apiserver::standalone::ApiOptions) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let cli = Cli::parse();
-    match cli.command {
-        Command::Standalone {
-            listen,
-            data_dir,
-            kubeconfig,
-            access_log,
-        } => {
-            let opts = osprov::apiserver::standalone::ApiOptions {
-                listen,
-                data_dir,
-                kubeconfig,
-                access_log,
-            };
-            let server = osprov::apiserver::standalone::run_api(&opts, osprov_crds()).await?;
-            tokio::signal::ctrl_c().await?;
-            server.shutdown().await;
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let server = osprov::apiserver::standalone::run_api(&opts, osprov::api::crds()).await?;
+        tokio::signal::ctrl_c().await?;
+        server.shutdown().await;
+        Ok(())
+    })
+}
+
+fn write_crds(dir: Option<PathBuf>) -> anyhow::Result<()> {
+    match dir {
+        None => print!("{}", osprov::api::crds_yaml()?),
+        Some(dir) => {
+            std::fs::create_dir_all(&dir)?;
+            for crd in osprov::api::crds() {
+                std::fs::write(
+                    dir.join(osprov::api::crd_file_name(&crd)),
+                    serde_yaml::to_string(&crd)?,
+                )?;
+            }
         }
     }
     Ok(())
-}
-
-/// The CRDs served in standalone mode (the osprov kinds once `osprov::api::crds()` lands).
-fn osprov_crds(
-) -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
-{
-    Vec::new()
 }

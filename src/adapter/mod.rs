@@ -1,0 +1,169 @@
+//! The adapter contract between the provisioner engine and a piece of management software.
+//!
+//! One narrow, async trait ([`Adapter`]) that every backend implements: subscribe to events,
+//! discover the inventory, start a reprovision (idempotent per token), look an operation up by
+//! token, and cancel where the backend can. Adapters never wait for a provisioning to finish: they
+//! start it and report progress when asked or through events.
+pub mod simulator;
+
+use crate::api::{HostProvisioningState, PowerState};
+use futures::stream::BoxStream;
+use std::collections::BTreeMap;
+
+/// One host as the management software reports it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostInfo {
+    /// The backend's identifier for the host.
+    pub id: String,
+    /// The host's name (becomes the ManagedHost name after sanitising).
+    pub name: String,
+    /// The OS the host runs, when the backend knows.
+    pub current_os: Option<String>,
+    /// The OS images this host can take.
+    pub available_os: Vec<String>,
+    pub power: PowerState,
+    pub provisioning: HostProvisioningState,
+    /// Extra facts (manufacturer, model, serial, MACs…).
+    pub details: BTreeMap<String, String>,
+}
+
+/// Everything one discovery found.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Inventory {
+    pub hosts: Vec<HostInfo>,
+}
+
+/// A change the backend announces between discoveries.
+#[derive(Clone, Debug, PartialEq)]
+pub enum BackendEvent {
+    /// A host's facts changed (including a host that appeared).
+    HostChanged(HostInfo),
+    /// A host disappeared from the backend.
+    HostRemoved { id: String },
+    /// An operation changed state.
+    OperationChanged {
+        host_id: String,
+        token: String,
+        state: OperationState,
+    },
+}
+
+/// Progress of one backend operation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OperationState {
+    /// Still running.
+    Running { progress: Option<String> },
+    /// Finished; the host runs the requested OS.
+    Succeeded,
+    /// Finished unsuccessfully.
+    Failed { message: String },
+    /// Stopped by a cancel.
+    Cancelled,
+}
+
+impl OperationState {
+    /// True once the operation can no longer change.
+    pub fn is_terminal(&self) -> bool {
+        !matches!(self, OperationState::Running { .. })
+    }
+}
+
+/// What the backend knows about one operation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OperationStatus {
+    /// The backend's own id for the operation.
+    pub id: String,
+    pub state: OperationState,
+}
+
+/// The outcome of a cancel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// The backend stopped the operation.
+    Cancelled,
+    /// The operation had already finished (or never existed); nothing to stop.
+    NotRunning,
+    /// This backend cannot cancel; the operation runs to its end.
+    Unsupported,
+}
+
+/// Errors from an adapter. `Unreachable` and `Backend` are transient; the others need a person.
+#[derive(Debug, thiserror::Error)]
+pub enum AdapterError {
+    #[error("management software unreachable: {0}")]
+    Unreachable(String),
+    #[error("authentication failed: {0}")]
+    AuthenticationFailed(String),
+    #[error("invalid adapter configuration: {0}")]
+    Config(String),
+    #[error("host {0} is not known to the management software")]
+    UnknownHost(String),
+    #[error("OS image {os} is not available on host {host}")]
+    UnknownOs { host: String, os: String },
+    #[error("host {host} is busy with another operation ({token})")]
+    HostBusy { host: String, token: String },
+    #[error("the {0} adapter is not available in this build")]
+    Unavailable(&'static str),
+    #[error("backend error: {message}")]
+    Backend {
+        message: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+}
+
+impl AdapterError {
+    /// A machine-readable reason for conditions and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AdapterError::Unreachable(_) => "Unreachable",
+            AdapterError::AuthenticationFailed(_) => "AuthenticationFailed",
+            AdapterError::Config(_) => "InvalidConfiguration",
+            AdapterError::UnknownHost(_) => "HostNotManaged",
+            AdapterError::UnknownOs { .. } => "OSNotAvailable",
+            AdapterError::HostBusy { .. } => "HostBusy",
+            AdapterError::Unavailable(_) => "AdapterUnavailable",
+            AdapterError::Backend { .. } => "BackendError",
+        }
+    }
+
+    /// True when retrying later may help without anyone changing anything.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            AdapterError::Unreachable(_)
+            | AdapterError::Backend { .. }
+            | AdapterError::HostBusy { .. } => true,
+            AdapterError::AuthenticationFailed(_)
+            | AdapterError::Config(_)
+            | AdapterError::UnknownHost(_)
+            | AdapterError::UnknownOs { .. }
+            | AdapterError::Unavailable(_) => false,
+        }
+    }
+}
+
+/// The contract every backend implements. All methods are short calls: none waits for a
+/// provisioning to finish.
+#[async_trait::async_trait]
+pub trait Adapter: Send + Sync {
+    /// Register for backend events. Called before the first discovery so nothing is missed.
+    async fn subscribe(&self) -> Result<BoxStream<'static, BackendEvent>, AdapterError>;
+    /// Report every host, its OS catalogue and state.
+    async fn discover(&self) -> Result<Inventory, AdapterError>;
+    /// Start reprovisioning `host_id` with `os`. Idempotent for the same `token`: a second call
+    /// with a token the backend already knows returns that operation and starts nothing.
+    async fn reprovision(
+        &self,
+        host_id: &str,
+        os: &str,
+        token: &str,
+    ) -> Result<OperationStatus, AdapterError>;
+    /// Look an operation up by its token; `None` when the backend never saw that token.
+    async fn operation(
+        &self,
+        host_id: &str,
+        token: &str,
+    ) -> Result<Option<OperationStatus>, AdapterError>;
+    /// Stop an operation where the backend can.
+    async fn cancel(&self, host_id: &str, token: &str) -> Result<CancelOutcome, AdapterError>;
+}

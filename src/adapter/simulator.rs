@@ -1,0 +1,408 @@
+//! The built-in simulator: a fleet of simulated hosts behind a simulated management software.
+//!
+//! A [`SimFleet`] is the "backend": it outlives any controller (tests stop and restart the
+//! controller against the same fleet) and lives in a [`SimRegistry`] keyed by dispatcher
+//! (`namespace/name`). It provisions with a configurable duration, injects failures (the Nth
+//! provisioning, a seeded fraction, an outage), announces every change as an event, and counts what
+//! it was asked to do so tests can check the controller's behaviour (calls per token, discoveries,
+//! the most reprovisions ever running at once).
+use super::{
+    Adapter, AdapterError, BackendEvent, CancelOutcome, HostInfo, Inventory, OperationState,
+    OperationStatus,
+};
+use crate::api::{HostProvisioningState, PowerState, SimulatorSpec};
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::broadcast;
+
+/// All simulated fleets of one process, keyed by dispatcher (`namespace/name`).
+#[derive(Default)]
+pub struct SimRegistry {
+    fleets: Mutex<HashMap<String, Arc<SimFleet>>>,
+}
+
+impl SimRegistry {
+    /// The fleet for a dispatcher, created on first use and reconfigured from `spec` afterwards.
+    pub fn fleet(&self, key: &str, spec: &SimulatorSpec) -> Arc<SimFleet> {
+        let mut fleets = self.fleets.lock().unwrap_or_else(|p| p.into_inner());
+        let fleet = fleets
+            .entry(key.to_string())
+            .or_insert_with(|| Arc::new(SimFleet::new(spec)))
+            .clone();
+        drop(fleets);
+        fleet.configure(spec);
+        fleet
+    }
+
+    /// The fleet for a dispatcher, if one was made.
+    pub fn get(&self, key: &str) -> Option<Arc<SimFleet>> {
+        self.fleets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .cloned()
+    }
+}
+
+/// Counters tests and benchmarks read.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SimStats {
+    /// Discoveries answered.
+    pub discoveries: u64,
+    /// `reprovision` calls per token (repeats of a known token included).
+    pub reprovision_calls: BTreeMap<String, u32>,
+    /// Provisionings actually started, per host id.
+    pub started_per_host: BTreeMap<String, u32>,
+    /// Provisionings running now.
+    pub in_flight: usize,
+    /// The most provisionings ever running at once.
+    pub max_in_flight: usize,
+    /// Cancels that stopped a running provisioning.
+    pub cancelled: u64,
+}
+
+impl SimStats {
+    /// Provisionings started in all.
+    pub fn started(&self) -> u64 {
+        self.started_per_host.values().map(|n| u64::from(*n)).sum()
+    }
+}
+
+struct SimOp {
+    id: String,
+    host: String,
+    os: String,
+    state: OperationState,
+}
+
+struct FleetState {
+    spec: SimulatorSpec,
+    hosts: BTreeMap<String, HostInfo>,
+    /// token → operation
+    ops: HashMap<String, SimOp>,
+    /// host → token of the running operation
+    busy: HashMap<String, String>,
+    started_total: u64,
+    stats: SimStats,
+}
+
+/// One simulated management software and its hosts.
+pub struct SimFleet {
+    state: Mutex<FleetState>,
+    events: broadcast::Sender<BackendEvent>,
+}
+
+fn host_name(prefix: &str, index: usize, count: usize) -> String {
+    let width = count.saturating_sub(1).to_string().len().max(3);
+    format!("{prefix}{index:0width$}")
+}
+
+impl SimFleet {
+    fn new(spec: &SimulatorSpec) -> Self {
+        let (events, _) = broadcast::channel(4096);
+        SimFleet {
+            state: Mutex::new(FleetState {
+                spec: spec.clone(),
+                hosts: BTreeMap::new(),
+                ops: HashMap::new(),
+                busy: HashMap::new(),
+                started_total: 0,
+                stats: SimStats::default(),
+            }),
+            events,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, FleetState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Apply a (possibly changed) spec: grow or shrink the fleet, update catalogues and failures.
+    pub fn configure(&self, spec: &SimulatorSpec) {
+        let mut st = self.lock();
+        st.spec = spec.clone();
+        let count = usize::try_from(spec.hosts).unwrap_or(0);
+        let wanted: Vec<String> = (0..count)
+            .map(|i| host_name(&spec.host_prefix, i, count))
+            .collect();
+        st.hosts.retain(|id, _| wanted.contains(id));
+        let initial = spec
+            .initial_os
+            .clone()
+            .or_else(|| spec.os_images.first().cloned());
+        for (i, id) in wanted.iter().enumerate() {
+            let host = st.hosts.entry(id.clone()).or_insert_with(|| HostInfo {
+                id: id.clone(),
+                name: id.clone(),
+                current_os: initial.clone(),
+                available_os: Vec::new(),
+                power: PowerState::On,
+                provisioning: HostProvisioningState::Idle,
+                details: BTreeMap::from([
+                    ("manufacturer".to_string(), "osprov simulator".to_string()),
+                    ("serial".to_string(), format!("SIM{i:06}")),
+                ]),
+            });
+            host.available_os = spec.os_images.clone();
+        }
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> SimStats {
+        self.lock().stats.clone()
+    }
+
+    /// A host's current facts.
+    pub fn host(&self, id: &str) -> Option<HostInfo> {
+        self.lock().hosts.get(id).cloned()
+    }
+
+    /// Make the backend reachable or not without touching the dispatcher spec.
+    pub fn set_unreachable(&self, unreachable: bool) {
+        let mut st = self.lock();
+        let failures = st.spec.failures.get_or_insert_with(Default::default);
+        failures.unreachable = unreachable;
+    }
+
+    fn check_reachable(st: &FleetState) -> Result<(), AdapterError> {
+        if st.spec.failures.as_ref().is_some_and(|f| f.unreachable) {
+            return Err(AdapterError::Unreachable("simulated outage".into()));
+        }
+        Ok(())
+    }
+
+    fn emit(&self, st: &FleetState, event: BackendEvent) {
+        if Self::check_reachable(st).is_ok() {
+            // No subscriber is fine: discovery catches up.
+            let _ = self.events.send(event);
+        }
+    }
+
+    /// Decide up front whether the Nth provisioning fails.
+    fn should_fail(spec: &SimulatorSpec, nth: u64) -> bool {
+        let Some(f) = spec.failures.as_ref() else {
+            return false;
+        };
+        if f.fail_nth
+            .iter()
+            .any(|n| u64::try_from(*n).ok() == Some(nth))
+        {
+            return true;
+        }
+        match f.fail_fraction {
+            Some(fraction) if fraction > 0.0 => {
+                // SplitMix64 of (seed, n): a deterministic, well-spread draw per provisioning.
+                let mut z = (f.seed as u64) ^ nth.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                z ^= z >> 31;
+                ((z >> 11) as f64 / (1u64 << 53) as f64) < fraction
+            }
+            _ => false,
+        }
+    }
+
+    fn finish(self: &Arc<Self>, token: &str, fail: bool) {
+        let mut st = self.lock();
+        let Some(op) = st.ops.get_mut(token) else {
+            return;
+        };
+        if op.state.is_terminal() {
+            return;
+        }
+        op.state = if fail {
+            OperationState::Failed {
+                message: "simulated provisioning failure".into(),
+            }
+        } else {
+            OperationState::Succeeded
+        };
+        let (host_id, os, state) = (op.host.clone(), op.os.clone(), op.state.clone());
+        st.busy.remove(&host_id);
+        st.stats.in_flight = st.stats.in_flight.saturating_sub(1);
+        if let Some(host) = st.hosts.get_mut(&host_id) {
+            host.provisioning = if fail {
+                HostProvisioningState::Failed
+            } else {
+                HostProvisioningState::Idle
+            };
+            host.current_os = if fail { None } else { Some(os) };
+            host.power = PowerState::On;
+        }
+        let host = st.hosts.get(&host_id).cloned();
+        self.emit(
+            &st,
+            BackendEvent::OperationChanged {
+                host_id,
+                token: token.to_string(),
+                state,
+            },
+        );
+        if let Some(host) = host {
+            self.emit(&st, BackendEvent::HostChanged(host));
+        }
+    }
+}
+
+/// The [`Adapter`] over one simulated fleet.
+#[derive(Clone)]
+pub struct SimulatorAdapter {
+    fleet: Arc<SimFleet>,
+}
+
+impl SimulatorAdapter {
+    pub fn new(fleet: Arc<SimFleet>) -> Self {
+        SimulatorAdapter { fleet }
+    }
+}
+
+#[async_trait::async_trait]
+impl Adapter for SimulatorAdapter {
+    async fn subscribe(&self) -> Result<BoxStream<'static, BackendEvent>, AdapterError> {
+        SimFleet::check_reachable(&self.fleet.lock())?;
+        let rx = self.fleet.events.subscribe();
+        // A lagging subscriber loses events; the next discovery catches it up.
+        Ok(tokio_stream::wrappers::BroadcastStream::new(rx)
+            .filter_map(|e| async move { e.ok() })
+            .boxed())
+    }
+
+    async fn discover(&self) -> Result<Inventory, AdapterError> {
+        let mut st = self.fleet.lock();
+        SimFleet::check_reachable(&st)?;
+        st.stats.discoveries += 1;
+        Ok(Inventory {
+            hosts: st.hosts.values().cloned().collect(),
+        })
+    }
+
+    async fn reprovision(
+        &self,
+        host_id: &str,
+        os: &str,
+        token: &str,
+    ) -> Result<OperationStatus, AdapterError> {
+        let fleet = self.fleet.clone();
+        let mut st = fleet.lock();
+        SimFleet::check_reachable(&st)?;
+        *st.stats
+            .reprovision_calls
+            .entry(token.to_string())
+            .or_default() += 1;
+        if let Some(op) = st.ops.get(token) {
+            return Ok(OperationStatus {
+                id: op.id.clone(),
+                state: op.state.clone(),
+            });
+        }
+        let host = st
+            .hosts
+            .get(host_id)
+            .ok_or_else(|| AdapterError::UnknownHost(host_id.to_string()))?;
+        if !host.available_os.iter().any(|o| o == os) {
+            return Err(AdapterError::UnknownOs {
+                host: host_id.to_string(),
+                os: os.to_string(),
+            });
+        }
+        if let Some(other) = st.busy.get(host_id) {
+            return Err(AdapterError::HostBusy {
+                host: host_id.to_string(),
+                token: other.clone(),
+            });
+        }
+        st.started_total += 1;
+        let nth = st.started_total;
+        let fail = SimFleet::should_fail(&st.spec, nth);
+        let id = format!("simop-{nth}");
+        st.ops.insert(
+            token.to_string(),
+            SimOp {
+                id: id.clone(),
+                host: host_id.to_string(),
+                os: os.to_string(),
+                state: OperationState::Running { progress: None },
+            },
+        );
+        st.busy.insert(host_id.to_string(), token.to_string());
+        *st.stats
+            .started_per_host
+            .entry(host_id.to_string())
+            .or_default() += 1;
+        st.stats.in_flight += 1;
+        st.stats.max_in_flight = st.stats.max_in_flight.max(st.stats.in_flight);
+        if let Some(host) = st.hosts.get_mut(host_id) {
+            host.provisioning = HostProvisioningState::Provisioning;
+        }
+        let host = st.hosts.get(host_id).cloned();
+        if let Some(host) = host {
+            fleet.emit(&st, BackendEvent::HostChanged(host));
+        }
+        let millis = u64::try_from(st.spec.provision_millis).unwrap_or(0);
+        drop(st);
+        let token_owned = token.to_string();
+        let task_fleet = fleet.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(millis)).await;
+            task_fleet.finish(&token_owned, fail);
+        });
+        Ok(OperationStatus {
+            id,
+            state: OperationState::Running { progress: None },
+        })
+    }
+
+    async fn operation(
+        &self,
+        _host_id: &str,
+        token: &str,
+    ) -> Result<Option<OperationStatus>, AdapterError> {
+        let st = self.fleet.lock();
+        SimFleet::check_reachable(&st)?;
+        Ok(st.ops.get(token).map(|op| OperationStatus {
+            id: op.id.clone(),
+            state: op.state.clone(),
+        }))
+    }
+
+    async fn cancel(&self, _host_id: &str, token: &str) -> Result<CancelOutcome, AdapterError> {
+        let fleet = self.fleet.clone();
+        let mut st = fleet.lock();
+        SimFleet::check_reachable(&st)?;
+        let Some(op) = st.ops.get_mut(token) else {
+            return Ok(CancelOutcome::NotRunning);
+        };
+        if op.state.is_terminal() {
+            return Ok(CancelOutcome::NotRunning);
+        }
+        op.state = OperationState::Cancelled;
+        let host_id = op.host.clone();
+        st.busy.remove(&host_id);
+        st.stats.in_flight = st.stats.in_flight.saturating_sub(1);
+        st.stats.cancelled += 1;
+        if let Some(host) = st.hosts.get_mut(&host_id) {
+            // An interrupted install leaves no known OS behind.
+            host.provisioning = HostProvisioningState::Idle;
+            host.current_os = None;
+        }
+        let host = st.hosts.get(&host_id).cloned();
+        fleet.emit(
+            &st,
+            BackendEvent::OperationChanged {
+                host_id,
+                token: token.to_string(),
+                state: OperationState::Cancelled,
+            },
+        );
+        if let Some(host) = host {
+            fleet.emit(&st, BackendEvent::HostChanged(host));
+        }
+        Ok(CancelOutcome::Cancelled)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,100 @@
+//! Condition helpers shared by the three kinds.
+//!
+//! Conditions are `metav1.Condition`s kept as a list-map keyed by `type`. Setting a condition only
+//! moves `lastTransitionTime` when the status flips, as the API conventions ask, so a controller that
+//! re-applies identical conditions writes nothing new.
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+
+/// Condition status values.
+pub const TRUE: &str = "True";
+/// Condition status values.
+pub const FALSE: &str = "False";
+/// Condition status values.
+pub const UNKNOWN: &str = "Unknown";
+
+/// A desired condition, before timestamps are attached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Desired<'a> {
+    pub type_: &'a str,
+    pub status: &'a str,
+    pub reason: &'a str,
+    pub message: String,
+}
+
+/// Insert or update one condition in `conditions`, keeping `lastTransitionTime` unless the status
+/// changed. Returns true when anything changed.
+pub fn set(
+    conditions: &mut Vec<Condition>,
+    want: Desired<'_>,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> bool {
+    match conditions.iter_mut().find(|c| c.type_ == want.type_) {
+        Some(existing) => {
+            let changed = existing.status != want.status
+                || existing.reason != want.reason
+                || existing.message != want.message
+                || existing.observed_generation != generation;
+            if existing.status != want.status {
+                existing.last_transition_time = Time(now);
+            }
+            existing.status = want.status.to_string();
+            existing.reason = want.reason.to_string();
+            existing.message = want.message;
+            existing.observed_generation = generation;
+            changed
+        }
+        None => {
+            conditions.push(Condition {
+                type_: want.type_.to_string(),
+                status: want.status.to_string(),
+                reason: want.reason.to_string(),
+                message: want.message,
+                observed_generation: generation,
+                last_transition_time: Time(now),
+            });
+            true
+        }
+    }
+}
+
+/// Find a condition by type.
+pub fn get<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+    conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// True when the condition of that type exists with status `True`.
+pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
+    get(conditions, type_).is_some_and(|c| c.status == TRUE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(secs: i64) -> Timestamp {
+        Timestamp::from_second(secs).unwrap_or(Timestamp::UNIX_EPOCH)
+    }
+
+    #[test]
+    fn transition_time_moves_only_on_status_change() {
+        let mut conds = Vec::new();
+        let want = |s: &'static str, r: &'static str| Desired {
+            type_: "Ready",
+            status: s,
+            reason: r,
+            message: "m".into(),
+        };
+        assert!(set(&mut conds, want(TRUE, "A"), Some(1), ts(10)));
+        assert!(!set(&mut conds, want(TRUE, "A"), Some(1), ts(20)));
+        assert_eq!(conds[0].last_transition_time.0, ts(10));
+        assert!(set(&mut conds, want(TRUE, "B"), Some(1), ts(30)));
+        assert_eq!(conds[0].last_transition_time.0, ts(10));
+        assert!(set(&mut conds, want(FALSE, "B"), Some(2), ts(40)));
+        assert_eq!(conds[0].last_transition_time.0, ts(40));
+        assert_eq!(conds.len(), 1);
+        assert!(!is_true(&conds, "Ready"));
+        assert!(get(&conds, "Other").is_none());
+    }
+}

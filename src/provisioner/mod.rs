@@ -1,0 +1,12 @@
+//! The provisioner engine: everything between the adapters and Kubernetes, with no Kubernetes
+//! client inside.
+//!
+//! - [`plan`] and [`status`]: pure decisions (request + observed world → action → status);
+//! - [`occupancy`]: who holds which host and how many reprovision slots are in use;
+//! - [`inventory`] and [`session`]: per-dispatcher sessions (subscribe, discover, keep the cache
+//!   current) and the in-memory inventory cache the controller reads at memory speed.
+pub mod inventory;
+pub mod occupancy;
+pub mod plan;
+pub mod session;
+pub mod status;
