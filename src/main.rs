@@ -40,8 +40,18 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Crds { dir } => write_crds(dir),
-        Command::Standalone { listen, data_dir, kubeconfig, access_log } => {
-            let opts = osprov::apiserver::standalone::ApiOptions { listen, data_dir, kubeconfig, access_log };
+        Command::Standalone {
+            listen,
+            data_dir,
+            kubeconfig,
+            access_log,
+        } => {
+            let opts = osprov::apiserver::standalone::ApiOptions {
+                listen,
+                data_dir,
+                kubeconfig,
+                access_log,
+            };
             standalone(opts)
         }
     }

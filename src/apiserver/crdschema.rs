@@ -7,26 +7,39 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSche
 use serde_json::Value;
 
 use super::error::StatusCause;
+use super::schema::StructuralSchema;
 
 #[derive(Debug)]
 pub struct CrdSchema {
-    #[allow(dead_code)]
-    props: JSONSchemaProps,
+    inner: StructuralSchema,
 }
 
 impl CrdSchema {
     pub fn new(props: &JSONSchemaProps) -> Result<Self, String> {
         Ok(CrdSchema {
-            props: props.clone(),
+            inner: StructuralSchema::new(props).map_err(|e| e.to_string())?,
         })
     }
     /// Drops unknown fields; returns their paths (for fieldValidation=Strict/Warn).
-    pub fn prune(&self, _obj: &mut Value) -> Vec<String> {
-        Vec::new()
+    pub fn prune(&self, obj: &mut Value) -> Vec<String> {
+        self.inner.prune(obj)
     }
-    pub fn apply_defaults(&self, _obj: &mut Value) {}
-    pub fn validate(&self, _obj: &Value, _old: Option<&Value>) -> Vec<StatusCause> {
-        Vec::new()
+    pub fn apply_defaults(&self, obj: &mut Value) {
+        self.inner.apply_defaults(obj)
+    }
+    pub fn validate(&self, obj: &Value, old: Option<&Value>) -> Vec<StatusCause> {
+        self.inner
+            .validate(obj, old)
+            .into_iter()
+            .map(|c| StatusCause {
+                reason: c.reason,
+                field: c.field,
+                message: c.message,
+            })
+            .collect()
+    }
+    pub fn structural(&self) -> &StructuralSchema {
+        &self.inner
     }
 }
 

@@ -23,7 +23,7 @@ pub struct ApiError {
     pub reason: &'static str,
     pub message: String,
     /// (name, group, kind) for `details`.
-    pub details: Option<(String, String, String)>,
+    pub details: Option<Box<(String, String, String)>>,
     pub causes: Vec<StatusCause>,
 }
 
@@ -56,7 +56,11 @@ impl ApiError {
     /// `<plural>.<group> "name" not found`.
     pub fn not_found(qualified: &str, group: &str, kind_plural: &str, name: &str) -> Self {
         let mut e = Self::new(404, "NotFound", format!("{qualified} \"{name}\" not found"));
-        e.details = Some((name.to_string(), group.to_string(), kind_plural.to_string()));
+        e.details = Some(Box::new((
+            name.to_string(),
+            group.to_string(),
+            kind_plural.to_string(),
+        )));
         e
     }
     pub fn method_not_allowed(message: impl Into<String>) -> Self {
@@ -68,7 +72,11 @@ impl ApiError {
             "AlreadyExists",
             format!("{qualified} \"{name}\" already exists"),
         );
-        e.details = Some((name.to_string(), group.to_string(), plural.to_string()));
+        e.details = Some(Box::new((
+            name.to_string(),
+            group.to_string(),
+            plural.to_string(),
+        )));
         e
     }
     pub fn conflict(qualified: &str, group: &str, plural: &str, name: &str, why: &str) -> Self {
@@ -77,7 +85,11 @@ impl ApiError {
             "Conflict",
             format!("Operation cannot be fulfilled on {qualified} \"{name}\": {why}"),
         );
-        e.details = Some((name.to_string(), group.to_string(), plural.to_string()));
+        e.details = Some(Box::new((
+            name.to_string(),
+            group.to_string(),
+            plural.to_string(),
+        )));
         e
     }
     pub fn modified(qualified: &str, group: &str, plural: &str, name: &str) -> Self {
@@ -113,7 +125,11 @@ impl ApiError {
             code: 422,
             reason: "Invalid",
             message: format!("{kind_group} \"{name}\" is invalid: {joined}"),
-            details: Some((name.to_string(), group.to_string(), kind.to_string())),
+            details: Some(Box::new((
+                name.to_string(),
+                group.to_string(),
+                kind.to_string(),
+            ))),
             causes,
         }
     }
@@ -133,7 +149,8 @@ impl ApiError {
         });
         if self.details.is_some() || !self.causes.is_empty() {
             let mut d = serde_json::Map::new();
-            if let Some((name, group, kind)) = &self.details {
+            if let Some(d2) = &self.details {
+                let (name, group, kind) = &**d2;
                 d.insert("name".into(), json!(name));
                 if !group.is_empty() {
                     d.insert("group".into(), json!(group));

@@ -203,9 +203,9 @@ async fn dispatch(
         (&Method::DELETE, true) => "delete",
         (&Method::DELETE, false) => "deletecollection",
         _ => {
-            return Err(ApiError::method_not_allowed(format!(
-                "the server does not allow this method on the requested resource"
-            )))
+            return Err(ApiError::method_not_allowed(
+                "the server does not allow this method on the requested resource",
+            ))
         }
     };
     if info.namespaced && namespace.is_empty() && !matches!(verb, "list" | "watch") {

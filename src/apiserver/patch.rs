@@ -241,7 +241,11 @@ fn conflict_error(req: &Req, conflicts: &[(String, String)]) -> ApiError {
             list.join("\n")
         ),
     );
-    e.details = Some((name, req.info.group.clone(), req.info.plural.clone()));
+    e.details = Some(Box::new((
+        name,
+        req.info.group.clone(),
+        req.info.plural.clone(),
+    )));
     e.causes = conflicts
         .iter()
         .map(|(m, f)| StatusCause {

@@ -20,6 +20,8 @@ use super::persist::Persist;
 /// (storage key, namespace, name); cluster-scoped objects use "" as namespace.
 pub type Key = (String, String, String);
 pub type Objects = OrdMap<Key, Arc<Value>>;
+/// Kept changes since a revision and a live receiver for the ones after.
+pub type Resume = (Vec<Arc<Change>>, broadcast::Receiver<Arc<Change>>);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChangeType {
@@ -270,10 +272,7 @@ impl Store {
     }
 
     /// Starts a watch after `rev`: the kept changes since then and a live receiver, atomically.
-    pub fn watch_from(
-        &self,
-        rev: u64,
-    ) -> ApiResult<(Vec<Arc<Change>>, broadcast::Receiver<Arc<Change>>)> {
+    pub fn watch_from(&self, rev: u64) -> ApiResult<Resume> {
         let g = self.lock();
         if rev < g.compacted {
             return Err(ApiError::gone(format!(

@@ -203,7 +203,10 @@ fn index<'a>(v: &'a Value, inner: &str) -> Vec<&'a Value> {
                         .first()
                         .is_some_and(|v| match v {
                             Value::String(s) => s == want,
-                            other => other.to_string() == want,
+                            other => {
+                                let text = other.to_string();
+                                text == want
+                            }
                         })
                 })
                 .collect();
