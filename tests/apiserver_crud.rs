@@ -283,10 +283,6 @@ async fn schema_validation_defaults_pruning() {
         .unwrap();
     assert!(p.data["spec"].get("bogus").is_none());
     extra["metadata"]["name"] = json!("p2");
-    let strict = PostParams {
-        field_manager: None,
-        dry_run: false,
-    };
     let r = t
         .client
         .request::<serde_json::Value>(
