@@ -1,0 +1,241 @@
+//! HTTP front: authentication, request parsing and dispatch.
+//!
+//! Every request goes through one axum fallback handler because Kubernetes paths
+//! (`/api/v1/namespaces/{ns}/secrets/{name}`, `/apis/{g}/{v}/namespaces/{ns}/{plural}/{name}/status`,
+//! `/api/v1/namespaces/{name}/status`) are easier to classify by hand than with route patterns. The
+//! handler checks the bearer token, resolves the resource in the registry, records the access
+//! (user agent, verb, group, resource, subresource) and calls the read, watch or write code.
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State as AxState;
+use axum::http::{HeaderMap, Method, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use percent_encoding::percent_decode_str;
+
+use super::access::Access;
+use super::error::{ApiError, ApiResult};
+use super::resources::{Registry, ResourceInfo};
+use super::store::Store;
+use super::{discovery, patch, reads, watch, writes};
+
+pub struct State {
+    pub registry: Registry,
+    pub store: Store,
+    pub token: String,
+    pub access: Access,
+    pub bookmark_interval: Duration,
+    /// Wakes the garbage collector after deletions.
+    pub gc_wake: tokio::sync::Notify,
+    /// Becomes true when the server shuts down (ends open watches).
+    pub closing: tokio::sync::watch::Receiver<bool>,
+}
+
+/// Query parameters; kube-rs sends a leading empty pair (`?&limit=500`, B1), which is skipped.
+#[derive(Debug, Default, Clone)]
+pub struct Query(HashMap<String, String>);
+
+impl Query {
+    pub fn parse(raw: Option<&str>) -> Query {
+        let mut m = HashMap::new();
+        for pair in raw.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let dec = |s: &str| {
+                percent_decode_str(&s.replace('+', " "))
+                    .decode_utf8_lossy()
+                    .into_owned()
+            };
+            m.insert(dec(k), dec(v));
+        }
+        Query(m)
+    }
+    pub fn get(&self, k: &str) -> Option<&str> {
+        self.0.get(k).map(String::as_str).filter(|s| !s.is_empty())
+    }
+    pub fn flag(&self, k: &str) -> bool {
+        matches!(self.get(k), Some("true" | "1"))
+    }
+}
+
+/// A request to a resource endpoint, resolved against the registry.
+pub struct Req {
+    pub state: Arc<State>,
+    pub info: Arc<ResourceInfo>,
+    /// "" for cluster-scoped kinds and all-namespace lists.
+    pub namespace: String,
+    pub name: Option<String>,
+    pub sub: Option<String>,
+    pub query: Query,
+    pub headers: HeaderMap,
+    pub user_agent: String,
+}
+
+impl Req {
+    /// Table output requested (E4)?
+    pub fn wants_table(&self) -> bool {
+        self.headers
+            .get("accept")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|a| {
+                a.split(',')
+                    .next()
+                    .is_some_and(|first| first.contains("as=Table"))
+                    || a.starts_with("application/json;as=Table")
+            })
+    }
+    pub fn content_type(&self) -> &str {
+        self.headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/json")
+    }
+}
+
+pub fn router(state: Arc<State>) -> Router {
+    Router::new().fallback(handle).with_state(state)
+}
+
+fn authorized(state: &State, headers: &HeaderMap) -> bool {
+    let Some(value) = headers.get("authorization").and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let Some(token) = value.strip_prefix("Bearer ") else {
+        return false;
+    };
+    // Length-independent comparison of equal-length strings.
+    token.len() == state.token.len()
+        && token
+            .bytes()
+            .zip(state.token.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+async fn handle(
+    AxState(state): AxState<Arc<State>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if !authorized(&state, &headers) {
+        return ApiError::unauthorized().into_response();
+    }
+    match dispatch(state, method, uri, headers, body).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::debug!(code = e.code, message = %e.message, "request failed");
+            e.into_response()
+        }
+    }
+}
+
+async fn dispatch(
+    state: Arc<State>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let path = uri.path().trim_end_matches('/');
+    let query = Query::parse(uri.query());
+    let user_agent = headers
+        .get("user-agent")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("unknown")
+        .to_string();
+    let segs: Vec<String> = path
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(|s| percent_decode_str(s).decode_utf8_lossy().into_owned())
+        .collect();
+    let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
+    if method == Method::GET {
+        if let Some(resp) = discovery::serve(&state, &segs, &headers)? {
+            return Ok(resp);
+        }
+    }
+    let (group, version, rest) = match segs.as_slice() {
+        ["api", "v1", rest @ ..] => ("", "v1", rest),
+        ["apis", g, v, rest @ ..] => (*g, *v, rest),
+        _ => return Err(ApiError::not_found_path()),
+    };
+    // /api/v1/namespaces/{name}[/status|/finalize] addresses a Namespace itself.
+    let (namespace, plural, name, sub) = match rest {
+        ["namespaces", ns, res, tail @ ..]
+            if !(group.is_empty() && matches!(*res, "status" | "finalize")) =>
+        {
+            match tail {
+                [] => (*ns, *res, None, None),
+                [n] => (*ns, *res, Some(*n), None),
+                [n, s] => (*ns, *res, Some(*n), Some(*s)),
+                _ => return Err(ApiError::not_found_path()),
+            }
+        }
+        [res] => ("", *res, None, None),
+        [res, n] => ("", *res, Some(*n), None),
+        [res, n, s] => ("", *res, Some(*n), Some(*s)),
+        _ => return Err(ApiError::not_found_path()),
+    };
+    let info = state
+        .registry
+        .lookup(group, version, plural)
+        .ok_or_else(ApiError::not_found_path)?;
+    if !namespace.is_empty() && !info.namespaced {
+        return Err(ApiError::not_found_path());
+    }
+    if let Some(s) = sub {
+        if !(s == "status" && info.status_subresource) {
+            return Err(ApiError::not_found_path());
+        }
+    }
+    let is_watch = query.flag("watch");
+    let verb = match (&method, name.is_some()) {
+        (&Method::GET, true) => "get",
+        (&Method::GET, false) if is_watch => "watch",
+        (&Method::GET, false) => "list",
+        (&Method::POST, false) => "create",
+        (&Method::PUT, true) => "update",
+        (&Method::PATCH, true) => "patch",
+        (&Method::DELETE, true) => "delete",
+        (&Method::DELETE, false) => "deletecollection",
+        _ => {
+            return Err(ApiError::method_not_allowed(
+                "the server does not allow this method on the requested resource",
+            ))
+        }
+    };
+    if info.namespaced && namespace.is_empty() && !matches!(verb, "list" | "watch") {
+        return Err(ApiError::not_found_path());
+    }
+    state.access.record(
+        &user_agent,
+        verb,
+        &info.group,
+        &info.plural,
+        sub.unwrap_or(""),
+    );
+    let req = Req {
+        state: state.clone(),
+        info,
+        namespace: namespace.to_string(),
+        name: name.map(String::from),
+        sub: sub.map(String::from),
+        query,
+        headers,
+        user_agent,
+    };
+    match verb {
+        "get" => reads::get(&req),
+        "list" => reads::list(&req),
+        "watch" => watch::watch(req),
+        "create" => writes::create(&req, &body),
+        "update" => writes::update(&req, &body),
+        "patch" => patch::patch(&req, &body),
+        "delete" => writes::delete(&req, &body),
+        _ => writes::delete_collection(&req),
+    }
+}

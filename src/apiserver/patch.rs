@@ -1,0 +1,258 @@
+//! PATCH (C1, C3): merge patch (RFC 7386), JSON patch (RFC 6902) and server-side apply.
+//!
+//! A patch is computed against the current object and then goes through the same update path as a
+//! PUT; it is unconditional unless the patch itself sets `metadata.resourceVersion`, so a race
+//! with another writer is retried here rather than reported as a conflict (A5).
+use axum::response::Response;
+use serde_json::Value;
+
+use super::crdschema::{self, Applied};
+use super::error::{ApiError, ApiResult, StatusCause};
+use super::http::Req;
+use super::objects::now;
+use super::reads::{key, not_found, view};
+use super::resources::Builtin;
+use super::store::object_revision;
+use super::writes::{
+    check_identity, check_type, finish_create, finish_update, invalid, parse_json,
+};
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Merge,
+    Json,
+    Apply,
+    Strategic,
+}
+
+fn kind(req: &Req) -> ApiResult<Kind> {
+    let ct = req
+        .content_type()
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim();
+    match ct {
+        "application/merge-patch+json" => Ok(Kind::Merge),
+        "application/json-patch+json" => Ok(Kind::Json),
+        "application/apply-patch+yaml" | "application/apply-patch+json" => Ok(Kind::Apply),
+        "application/strategic-merge-patch+json" => Ok(Kind::Strategic),
+        other => Err(ApiError::unsupported_media(format!(
+            "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml; got {other}"
+        ))),
+    }
+}
+
+/// kube-apiserver's JSON patch treats `test` of `null` against a missing path as passing
+/// (kube-runtime's finalizer helper relies on it); the json-patch crate does not.
+fn apply_json_patch(doc: &mut Value, body: &[u8]) -> ApiResult<()> {
+    let patch: json_patch::Patch = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
+    let ops: Vec<json_patch::PatchOperation> = patch
+        .0
+        .into_iter()
+        .filter(|op| match op {
+            json_patch::PatchOperation::Test(t) => {
+                !(t.value.is_null() && doc.pointer(t.path.as_str()).is_none())
+            }
+            _ => true,
+        })
+        .collect();
+    json_patch::patch(doc, &ops).map_err(|e| {
+        let mut err = ApiError::new(
+            422,
+            "Invalid",
+            format!("the server rejected our request due to an error in our request: {e}"),
+        );
+        err.causes.push(StatusCause {
+            reason: "FieldValueInvalid".into(),
+            field: String::new(),
+            message: e.to_string(),
+        });
+        err
+    })
+}
+
+pub fn patch(req: &Req, body: &[u8]) -> ApiResult<Response> {
+    let kind = kind(req)?;
+    let name = req.name.clone().unwrap_or_default();
+    let force = req.query.get("force");
+    if kind != Kind::Apply && force.is_some() {
+        return Err(invalid(
+            req,
+            &name,
+            vec![StatusCause {
+                reason: "FieldValueNotSupported".into(),
+                field: "force".into(),
+                message: "Unsupported value: true: may not be specified for non-apply patch".into(),
+            }],
+        ));
+    }
+    if kind == Kind::Strategic && req.info.builtin == Builtin::Custom {
+        return Err(ApiError::unsupported_media(
+            "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml",
+        ));
+    }
+    if kind == Kind::Apply {
+        return apply(req, body, force == Some("true"));
+    }
+    let patch_rv = match kind {
+        Kind::Merge | Kind::Strategic => {
+            let p = parse_json(body).or_else(|_| {
+                serde_json::from_slice::<Value>(body)
+                    .map_err(|e| ApiError::bad_request(e.to_string()))
+            })?;
+            p.pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str)
+                .map(String::from)
+        }
+        _ => None,
+    };
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let old = req
+            .state
+            .store
+            .get(&key(req, &name))
+            .ok_or_else(|| not_found(req, &name))?;
+        let mut doc = view(&req.info, &old);
+        match kind {
+            Kind::Json => apply_json_patch(&mut doc, body)?,
+            _ => {
+                let p: Value = serde_json::from_slice(body)
+                    .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
+                json_patch::merge(&mut doc, &p);
+            }
+        }
+        check_identity(req, &doc)?;
+        let expect = match doc
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+        {
+            Some(rv) => rv
+                .parse()
+                .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {rv:?}")))?,
+            None => object_revision(&old),
+        };
+        match finish_update(req, &old, doc, expect, None) {
+            Err(e)
+                if e.code == 409
+                    && patch_rv.is_none()
+                    && expect == object_revision(&old)
+                    && attempt < 5 =>
+            {
+                continue
+            }
+            other => return other,
+        }
+    }
+}
+
+fn apply(req: &Req, body: &[u8], force: bool) -> ApiResult<Response> {
+    let name = req.name.clone().unwrap_or_default();
+    let Some(mgr) = req.query.get("fieldManager").map(String::from) else {
+        return Err(ApiError::invalid(
+            "PatchOptions.meta.k8s.io",
+            "meta.k8s.io",
+            "PatchOptions",
+            "",
+            vec![StatusCause {
+                reason: "FieldValueRequired".into(),
+                field: "fieldManager".into(),
+                message: "Required value: is required for apply patch".into(),
+            }],
+        ));
+    };
+    let applied: Value = serde_yaml::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?;
+    if !applied.is_object() {
+        return Err(ApiError::bad_request("the apply body must be an object"));
+    }
+    check_type(req, &applied)?;
+    check_identity(req, &applied)?;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let old = req.state.store.get(&key(req, &name));
+        if old.is_none() && req.sub.is_some() {
+            return Err(not_found(req, &name));
+        }
+        let live = old.as_ref().map(|o| view(&req.info, o));
+        let outcome = crdschema::ssa_apply(
+            live.as_ref(),
+            &applied,
+            &mgr,
+            force,
+            req.sub.as_deref(),
+            req.info.schema.as_ref(),
+            &now(),
+        )
+        .map_err(ApiError::bad_request)?;
+        let obj = match outcome {
+            Applied::Object(v) => v,
+            Applied::Conflicts(conflicts) => return Err(conflict_error(req, &conflicts)),
+        };
+        let result = match &old {
+            None => finish_create(req, obj, Some(&mgr)),
+            Some(old) => {
+                let expect = match obj
+                    .pointer("/metadata/resourceVersion")
+                    .and_then(Value::as_str)
+                {
+                    Some(rv) => rv.parse().unwrap_or(0),
+                    None => object_revision(old),
+                };
+                finish_update(req, old, obj, expect, Some(&mgr))
+            }
+        };
+        match result {
+            Err(e)
+                if e.code == 409
+                    && e.causes.is_empty()
+                    && applied.pointer("/metadata/resourceVersion").is_none()
+                    && attempt < 5 =>
+            {
+                continue
+            }
+            other => return other,
+        }
+    }
+}
+
+fn conflict_error(req: &Req, conflicts: &[(String, String)]) -> ApiError {
+    let name = req.name.clone().unwrap_or_default();
+    let n = conflicts.len();
+    let list: Vec<String> = conflicts
+        .iter()
+        .map(|(m, f)| {
+            format!(
+                "conflict with \"{m}\" using {}: {f}",
+                req.info.api_version()
+            )
+        })
+        .collect();
+    let plural = if n == 1 { "" } else { "s" };
+    let mut e = ApiError::new(
+        409,
+        "Conflict",
+        format!(
+            "Apply failed with {n} conflict{plural}: {}",
+            list.join("\n")
+        ),
+    );
+    e.details = Some(Box::new((
+        name,
+        req.info.group.clone(),
+        req.info.plural.clone(),
+    )));
+    e.causes = conflicts
+        .iter()
+        .map(|(m, f)| StatusCause {
+            reason: "FieldManagerConflict".into(),
+            field: f.clone(),
+            message: format!("conflict with \"{m}\""),
+        })
+        .collect();
+    e
+}

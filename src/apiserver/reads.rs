@@ -1,0 +1,225 @@
+//! GET and LIST: views of stored objects, selectors, paging from one snapshot (B3) and Table
+//! output. Also the small response helpers the write path shares.
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use serde_json::{json, Value};
+
+use super::error::{ApiError, ApiResult};
+use super::http::Req;
+use super::objects::{event_from_core, selectable_fields};
+use super::resources::{Builtin, ResourceInfo};
+use super::selector::{FieldSelector, LabelSelector};
+use super::store::{Key, Objects};
+use super::table;
+
+pub fn json_response(code: u16, body: &Value) -> Response {
+    let code = StatusCode::from_u16(code).unwrap_or(StatusCode::OK);
+    (code, axum::Json(body)).into_response()
+}
+
+/// The object as this endpoint serves it (storage form, or the events.k8s.io view).
+pub fn view(info: &ResourceInfo, obj: &Value) -> Value {
+    match info.builtin {
+        Builtin::EventsV1 => event_from_core(obj.clone()),
+        Builtin::Custom => {
+            let mut o = obj.clone();
+            o["apiVersion"] = json!(info.api_version());
+            o
+        }
+        _ => obj.clone(),
+    }
+}
+
+pub fn key(req: &Req, name: &str) -> Key {
+    (
+        req.info.store_key.clone(),
+        req.namespace.clone(),
+        name.to_string(),
+    )
+}
+
+pub fn not_found(req: &Req, name: &str) -> ApiError {
+    ApiError::not_found(
+        &req.info.qualified(),
+        &req.info.group,
+        &req.info.plural,
+        name,
+    )
+}
+
+/// Renders one object, as Table when asked.
+pub fn object_response(req: &Req, code: u16, obj: &Value) -> Response {
+    if req.wants_table() {
+        let rv = obj
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        return json_response(
+            code,
+            &table::table(
+                &req.info,
+                std::slice::from_ref(obj),
+                rv,
+                None,
+                include_object(req),
+            ),
+        );
+    }
+    json_response(code, obj)
+}
+
+pub fn include_object(req: &Req) -> &str {
+    req.query.get("includeObject").unwrap_or("Metadata")
+}
+
+pub fn get(req: &Req) -> ApiResult<Response> {
+    let name = req.name.as_deref().unwrap_or_default();
+    let obj = req
+        .state
+        .store
+        .get(&key(req, name))
+        .ok_or_else(|| not_found(req, name))?;
+    Ok(object_response(req, 200, &view(&req.info, &obj)))
+}
+
+/// Label and field selectors of a list, watch or deletecollection.
+pub struct Filter {
+    pub labels: LabelSelector,
+    pub fields: FieldSelector,
+    pub namespace: String,
+}
+
+impl Filter {
+    pub fn from_req(req: &Req) -> ApiResult<Filter> {
+        Ok(Filter {
+            labels: LabelSelector::parse(req.query.get("labelSelector").unwrap_or(""))?,
+            fields: FieldSelector::parse(
+                req.query.get("fieldSelector").unwrap_or(""),
+                selectable_fields(&req.info),
+            )?,
+            namespace: req.namespace.clone(),
+        })
+    }
+    /// Matches a served (view) object.
+    pub fn matches(&self, view: &Value) -> bool {
+        self.labels.matches(view) && self.fields.matches(view)
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Continue {
+    rv: u64,
+    ns: String,
+    name: String,
+}
+
+/// Iterates the objects of the request's resource (and namespace) in key order, from `start`.
+pub fn range<'a>(
+    objects: &'a Objects,
+    store_key: &'a str,
+    ns: &'a str,
+    start: Option<(String, String)>,
+) -> impl Iterator<Item = (&'a Key, &'a Arc<Value>)> + 'a {
+    let (sns, sname) = start.unwrap_or_else(|| (ns.to_string(), String::new()));
+    let from: Key = (store_key.to_string(), sns, sname);
+    objects
+        .range(from..)
+        .take_while(move |(k, _)| k.0 == store_key && (ns.is_empty() || k.1 == ns))
+}
+
+pub fn list(req: &Req) -> ApiResult<Response> {
+    let filter = Filter::from_req(req)?;
+    let limit: usize = match req.query.get("limit") {
+        Some(l) => l
+            .parse()
+            .map_err(|_| ApiError::bad_request(format!("invalid limit {l:?}")))?,
+        None => 0,
+    };
+    let store = &req.state.store;
+    let (rev, objects, start) = match req.query.get("continue") {
+        Some(tok) => {
+            let c: Continue = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(tok)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .ok_or_else(|| ApiError::bad_request("continue key is not valid"))?;
+            let objects = store.snapshot_at(c.rv).ok_or_else(|| {
+                ApiError::gone("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.")
+            })?;
+            (c.rv, objects, Some((c.ns, c.name + "\u{0}")))
+        }
+        None => {
+            if req.query.get("resourceVersionMatch") == Some("Exact") {
+                let rv: u64 = req
+                    .query
+                    .get("resourceVersion")
+                    .and_then(|r| r.parse().ok())
+                    .unwrap_or(0);
+                let objects = store
+                    .snapshot_at(rv)
+                    .ok_or_else(|| ApiError::gone(format!("too old resource version: {rv}")))?;
+                (rv, objects, None)
+            } else {
+                let (rev, objects) = store.snapshot();
+                (rev, objects, None)
+            }
+        }
+    };
+    let mut items = Vec::new();
+    let mut last: Option<Key> = None;
+    let mut more = false;
+    let name_only = filter.fields.name().map(String::from);
+    for (k, obj) in range(&objects, &req.info.store_key, &filter.namespace, start) {
+        if name_only.as_deref().is_some_and(|n| n != k.2) {
+            continue;
+        }
+        let v = view(&req.info, obj);
+        if !filter.matches(&v) {
+            continue;
+        }
+        if limit > 0 && items.len() == limit {
+            more = true;
+            break;
+        }
+        last = Some(k.clone());
+        items.push(v);
+    }
+    let cont = match (more, last) {
+        (true, Some(k)) => {
+            store.keep_snapshot(rev, &objects);
+            let c = Continue {
+                rv: rev,
+                ns: k.1,
+                name: k.2,
+            };
+            Some(
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .encode(serde_json::to_vec(&c).unwrap_or_default()),
+            )
+        }
+        _ => None,
+    };
+    let rv = rev.to_string();
+    if req.wants_table() {
+        return Ok(json_response(
+            200,
+            &table::table(&req.info, &items, &rv, cont.as_deref(), include_object(req)),
+        ));
+    }
+    let mut metadata = json!({"resourceVersion": rv});
+    if let Some(c) = cont {
+        metadata["continue"] = json!(c);
+    }
+    Ok(json_response(
+        200,
+        &json!({
+            "kind": format!("{}List", req.info.kind),
+            "apiVersion": req.info.api_version(),
+            "metadata": metadata,
+            "items": items,
+        }),
+    ))
+}

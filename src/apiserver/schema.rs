@@ -1,1 +1,0 @@
-//! Structural schema handling: pruning, defaulting and validation of custom resources.

@@ -1,0 +1,292 @@
+//! The object store: one global revision, MVCC snapshots, bounded watch history and fan-out.
+//!
+//! Objects live in a persistent ordered map (`imbl::OrdMap`), so a list takes an O(1) snapshot and
+//! every page of a paged list is served from the same snapshot (B3). Every write takes the next
+//! global revision under one lock, is written through to redb when persistence is on, appended to
+//! a bounded history (so a watch can resume from a recent revision, and an older one gets 410, B7)
+//! and published on a broadcast channel. A watcher that falls behind the channel is dropped with an
+//! Expired error rather than slowing writers down.
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use bytes::Bytes;
+use imbl::OrdMap;
+use serde_json::{json, Value};
+use tokio::sync::broadcast;
+
+use super::error::{ApiError, ApiResult, ApiServerError};
+use super::persist::Persist;
+
+/// (storage key, namespace, name); cluster-scoped objects use "" as namespace.
+pub type Key = (String, String, String);
+pub type Objects = OrdMap<Key, Arc<Value>>;
+/// Kept changes since a revision and a live receiver for the ones after.
+pub type Resume = (Vec<Arc<Change>>, broadcast::Receiver<Arc<Change>>);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeType {
+    Added,
+    Modified,
+    Deleted,
+}
+
+impl ChangeType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeType::Added => "ADDED",
+            ChangeType::Modified => "MODIFIED",
+            ChangeType::Deleted => "DELETED",
+        }
+    }
+}
+
+/// One committed write, as kept in the history and sent to watchers.
+#[derive(Debug)]
+pub struct Change {
+    pub rev: u64,
+    pub kind: ChangeType,
+    pub key: Key,
+    /// New state; for a deletion the final state carrying the deletion's revision (B6).
+    pub object: Arc<Value>,
+    pub prev: Option<Arc<Value>>,
+    json: OnceLock<Bytes>,
+}
+
+impl Change {
+    /// The object serialized once and shared by every watcher of the storage form.
+    pub fn json(&self) -> Bytes {
+        self.json
+            .get_or_init(|| Bytes::from(serde_json::to_vec(&*self.object).unwrap_or_default()))
+            .clone()
+    }
+}
+
+/// What a write expects to find (optimistic concurrency).
+#[derive(Debug, Clone, Copy)]
+pub enum Expect {
+    /// Create: nothing may be stored under the key.
+    Absent,
+    /// Update/delete: the stored object must have this resourceVersion.
+    Revision(u64),
+}
+
+pub enum Precondition {
+    Exists,
+    Missing,
+    Stale,
+    /// The persistent store refused the write.
+    Failed(String),
+}
+
+struct Inner {
+    revision: u64,
+    objects: Objects,
+    history: VecDeque<Arc<Change>>,
+    history_cap: usize,
+    /// Every change with a revision greater than this is in `history`.
+    compacted: u64,
+    /// Snapshots kept for continue tokens, newest last.
+    snapshots: VecDeque<(u64, Objects)>,
+}
+
+pub struct Store {
+    inner: Mutex<Inner>,
+    tx: broadcast::Sender<Arc<Change>>,
+    persist: Option<Persist>,
+}
+
+const KEPT_SNAPSHOTS: usize = 16;
+
+pub fn object_revision(obj: &Value) -> u64 {
+    obj.pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+impl Store {
+    pub fn open(
+        persist: Option<Persist>,
+        history_cap: usize,
+        channel_cap: usize,
+    ) -> Result<Self, ApiServerError> {
+        let mut revision = 0;
+        let mut objects = OrdMap::new();
+        if let Some(p) = &persist {
+            let (rev, items) = p.load()?;
+            revision = rev;
+            for (k, v) in items {
+                revision = revision.max(object_revision(&v));
+                objects.insert(k, Arc::new(v));
+            }
+        }
+        let (tx, _) = broadcast::channel(channel_cap.max(16));
+        Ok(Store {
+            inner: Mutex::new(Inner {
+                revision,
+                objects,
+                history: VecDeque::new(),
+                history_cap: history_cap.max(1),
+                compacted: revision,
+                snapshots: VecDeque::new(),
+            }),
+            tx,
+            persist,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn revision(&self) -> u64 {
+        self.lock().revision
+    }
+
+    pub fn get(&self, key: &Key) -> Option<Arc<Value>> {
+        self.lock().objects.get(key).cloned()
+    }
+
+    /// A consistent snapshot of all objects and its revision.
+    pub fn snapshot(&self) -> (u64, Objects) {
+        let g = self.lock();
+        (g.revision, g.objects.clone())
+    }
+
+    /// Keeps `objects` (taken at `rev`) for continue tokens.
+    pub fn keep_snapshot(&self, rev: u64, objects: &Objects) {
+        let mut g = self.lock();
+        if g.snapshots.iter().any(|(r, _)| *r == rev) {
+            return;
+        }
+        g.snapshots.push_back((rev, objects.clone()));
+        while g.snapshots.len() > KEPT_SNAPSHOTS {
+            g.snapshots.pop_front();
+        }
+    }
+
+    pub fn snapshot_at(&self, rev: u64) -> Option<Objects> {
+        let g = self.lock();
+        if g.revision == rev {
+            return Some(g.objects.clone());
+        }
+        g.snapshots
+            .iter()
+            .find(|(r, _)| *r == rev)
+            .map(|(_, o)| o.clone())
+    }
+
+    /// Commits a write if `expect` holds. `value: None` deletes; the stored (or, for a deletion, the
+    /// final) object gets the new resourceVersion.
+    pub fn commit(
+        &self,
+        key: &Key,
+        expect: Expect,
+        value: Option<Value>,
+    ) -> Result<Arc<Change>, Precondition> {
+        let delete = value.is_none();
+        self.write(key, expect, value, delete)
+    }
+
+    /// Deletes with `final_state` (e.g. finalizers just removed) as what DELETED carries.
+    pub fn delete_with(
+        &self,
+        key: &Key,
+        expect: Expect,
+        final_state: Value,
+    ) -> Result<Arc<Change>, Precondition> {
+        self.write(key, expect, Some(final_state), true)
+    }
+
+    fn write(
+        &self,
+        key: &Key,
+        expect: Expect,
+        value: Option<Value>,
+        delete: bool,
+    ) -> Result<Arc<Change>, Precondition> {
+        let mut g = self.lock();
+        let current = g.objects.get(key).cloned();
+        match (expect, &current) {
+            (Expect::Absent, Some(_)) => return Err(Precondition::Exists),
+            (Expect::Revision(_), None) => return Err(Precondition::Missing),
+            (Expect::Revision(rv), Some(cur)) if object_revision(cur) != rv => {
+                return Err(Precondition::Stale)
+            }
+            _ => {}
+        }
+        let rev = g.revision + 1;
+        let (kind, mut obj) = match value {
+            Some(v) if delete => (ChangeType::Deleted, v),
+            Some(v) => (
+                if current.is_some() {
+                    ChangeType::Modified
+                } else {
+                    ChangeType::Added
+                },
+                v,
+            ),
+            None => match &current {
+                Some(cur) => (ChangeType::Deleted, (**cur).clone()),
+                None => return Err(Precondition::Missing),
+            },
+        };
+        if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+            meta.insert("resourceVersion".into(), json!(rev.to_string()));
+        }
+        if let Some(p) = &self.persist {
+            let stored = if kind == ChangeType::Deleted {
+                None
+            } else {
+                Some(&obj)
+            };
+            if let Err(e) = p.write(key, stored, rev) {
+                tracing::error!(error = %e, "persisting a write failed");
+                return Err(Precondition::Failed(e.to_string()));
+            }
+        }
+        g.revision = rev;
+        let obj = Arc::new(obj);
+        if kind == ChangeType::Deleted {
+            g.objects.remove(key);
+        } else {
+            g.objects.insert(key.clone(), obj.clone());
+        }
+        let change = Arc::new(Change {
+            rev,
+            kind,
+            key: key.clone(),
+            object: obj,
+            prev: current,
+            json: OnceLock::new(),
+        });
+        g.history.push_back(change.clone());
+        while g.history.len() > g.history_cap {
+            if let Some(old) = g.history.pop_front() {
+                g.compacted = old.rev;
+            }
+        }
+        // No receivers is fine.
+        let _ = self.tx.send(change.clone());
+        Ok(change)
+    }
+
+    /// Starts a watch after `rev`: the kept changes since then and a live receiver, atomically.
+    pub fn watch_from(&self, rev: u64) -> ApiResult<Resume> {
+        let g = self.lock();
+        if rev < g.compacted {
+            return Err(ApiError::gone(format!(
+                "too old resource version: {rev} ({})",
+                g.compacted + 1
+            )));
+        }
+        let past = g.history.iter().filter(|c| c.rev > rev).cloned().collect();
+        Ok((past, self.tx.subscribe()))
+    }
+
+    /// A snapshot plus a live receiver for changes after it, atomically.
+    pub fn snapshot_and_subscribe(&self) -> (u64, Objects, broadcast::Receiver<Arc<Change>>) {
+        let g = self.lock();
+        (g.revision, g.objects.clone(), self.tx.subscribe())
+    }
+}

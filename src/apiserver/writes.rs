@@ -1,0 +1,590 @@
+//! Writes: create, update (PUT), patch (merge, JSON, apply), delete and deletecollection.
+//!
+//! Every write funnels into `finish_create` or `finish_update`, which apply the rules of
+//! k8s-api-fidelity.md §A and §C (uid/creationTimestamp/generation, resourceVersion preconditions,
+//! status subresource isolation, finalizers, no-op writes keep the revision) and the structural
+//! schema (prune, default, validate) before one optimistic commit to the store.
+use std::sync::Arc;
+
+use axum::response::Response;
+use serde_json::{json, Value};
+
+use super::crdschema;
+use super::error::{ApiError, ApiResult, StatusCause};
+use super::http::Req;
+use super::objects::{
+    event_to_core, finalizers, is_terminating, meta, meta_mut, meta_str, name_errors, name_suffix,
+    normalize_meta, now, owner_reference_errors, prepare_builtin, same_content, spec_part,
+};
+use super::reads::{json_response, key, not_found, object_response, range, view, Filter};
+use super::resources::Builtin;
+use super::store::{object_revision, Expect, Precondition};
+
+pub(super) fn parse_json(body: &[u8]) -> ApiResult<Value> {
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("error decoding request body: {e}")))?;
+    if !v.is_object() {
+        return Err(ApiError::bad_request(
+            "the request body must be a JSON object",
+        ));
+    }
+    Ok(v)
+}
+
+/// apiVersion and kind of a full object must match the endpoint.
+pub(super) fn check_type(req: &Req, obj: &Value) -> ApiResult<()> {
+    let av = obj.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+    let kind = obj.get("kind").and_then(Value::as_str).unwrap_or("");
+    if (!av.is_empty() && av != req.info.api_version())
+        || (!kind.is_empty() && kind != req.info.kind)
+    {
+        return Err(ApiError::bad_request(format!(
+            "the API version in the data ({av}) does not match the expected API version ({})",
+            req.info.api_version()
+        )));
+    }
+    Ok(())
+}
+
+pub(super) fn check_identity(req: &Req, obj: &Value) -> ApiResult<()> {
+    if let (Some(url), Some(body)) = (req.name.as_deref(), meta_str(obj, "name")) {
+        if url != body {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({body}) does not match the name on the URL ({url})"
+            )));
+        }
+    }
+    if let Some(ns) = meta_str(obj, "namespace") {
+        if req.info.namespaced && ns != req.namespace {
+            return Err(ApiError::bad_request(
+                "the namespace of the provided object does not match the namespace sent on the request",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn to_storage(req: &Req, mut obj: Value) -> Value {
+    if req.info.builtin == Builtin::EventsV1 {
+        obj = event_to_core(obj);
+    } else {
+        obj["apiVersion"] = json!(req.info.api_version());
+        obj["kind"] = json!(req.info.kind);
+    }
+    obj
+}
+
+pub(super) fn manager(req: &Req) -> String {
+    match req.query.get("fieldManager") {
+        Some(m) => m.to_string(),
+        None => req
+            .user_agent
+            .split('/')
+            .next()
+            .unwrap_or("unknown")
+            .to_string(),
+    }
+}
+
+pub(super) fn invalid(req: &Req, name: &str, causes: Vec<StatusCause>) -> ApiError {
+    ApiError::invalid(
+        &req.info.kind_group(),
+        &req.info.group,
+        &req.info.kind,
+        name,
+        causes,
+    )
+}
+
+pub(super) fn cause(field: &str, message: &str) -> StatusCause {
+    let reason = if message.starts_with("Required") {
+        "FieldValueRequired"
+    } else {
+        "FieldValueInvalid"
+    };
+    StatusCause {
+        reason: reason.into(),
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+fn dry_run(req: &Req) -> bool {
+    req.query.get("dryRun") == Some("All")
+}
+
+/// Schema, built-in and metadata checks shared by create and update; returns warnings.
+fn admit(req: &Req, obj: &mut Value, old: Option<&Value>) -> ApiResult<Vec<String>> {
+    let name = meta_str(obj, "name").unwrap_or_default().to_string();
+    let mut causes = prepare_builtin(&req.info, obj, old);
+    let mut warnings = Vec::new();
+    if let Some(schema) = &req.info.schema {
+        let dropped = schema.prune(obj);
+        match req.query.get("fieldValidation").unwrap_or("Warn") {
+            "Strict" if !dropped.is_empty() => {
+                let msgs: Vec<String> = dropped
+                    .iter()
+                    .map(|d| format!("unknown field \"{d}\""))
+                    .collect();
+                return Err(ApiError::bad_request(format!(
+                    "strict decoding error: {}",
+                    msgs.join(", ")
+                )));
+            }
+            "Ignore" => {}
+            _ => warnings.extend(dropped.iter().map(|d| format!("unknown field \"{d}\""))),
+        }
+        schema.apply_defaults(obj);
+        causes.extend(schema.validate(obj, old));
+    }
+    causes.extend(owner_reference_errors(obj));
+    if old.is_none() {
+        let label = req.info.builtin == Builtin::Namespace;
+        if let Some(msg) = name_errors(&name, label) {
+            causes.insert(0, cause("metadata.name", &msg));
+        }
+    }
+    if !causes.is_empty() {
+        return Err(invalid(req, &name, causes));
+    }
+    Ok(warnings)
+}
+
+fn with_warnings(mut resp: Response, warnings: &[String]) -> Response {
+    for w in warnings {
+        if let Ok(v) =
+            axum::http::HeaderValue::from_str(&format!("299 - \"{}\"", w.replace('"', "\\\"")))
+        {
+            resp.headers_mut().append("warning", v);
+        }
+    }
+    resp
+}
+
+pub fn create(req: &Req, body: &[u8]) -> ApiResult<Response> {
+    let obj = parse_json(body)?;
+    check_type(req, &obj)?;
+    check_identity(req, &obj)?;
+    finish_create(req, obj, None)
+}
+
+fn set_meta(obj: &mut Value, field: &str, value: Value) {
+    if let Some(m) = meta_mut(obj) {
+        m.insert(field.into(), value);
+    }
+}
+
+/// Creates `obj` (view form). `applied_by` is the manager when this is an apply (managedFields
+/// are already set by server-side apply).
+pub(super) fn finish_create(
+    req: &Req,
+    obj: Value,
+    applied_by: Option<&str>,
+) -> ApiResult<Response> {
+    let mut obj = to_storage(req, obj);
+    if req.info.namespaced {
+        let ns_key = (
+            "namespaces".to_string(),
+            String::new(),
+            req.namespace.clone(),
+        );
+        if req.state.store.get(&ns_key).is_none() {
+            return Err(ApiError::not_found(
+                "namespaces",
+                "",
+                "namespaces",
+                &req.namespace,
+            ));
+        }
+        set_meta(&mut obj, "namespace", json!(req.namespace));
+    }
+    if meta_str(&obj, "name").is_none() {
+        match meta_str(&obj, "generateName") {
+            Some(prefix) => {
+                let name = format!("{prefix}{}", name_suffix());
+                set_meta(&mut obj, "name", json!(name));
+            }
+            None => {
+                return Err(invalid(
+                    req,
+                    "",
+                    vec![cause(
+                        "metadata.name",
+                        "Required value: name or generateName is required",
+                    )],
+                ));
+            }
+        }
+    }
+    if req.info.status_subresource && req.info.builtin == Builtin::Custom {
+        if let Some(o) = obj.as_object_mut() {
+            o.remove("status");
+        }
+    }
+    let warnings = admit(req, &mut obj, None)?;
+    let ts = now();
+    if let Some(m) = meta_mut(&mut obj) {
+        m.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
+        m.insert("creationTimestamp".into(), json!(ts));
+        for f in [
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "resourceVersion",
+            "selfLink",
+        ] {
+            m.remove(f);
+        }
+        if req.info.builtin == Builtin::Custom {
+            m.insert("generation".into(), json!(1));
+        } else {
+            m.remove("generation");
+        }
+    }
+    if applied_by.is_none() {
+        crdschema::record_update(None, &mut obj, &manager(req), req.sub.as_deref(), &ts);
+    }
+    normalize_meta(&mut obj);
+    if dry_run(req) {
+        return Ok(with_warnings(
+            object_response(req, 201, &view(&req.info, &obj)),
+            &warnings,
+        ));
+    }
+    let name = meta_str(&obj, "name").unwrap_or_default().to_string();
+    match req
+        .state
+        .store
+        .commit(&key(req, &name), Expect::Absent, Some(obj))
+    {
+        Ok(change) => Ok(with_warnings(
+            object_response(req, 201, &view(&req.info, &change.object)),
+            &warnings,
+        )),
+        Err(Precondition::Failed(e)) => Err(ApiError::internal(e)),
+        Err(_) => Err(ApiError::already_exists(
+            &req.info.qualified(),
+            &req.info.group,
+            &req.info.plural,
+            &name,
+        )),
+    }
+}
+
+pub fn update(req: &Req, body: &[u8]) -> ApiResult<Response> {
+    let obj = parse_json(body)?;
+    check_type(req, &obj)?;
+    check_identity(req, &obj)?;
+    let name = req.name.clone().unwrap_or_default();
+    let Some(rv) = meta_str(&obj, "resourceVersion").map(String::from) else {
+        return Err(invalid(
+            req,
+            &name,
+            vec![cause(
+                "metadata.resourceVersion",
+                "Invalid value: 0x0: must be specified for an update",
+            )],
+        ));
+    };
+    let old = req
+        .state
+        .store
+        .get(&key(req, &name))
+        .ok_or_else(|| not_found(req, &name))?;
+    let expect = rv
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {rv:?}")))?;
+    finish_update(req, &old, obj, expect, None)
+}
+
+pub(super) fn finish_update(
+    req: &Req,
+    old: &Arc<Value>,
+    new: Value,
+    expect: u64,
+    applied_by: Option<&str>,
+) -> ApiResult<Response> {
+    let name = req.name.clone().unwrap_or_default();
+    let info = &req.info;
+    let mut new = to_storage(req, new);
+    if expect != object_revision(old) {
+        return Err(ApiError::modified(
+            &info.qualified(),
+            &info.group,
+            &info.plural,
+            &name,
+        ));
+    }
+    if let Some(uid) = meta_str(&new, "uid") {
+        if Some(uid) != meta_str(old, "uid") {
+            return Err(invalid(
+                req,
+                &name,
+                vec![cause(
+                    "metadata.uid",
+                    &format!("Invalid value: \"{uid}\": field is immutable"),
+                )],
+            ));
+        }
+    }
+    if req.sub.as_deref() == Some("status") {
+        let status = new.get("status").cloned();
+        let managed = meta(&new).and_then(|m| m.get("managedFields")).cloned();
+        new = (**old).clone();
+        match status {
+            Some(s) => new["status"] = s,
+            None => {
+                if let Some(o) = new.as_object_mut() {
+                    o.remove("status");
+                }
+            }
+        }
+        if let (Some(mf), Some(_)) = (managed, applied_by) {
+            set_meta(&mut new, "managedFields", mf);
+        }
+    } else if info.status_subresource {
+        match old.get("status") {
+            Some(s) => new["status"] = s.clone(),
+            None => {
+                if let Some(o) = new.as_object_mut() {
+                    o.remove("status");
+                }
+            }
+        }
+    }
+    if let (Some(m), Some(om)) = (meta_mut(&mut new), meta(old)) {
+        for f in [
+            "uid",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "generation",
+            "name",
+            "namespace",
+        ] {
+            match om.get(f) {
+                Some(v) => m.insert(f.into(), v.clone()),
+                None => m.remove(f),
+            };
+        }
+    }
+    if is_terminating(old) {
+        let before = finalizers(old);
+        if finalizers(&new).iter().any(|f| !before.contains(f)) {
+            return Err(invalid(
+                req,
+                &name,
+                vec![cause(
+                    "metadata.finalizers",
+                    "Forbidden: no new finalizers can be added if the object is being deleted",
+                )],
+            ));
+        }
+    }
+    let warnings = admit(req, &mut new, Some(old))?;
+    if info.builtin == Builtin::Custom
+        && spec_part(old, info.status_subresource) != spec_part(&new, info.status_subresource)
+    {
+        let gen = meta(old)
+            .and_then(|m| m.get("generation"))
+            .and_then(Value::as_i64)
+            .unwrap_or(1);
+        set_meta(&mut new, "generation", json!(gen + 1));
+    }
+    let ts = now();
+    if applied_by.is_none() {
+        crdschema::record_update(Some(old), &mut new, &manager(req), req.sub.as_deref(), &ts);
+    }
+    normalize_meta(&mut new);
+    if same_content(old, &new) {
+        return Ok(object_response(req, 200, &view(info, old)));
+    }
+    if dry_run(req) {
+        return Ok(with_warnings(
+            object_response(req, 200, &view(info, &new)),
+            &warnings,
+        ));
+    }
+    let delete_now = is_terminating(&new) && finalizers(&new).is_empty();
+    let k = key(req, &name);
+    let result = if delete_now {
+        // The final state (finalizers removed) is what DELETED carries.
+        let r = req
+            .state
+            .store
+            .delete_with(&k, Expect::Revision(expect), new);
+        req.state.gc_wake.notify_one();
+        r
+    } else {
+        req.state
+            .store
+            .commit(&k, Expect::Revision(expect), Some(new))
+    };
+    match result {
+        Ok(change) => Ok(with_warnings(
+            object_response(req, 200, &view(info, &change.object)),
+            &warnings,
+        )),
+        Err(Precondition::Missing) => Err(not_found(req, &name)),
+        Err(Precondition::Failed(e)) => Err(ApiError::internal(e)),
+        Err(_) => Err(ApiError::modified(
+            &info.qualified(),
+            &info.group,
+            &info.plural,
+            &name,
+        )),
+    }
+}
+
+fn success_status(req: &Req, name: &str, uid: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+           "details": {"name": name, "group": req.info.group, "kind": req.info.plural, "uid": uid}})
+}
+
+pub fn delete(req: &Req, body: &[u8]) -> ApiResult<Response> {
+    let opts: Value = if body.iter().all(u8::is_ascii_whitespace) {
+        json!({})
+    } else {
+        parse_json(body)?
+    };
+    let name = req.name.clone().unwrap_or_default();
+    let info = &req.info;
+    let k = key(req, &name);
+    let old = req
+        .state
+        .store
+        .get(&k)
+        .ok_or_else(|| not_found(req, &name))?;
+    let uid = meta_str(&old, "uid").unwrap_or_default().to_string();
+    if let Some(want) = opts.pointer("/preconditions/uid").and_then(Value::as_str) {
+        if want != uid {
+            let why = format!(
+                "Precondition failed: UID in precondition: {want}, UID in object meta: {uid}"
+            );
+            return Err(ApiError::conflict(
+                &info.qualified(),
+                &info.group,
+                &info.plural,
+                &name,
+                &why,
+            ));
+        }
+    }
+    if let Some(want) = opts
+        .pointer("/preconditions/resourceVersion")
+        .and_then(Value::as_str)
+    {
+        if want.parse::<u64>().ok() != Some(object_revision(&old)) {
+            return Err(ApiError::modified(
+                &info.qualified(),
+                &info.group,
+                &info.plural,
+                &name,
+            ));
+        }
+    }
+    if info.builtin == Builtin::Namespace {
+        if matches!(name.as_str(), "default" | "kube-system") {
+            return Err(ApiError::forbidden(format!(
+                "namespaces \"{name}\" is forbidden: this namespace may not be deleted"
+            )));
+        }
+        delete_namespace_contents(req, &name);
+    }
+    if dry_run(req)
+        || opts
+            .get("dryRun")
+            .and_then(Value::as_array)
+            .is_some_and(|a| a.iter().any(|v| v == "All"))
+    {
+        return Ok(json_response(200, &success_status(req, &name, &uid)));
+    }
+    if !finalizers(&old).is_empty() {
+        if is_terminating(&old) {
+            return Ok(object_response(req, 200, &view(info, &old)));
+        }
+        let mut new = (*old).clone();
+        set_meta(&mut new, "deletionTimestamp", json!(now()));
+        set_meta(&mut new, "deletionGracePeriodSeconds", json!(0));
+        if info.builtin == Builtin::Custom {
+            let gen = meta(&old)
+                .and_then(|m| m.get("generation"))
+                .and_then(Value::as_i64)
+                .unwrap_or(1);
+            set_meta(&mut new, "generation", json!(gen + 1));
+        }
+        return match req
+            .state
+            .store
+            .commit(&k, Expect::Revision(object_revision(&old)), Some(new))
+        {
+            Ok(change) => Ok(object_response(req, 200, &view(info, &change.object))),
+            Err(Precondition::Failed(e)) => Err(ApiError::internal(e)),
+            Err(_) => Err(ApiError::modified(
+                &info.qualified(),
+                &info.group,
+                &info.plural,
+                &name,
+            )),
+        };
+    }
+    match req
+        .state
+        .store
+        .commit(&k, Expect::Revision(object_revision(&old)), None)
+    {
+        Ok(_) => {
+            req.state.gc_wake.notify_one();
+            Ok(json_response(200, &success_status(req, &name, &uid)))
+        }
+        Err(Precondition::Missing) => Err(not_found(req, &name)),
+        Err(Precondition::Failed(e)) => Err(ApiError::internal(e)),
+        Err(_) => Err(ApiError::modified(
+            &info.qualified(),
+            &info.group,
+            &info.plural,
+            &name,
+        )),
+    }
+}
+
+/// A namespace's objects go with it (the namespace controller's job in Kubernetes).
+fn delete_namespace_contents(req: &Req, ns: &str) {
+    let (_, objects) = req.state.store.snapshot();
+    for (k, obj) in objects.iter().filter(|(k, _)| k.1 == ns) {
+        let _ = req
+            .state
+            .store
+            .commit(k, Expect::Revision(object_revision(obj)), None);
+    }
+}
+
+pub fn delete_collection(req: &Req) -> ApiResult<Response> {
+    let filter = Filter::from_req(req)?;
+    let (_, objects) = req.state.store.snapshot();
+    let mut deleted = Vec::new();
+    for (k, obj) in range(&objects, &req.info.store_key, &filter.namespace, None) {
+        let v = view(&req.info, obj);
+        if !filter.matches(&v) {
+            continue;
+        }
+        let sub = Req {
+            state: req.state.clone(),
+            info: req.info.clone(),
+            namespace: k.1.clone(),
+            name: Some(k.2.clone()),
+            sub: None,
+            query: req.query.clone(),
+            headers: req.headers.clone(),
+            user_agent: req.user_agent.clone(),
+        };
+        if delete(&sub, b"").is_ok() {
+            deleted.push(v);
+        }
+    }
+    let rv = req.state.store.revision().to_string();
+    Ok(json_response(
+        200,
+        &json!({"kind": format!("{}List", req.info.kind), "apiVersion": req.info.api_version(),
+                "metadata": {"resourceVersion": rv}, "items": deleted}),
+    ))
+}
