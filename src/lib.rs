@@ -7,3 +7,4 @@ pub mod api;
 pub mod apiserver;
 pub mod controller;
 pub mod provisioner;
+pub mod standalone;

@@ -197,7 +197,7 @@ pub async fn run(
         }
         .boxed(),
     );
-    if let Some(addr) = settings.metrics_addr {
+    if let Some(addr) = settings.metrics_addr.0 {
         let m = metrics.clone();
         tasks.push(
             async move {

@@ -37,7 +37,7 @@ pub struct Settings {
     pub namespaces: Vec<String>,
     /// Address of the /metrics, /healthz and /readyz endpoints; `off` disables them.
     #[arg(long, env = "OSPROV_METRICS_ADDR", default_value = "127.0.0.1:9090", value_parser = parse_addr)]
-    pub metrics_addr: Option<SocketAddr>,
+    pub metrics_addr: MetricsAddr,
     /// At most this many reprovisions at once across all dispatchers (unlimited when unset).
     #[arg(long, env = "OSPROV_MAX_CONCURRENT")]
     pub max_concurrent: Option<u32>,
@@ -64,12 +64,16 @@ pub struct Settings {
     pub log_format: LogFormat,
 }
 
-fn parse_addr(s: &str) -> Result<Option<SocketAddr>, String> {
+/// Where the metrics and health endpoints listen, if anywhere.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MetricsAddr(pub Option<SocketAddr>);
+
+fn parse_addr(s: &str) -> Result<MetricsAddr, String> {
     if s == "off" {
-        return Ok(None);
+        return Ok(MetricsAddr(None));
     }
     s.parse()
-        .map(Some)
+        .map(|a| MetricsAddr(Some(a)))
         .map_err(|e| format!("invalid address {s:?}: {e}"))
 }
 
@@ -79,7 +83,7 @@ impl Default for Settings {
             identifier: "osp".into(),
             lookup_interval: Duration::from_secs(10),
             namespaces: Vec::new(),
-            metrics_addr: None,
+            metrics_addr: MetricsAddr(None),
             max_concurrent: None,
             max_attempts: 3,
             retry_base: Duration::from_secs(5),
@@ -132,7 +136,7 @@ mod tests {
         ]);
         assert_eq!(cli.s.lookup_interval, Duration::from_millis(250));
         assert_eq!(cli.s.namespaces, ["a", "b"]);
-        assert_eq!(cli.s.metrics_addr, None);
+        assert_eq!(cli.s.metrics_addr, MetricsAddr(None));
         assert_eq!(cli.s.identifier, "osp");
     }
 }

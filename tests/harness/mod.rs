@@ -21,7 +21,7 @@ pub fn fast_settings() -> Settings {
         retry_base: Duration::from_millis(100),
         retry_cap: Duration::from_millis(400),
         host_grace: Duration::from_secs(2),
-        metrics_addr: None,
+        metrics_addr: Default::default(),
         ..Settings::default()
     }
 }
