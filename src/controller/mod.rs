@@ -12,6 +12,7 @@ pub mod hosts;
 pub mod metrics;
 pub mod requests;
 pub mod settings;
+pub mod world;
 
 use crate::adapter::simulator::SimRegistry;
 use crate::adapter::AdapterError;

@@ -7,16 +7,13 @@
 //! recorded is only ever resumed with the same token. Deletion goes through kube-runtime's
 //! finalizer helper: an in-flight operation is cancelled where the backend can, and the host is
 //! always released.
+use super::world::{self, is_terminal, Located};
 use super::{Error, Scope};
 use crate::adapter::{AdapterError, OperationState};
-use crate::api::{
-    OSDispatcher, OSProvisioningRequest, OSProvisioningRequestStatus, Phase, PROVISIONER_LABEL,
-    REQUEST_FINALIZER,
-};
+use crate::api::{OSProvisioningRequest, OSProvisioningRequestStatus, Phase, REQUEST_FINALIZER};
 use crate::provisioner::occupancy::{DispKey, HostKey, Limits};
 use crate::provisioner::plan::{
-    self, Action as Plan, Cleanup, HostFacts, HostLookup, OpObservation, RequestView, RetryPolicy,
-    World,
+    self, Action as Plan, Cleanup, OpObservation, RequestView, RetryPolicy, World,
 };
 use crate::provisioner::status::{cancelled_status, next_status};
 use futures::StreamExt;
@@ -30,7 +27,6 @@ use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
 use rand::Rng;
 use std::future::Future;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -79,75 +75,6 @@ fn error_policy(_r: Arc<Request>, err: &Error, scope: Arc<Scope>) -> Action {
     Action::requeue(scope.shared.settings.poll_interval)
 }
 
-fn is_terminal(st: &OSProvisioningRequestStatus, generation: i64) -> bool {
-    st.observed_generation == Some(generation)
-        && matches!(
-            st.phase,
-            Some(Phase::Succeeded | Phase::Failed | Phase::Rejected | Phase::Cancelled)
-        )
-}
-
-/// Rebuild the occupancy book from the store once, before the first decision.
-async fn seed(scope: &Scope) {
-    if scope.seeded.load(Ordering::Acquire) {
-        return;
-    }
-    let _ = scope.requests.wait_until_ready().await;
-    let mut occ = scope.shared.occupancy();
-    if scope.seeded.swap(true, Ordering::AcqRel) {
-        return;
-    }
-    for r in scope.requests.state() {
-        let (Some(ns), Some(uid)) = (r.namespace(), r.uid()) else {
-            continue;
-        };
-        let st = r.status.clone().unwrap_or_default();
-        let generation = r.meta().generation.unwrap_or(1);
-        let host = HostKey {
-            namespace: ns.clone(),
-            host: r.spec.host.clone(),
-        };
-        if is_terminal(&st, generation) || r.meta().deletion_timestamp.is_some() {
-            continue;
-        }
-        let created = r
-            .meta()
-            .creation_timestamp
-            .as_ref()
-            .map(|t| t.0)
-            .unwrap_or(Timestamp::UNIX_EPOCH);
-        occ.note_open(&uid, &r.name_any(), &host, created);
-        if let (Some(Phase::Provisioning), Some(op)) = (st.phase, st.operation.as_ref()) {
-            let disp = DispKey {
-                namespace: ns,
-                name: op.dispatcher.clone(),
-            };
-            occ.try_claim(&uid, &r.name_any(), &host, &disp, Limits::default());
-        }
-    }
-}
-
-/// Whether this provisioner answers for the request (see the README's "several provisioners").
-fn ours(req: &Request, scope: &Scope, ns: &str) -> bool {
-    let me = &scope.shared.settings.identifier;
-    if let Some(mh) = scope.hosts.get(&ObjectRef::new(&req.spec.host).within(ns)) {
-        return mh.labels().get(PROVISIONER_LABEL).is_none_or(|p| p == me);
-    }
-    let dispatchers: Vec<Arc<OSDispatcher>> = scope
-        .dispatchers
-        .state()
-        .into_iter()
-        .filter(|d| d.namespace().as_deref() == Some(ns))
-        .collect();
-    if let Some(wanted) = req.spec.dispatcher.as_deref() {
-        return dispatchers
-            .iter()
-            .find(|d| d.name_any() == wanted)
-            .is_none_or(|d| d.spec.provisioner == *me);
-    }
-    dispatchers.iter().any(|d| d.spec.provisioner == *me) || (dispatchers.is_empty() && me == "osp")
-}
-
 #[instrument(skip_all, fields(request = %req.name_any(), namespace = req.namespace().unwrap_or_default()))]
 async fn reconcile(req: Arc<Request>, scope: Arc<Scope>) -> Result<Action, Error> {
     let started = Instant::now();
@@ -155,11 +82,11 @@ async fn reconcile(req: Arc<Request>, scope: Arc<Scope>) -> Result<Action, Error
         controller: "request".into(),
     };
     scope.shared.metrics.reconciles.get_or_create(&label).inc();
-    seed(&scope).await;
+    world::seed(&scope).await;
     let ns = req
         .namespace()
         .ok_or(Error::MissingField("metadata.namespace"))?;
-    if !ours(&req, &scope, &ns) {
+    if !world::ours(&req, &scope, &ns) {
         return Ok(Action::await_change());
     }
     let api: Api<Request> = Api::namespaced(scope.shared.client.clone(), &ns);
@@ -178,133 +105,6 @@ async fn reconcile(req: Arc<Request>, scope: Arc<Scope>) -> Result<Action, Error
         .get_or_create(&label)
         .observe(started.elapsed().as_secs_f64());
     result
-}
-
-/// Where the host is, according to the cache.
-struct Located {
-    lookup: HostLookup,
-    dispatcher: Option<DispKey>,
-    backend_id: Option<String>,
-}
-
-fn locate(scope: &Scope, ns: &str, req: &Request, first_seen: Timestamp) -> Located {
-    let shared = &scope.shared;
-    let me = &shared.settings.identifier;
-    let ours: Vec<Arc<OSDispatcher>> = scope
-        .dispatchers
-        .state()
-        .into_iter()
-        .filter(|d| d.namespace().as_deref() == Some(ns) && d.spec.provisioner == *me)
-        .filter(|d| req.spec.dispatcher.is_none() || d.spec.provisioner == *me)
-        .collect();
-    shared.engine.with_cache(|cache| {
-        let mut all_fresh = true;
-        let mut any_unready = false;
-        let mut keys: Vec<DispKey> = ours
-            .iter()
-            .map(|d| DispKey {
-                namespace: ns.to_string(),
-                name: d.name_any(),
-            })
-            .collect();
-        keys.sort();
-        for key in &keys {
-            let Some(view) = cache.get(key) else {
-                any_unready = true;
-                continue;
-            };
-            if let Some(host) = view.hosts.get(&req.spec.host) {
-                let fresh = view.last_discovery.is_some_and(|t| t > first_seen);
-                return Located {
-                    lookup: HostLookup::Found(HostFacts {
-                        dispatcher: key.name.clone(),
-                        dispatcher_state: view.state,
-                        fresh,
-                        current_os: host.current_os.clone(),
-                        available_os: host.available_os.clone(),
-                        backend_busy: crate::provisioner::inventory::DispatcherView::host_busy(
-                            host,
-                        ),
-                    }),
-                    dispatcher: Some(key.clone()),
-                    backend_id: Some(host.id.clone()),
-                };
-            }
-            if view.discoveries == 0 {
-                any_unready = true;
-            }
-            all_fresh &= view.last_discovery.is_some_and(|t| t > first_seen);
-        }
-        let lookup = if any_unready {
-            HostLookup::DispatchersNotReady
-        } else if keys.is_empty() {
-            // No dispatcher yet: give one a couple of lookup intervals to appear.
-            let waited = Timestamp::now().duration_since(first_seen);
-            let grace = shared.settings.lookup_interval.saturating_mul(2);
-            HostLookup::NotFound {
-                fresh: Duration::try_from(waited).unwrap_or(Duration::ZERO) >= grace,
-            }
-        } else {
-            HostLookup::NotFound { fresh: all_fresh }
-        };
-        Located {
-            lookup,
-            dispatcher: None,
-            backend_id: None,
-        }
-    })
-}
-
-/// Ask the backend about the operation recorded in status.
-async fn observe(
-    scope: &Scope,
-    ns: &str,
-    req: &Request,
-    st: &OSProvisioningRequestStatus,
-) -> OpObservation {
-    let Some(op) = st.operation.as_ref() else {
-        return OpObservation::NoneRecorded;
-    };
-    let key = DispKey {
-        namespace: ns.to_string(),
-        name: op.dispatcher.clone(),
-    };
-    let Some(adapter) = scope.shared.engine.adapter(&key) else {
-        return OpObservation::Unreachable(format!(
-            "OSDispatcher {} has no session",
-            op.dispatcher
-        ));
-    };
-    let Some(id) = scope
-        .shared
-        .engine
-        .view(&key)
-        .and_then(|v| v.hosts.get(&req.spec.host).map(|h| h.id.clone()))
-    else {
-        return OpObservation::Unreachable(format!(
-            "host {} is not in {}'s inventory",
-            req.spec.host, op.dispatcher
-        ));
-    };
-    match adapter.operation(&id, &op.token).await {
-        Ok(Some(s)) => OpObservation::State(s.state),
-        Ok(None) => OpObservation::UnknownToBackend,
-        Err(e) => OpObservation::Unreachable(e.to_string()),
-    }
-}
-
-fn limits(scope: &Scope, key: Option<&DispKey>) -> Limits {
-    let dispatcher = key.and_then(|k| {
-        scope
-            .dispatchers
-            .get(&ObjectRef::new(&k.name).within(&k.namespace))
-            .and_then(|d| d.spec.max_concurrent)
-            .and_then(|m| u32::try_from(m).ok())
-    });
-    Limits {
-        dispatcher,
-        global: scope.shared.settings.max_concurrent,
-    }
 }
 
 async fn apply(req: Arc<Request>, scope: &Scope, ns: &str) -> Result<Action, Error> {
@@ -334,9 +134,9 @@ async fn apply(req: Arc<Request>, scope: &Scope, ns: &str) -> Result<Action, Err
         .unwrap_or_else(|p| p.into_inner())
         .entry((uid.clone(), generation))
         .or_insert_with(Timestamp::now);
-    let located = locate(scope, ns, &req, first_seen);
-    let operation = observe(scope, ns, &req, &st).await;
-    let lim = limits(scope, located.dispatcher.as_ref());
+    let located = world::locate(scope, ns, &req, first_seen);
+    let operation = world::observe(scope, ns, &req, &st).await;
+    let lim = world::limits(scope, located.dispatcher.as_ref());
     let occupancy = shared
         .occupancy()
         .view(&uid, &host, located.dispatcher.as_ref(), lim);
@@ -492,7 +292,7 @@ async fn start(
     };
     // 1. Claim the host and a slot before anything else.
     let lim = if fresh_start {
-        limits(scope, Some(&disp))
+        world::limits(scope, Some(&disp))
     } else {
         Limits::default()
     };
@@ -688,7 +488,7 @@ async fn cleanup(req: Arc<Request>, scope: &Scope, ns: &str) -> Result<Action, E
             .is_some_and(|d| d.meta().deletion_timestamp.is_none())
     });
     let observation = if in_flight && dispatcher_exists {
-        observe(scope, ns, &req, &st).await
+        world::observe(scope, ns, &req, &st).await
     } else {
         OpObservation::NoneRecorded
     };
