@@ -430,3 +430,57 @@ async fn other_provisioners_dispatchers_are_left_alone() {
         1
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_os_in_the_backend_is_found_by_an_on_demand_discovery() {
+    let e = env().await;
+    let _ctl = e.controller();
+    let mut d = sim_dispatcher("slow", sim(1, 0));
+    d.spec.lookup_interval = Some("1h".into());
+    create(&e.dispatchers, &d).await;
+    e.wait_hosts(1).await;
+    let before = e.fleet("slow").stats().discoveries;
+    // The backend starts offering an image without osprov being told.
+    let mut changed = sim(1, 0);
+    changed.os_images.push("freebsd-14".into());
+    e.sims.fleet("default/slow", &changed);
+    create(&e.requests, &request("bsd", "sim-000", "freebsd-14")).await;
+    wait_phase(&e.requests, "bsd", Phase::Succeeded, 20).await;
+    assert!(
+        e.fleet("slow").stats().discoveries > before,
+        "the request triggered a discovery"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_gone_from_the_backend_is_marked_then_removed() {
+    let e = env().await;
+    let _ctl = e.controller();
+    create(&e.dispatchers, &sim_dispatcher("sim", sim(2, 0))).await;
+    e.wait_hosts(2).await;
+    e.dispatchers
+        .patch(
+            "sim",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"simulator": {"hosts": 1}}})),
+        )
+        .await
+        .expect("patch");
+    eventually(20, "sim-001 marked not present", || async {
+        let mh = e.hosts.get("sim-001").await.ok()?;
+        let c = conditions::get(&mh.status?.conditions, "Present")?.clone();
+        (c.status == "False" && c.reason == "NotReported").then_some(())
+    })
+    .await;
+    // fast_settings() keeps a missing host for 2 s.
+    eventually(20, "sim-001 removed", || async {
+        e.hosts
+            .get_opt("sim-001")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert!(e.hosts.get_opt("sim-000").await.expect("get").is_some());
+}
