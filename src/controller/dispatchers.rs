@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
-use tracing::{info, instrument, warn};
+use tracing::{info, instrument};
 
 /// The controller over OSDispatchers, also woken by changes to their ManagedHosts.
 pub fn controller(
@@ -51,20 +51,7 @@ pub async fn run(
 }
 
 fn error_policy(_d: Arc<OSDispatcher>, err: &Error, scope: Arc<Scope>) -> Action {
-    scope
-        .shared
-        .metrics
-        .errors
-        .get_or_create(&super::metrics::ErrorLabel {
-            controller: "dispatcher".into(),
-            kind: err.kind().into(),
-        })
-        .inc();
-    if err.is_conflict() {
-        return Action::requeue(Duration::from_millis(200));
-    }
-    warn!(error = %err, "dispatcher reconcile failed");
-    Action::requeue(Duration::from_secs(5))
+    super::on_error("dispatcher", err, &scope, Duration::from_secs(5))
 }
 
 /// Build the adapter a dispatcher's spec asks for.

@@ -82,6 +82,30 @@ impl Error {
     }
 }
 
+/// The common error policy: count the error, look again soon after a conflict, else after
+/// `fallback`.
+pub fn on_error(
+    controller: &str,
+    err: &Error,
+    scope: &Scope,
+    fallback: std::time::Duration,
+) -> kube::runtime::controller::Action {
+    let label = metrics::ErrorLabel {
+        controller: controller.into(),
+        kind: err.kind().into(),
+    };
+    scope.shared.metrics.errors.get_or_create(&label).inc();
+    if err.is_conflict() {
+        tracing::debug!(controller, "write conflicted; looking again");
+        let jitter = rand::Rng::random_range(&mut rand::rng(), 0..200);
+        return kube::runtime::controller::Action::requeue(std::time::Duration::from_millis(
+            100 + jitter,
+        ));
+    }
+    tracing::warn!(controller, error = %err, "reconcile failed");
+    kube::runtime::controller::Action::requeue(fallback)
+}
+
 /// What every reconcile shares, whatever its namespace.
 pub struct Shared {
     pub client: Client,

@@ -35,6 +35,16 @@ use tracing::{debug, info, instrument, warn};
 
 type Request = OSProvisioningRequest;
 
+/// One decision being carried out: the request and where it lives.
+struct Job<'a> {
+    scope: &'a Scope,
+    ns: &'a str,
+    req: &'a Request,
+    uid: &'a str,
+    host: &'a HostKey,
+    generation: i64,
+}
+
 /// The controller over requests.
 pub fn controller(api: Api<Request>) -> Controller<Request> {
     Controller::new(api, watcher::Config::default())
@@ -56,23 +66,7 @@ pub async fn run(
 }
 
 fn error_policy(_r: Arc<Request>, err: &Error, scope: Arc<Scope>) -> Action {
-    scope
-        .shared
-        .metrics
-        .errors
-        .get_or_create(&super::metrics::ErrorLabel {
-            controller: "request".into(),
-            kind: err.kind().into(),
-        })
-        .inc();
-    if err.is_conflict() {
-        debug!("status write conflicted; looking again");
-        return Action::requeue(Duration::from_millis(
-            100 + rand::rng().random_range(0..200),
-        ));
-    }
-    warn!(error = %err, "request reconcile failed");
-    Action::requeue(scope.shared.settings.poll_interval)
+    super::on_error("request", err, &scope, scope.shared.settings.poll_interval)
 }
 
 #[instrument(skip_all, fields(request = %req.name_any(), namespace = req.namespace().unwrap_or_default()))]
@@ -162,20 +156,26 @@ async fn apply(req: Arc<Request>, scope: &Scope, ns: &str) -> Result<Action, Err
     };
     let action = plan::plan(&view, &world);
     debug!(?action, "planned");
-    perform(scope, ns, &req, &uid, &host, located, action, generation).await
+    let job = Job {
+        scope,
+        ns,
+        req: &req,
+        uid: &uid,
+        host: &host,
+        generation,
+    };
+    perform(&job, located, action).await
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn perform(
-    scope: &Scope,
-    ns: &str,
-    req: &Request,
-    uid: &str,
-    host: &HostKey,
-    located: Located,
-    action: Plan,
-    generation: i64,
-) -> Result<Action, Error> {
+async fn perform(job: &Job<'_>, located: Located, action: Plan) -> Result<Action, Error> {
+    let Job {
+        scope,
+        ns,
+        req,
+        uid,
+        host,
+        generation,
+    } = *job;
     let shared = &scope.shared;
     let st = req.status.clone().unwrap_or_default();
     let now = Timestamp::now();
@@ -254,23 +254,19 @@ async fn perform(
             .await?;
             Ok(Action::requeue(*retry_in))
         }
-        Plan::Start { .. } | Plan::Resume { .. } => {
-            start(scope, ns, req, uid, host, located, action, generation).await
-        }
+        Plan::Start { .. } | Plan::Resume { .. } => start(job, located, action).await,
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn start(
-    scope: &Scope,
-    ns: &str,
-    req: &Request,
-    uid: &str,
-    host: &HostKey,
-    located: Located,
-    action: Plan,
-    generation: i64,
-) -> Result<Action, Error> {
+async fn start(job: &Job<'_>, located: Located, action: Plan) -> Result<Action, Error> {
+    let Job {
+        scope,
+        ns,
+        req,
+        uid,
+        host,
+        generation,
+    } = *job;
     let shared = &scope.shared;
     let st = req.status.clone().unwrap_or_default();
     let now = Timestamp::now();
@@ -368,23 +364,25 @@ async fn start(
             warn!(error = %e, "backend did not take the reprovision yet; the same token is retried");
             Ok(Action::requeue(shared.settings.poll_interval))
         }
-        Err(e) => backend_refused(scope, ns, req, uid, host, &disp, e, generation).await,
+        Err(e) => backend_refused(job, &disp, e).await,
     }
 }
 
 /// The backend refused the reprovision outright (unknown OS/host): a failed attempt, and a fresh
 /// discovery so the next decision sees the backend's current catalogue.
-#[allow(clippy::too_many_arguments)]
 async fn backend_refused(
-    scope: &Scope,
-    ns: &str,
-    req: &Request,
-    uid: &str,
-    host: &HostKey,
+    job: &Job<'_>,
     disp: &DispKey,
     err: AdapterError,
-    generation: i64,
 ) -> Result<Action, Error> {
+    let Job {
+        scope,
+        ns,
+        req,
+        uid,
+        host,
+        generation,
+    } = *job;
     let shared = &scope.shared;
     shared.engine.discover_now(disp);
     let api: Api<Request> = Api::namespaced(shared.client.clone(), ns);
