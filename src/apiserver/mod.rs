@@ -54,6 +54,8 @@ pub struct Config {
     pub bookmark_interval: Duration,
     /// Also write the access record (JSON) to this file.
     pub access_log: Option<PathBuf>,
+    /// The bearer token clients must present; `None` (the default) makes a random one at start.
+    pub token: Option<String>,
 }
 
 impl Config {
@@ -66,6 +68,7 @@ impl Config {
             watch_history: 10_000,
             bookmark_interval: Duration::from_secs(60),
             access_log: None,
+            token: None,
         }
     }
 }
@@ -104,9 +107,11 @@ pub async fn serve(config: Config) -> Result<ApiServer, ApiServerError> {
     let store = store::Store::open(persist, config.watch_history, channel)?;
     ensure_namespace(&store, "default");
     ensure_namespace(&store, "kube-system");
-    let mut raw = [0u8; 24];
-    rand::rng().fill_bytes(&mut raw);
-    let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    let token = config.token.clone().unwrap_or_else(|| {
+        let mut raw = [0u8; 24];
+        rand::rng().fill_bytes(&mut raw);
+        raw.iter().map(|b| format!("{b:02x}")).collect()
+    });
     let (closing, closing_rx) = tokio::sync::watch::channel(false);
     let state = Arc::new(http::State {
         registry,
