@@ -6,6 +6,24 @@ use super::{Cause, ListType, StructuralSchema};
 
 /// A realistic osprov-like CRD schema.
 pub(crate) fn crd_schema() -> Value {
+    let images = json!({
+        "type": "array",
+        "x-kubernetes-list-type": "map",
+        "x-kubernetes-list-map-keys": ["name"],
+        "items": {
+            "type": "object",
+            "required": ["name"],
+            "properties": {
+                "name": {"type": "string", "minLength": 2},
+                "url": {"type": "string", "x-kubernetes-validations": [
+                    {"rule": "self.startsWith('https://')", "messageExpression": "'url must be https, got ' + self",
+                     "reason": "FieldValueForbidden"}
+                ]},
+                "arch": {"type": "string", "default": "amd64"},
+                "pinned": {"type": "string", "x-kubernetes-validations": [{"rule": "self == oldSelf"}]}
+            }
+        }
+    });
     json!({
         "type": "object",
         "properties": {
@@ -36,24 +54,8 @@ pub(crate) fn crd_schema() -> Value {
                     }},
                     "optional": {"type": "object", "properties": {"depth": {"type": "integer", "default": 2}}},
                     "mac": {"type": "string", "format": "mac"},
-                    "images": {
-                        "type": "array",
-                        "x-kubernetes-list-type": "map",
-                        "x-kubernetes-list-map-keys": ["name"],
-                        "items": {
-                            "type": "object",
-                            "required": ["name"],
-                            "properties": {
-                                "name": {"type": "string", "minLength": 2},
-                                "url": {"type": "string", "x-kubernetes-validations": [
-                                    {"rule": "self.startsWith('https://')", "messageExpression": "'url must be https, got ' + self",
-                                     "reason": "FieldValueForbidden"}
-                                ]},
-                                "arch": {"type": "string", "default": "amd64"},
-                                "pinned": {"type": "string", "x-kubernetes-validations": [{"rule": "self == oldSelf"}]}
-                            }
-                        }
-                    }
+                    "args": {"type": "array", "items": {"type": "string"}},
+                    "images": images
                 }
             },
             "status": {

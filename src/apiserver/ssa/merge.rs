@@ -7,7 +7,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use super::fieldset::{item_pe, FieldSet};
 use super::SsaError;
@@ -15,21 +15,23 @@ use crate::apiserver::schema::{ListType, MergeInfo};
 
 /// `applied` merged onto `live`.
 pub fn merge(live: Option<&Value>, applied: &Value, mi: &MergeInfo) -> Result<Value, SsaError> {
-    match (live, applied) {
-        (Some(Value::Object(l)), Value::Object(a)) if !mi.map_atomic() => {
-            let mut out = l.clone();
+    match applied {
+        Value::Object(a) if !mi.map_atomic() => {
+            let mut out = match live {
+                Some(Value::Object(l)) => l.clone(),
+                _ => Map::new(),
+            };
             for (k, av) in a {
-                let merged = merge(l.get(k), av, mi.field(k))?;
+                let merged = merge(out.get(k), av, mi.field(k))?;
                 out.insert(k.clone(), merged);
             }
             Ok(Value::Object(out))
         }
-        (Some(Value::Array(l)), Value::Array(a)) if *mi.list_type() != ListType::Atomic => {
+        Value::Array(a) if *mi.list_type() != ListType::Atomic => {
+            let l = live
+                .and_then(Value::as_array)
+                .map_or(&[][..], Vec::as_slice);
             merge_list(l, a, mi)
-        }
-        (_, Value::Array(a)) if *mi.list_type() != ListType::Atomic => {
-            // Check the applied list's keys even when there is nothing to merge with.
-            merge_list(&[], a, mi)
         }
         _ => Ok(applied.clone()),
     }
