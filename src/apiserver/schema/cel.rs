@@ -211,12 +211,14 @@ pub(super) fn eval_rules(
                 out.push(cause(Kind::Invalid, &field, Some(&type_shown), &detail));
             }
             Err(e) => {
-                out.push(cause(
-                    Kind::Invalid,
-                    &field,
-                    Some(&type_shown),
-                    &e.to_string(),
-                ));
+                // kube-apiserver: `no such key: os evaluating rule: <message or rule>`.
+                let err = match &e {
+                    ::cel::ExecutionError::NoSuchKey(k) => format!("no such key: {k}"),
+                    other => other.to_string(),
+                };
+                let what = rule.message.as_deref().unwrap_or(&rule.source);
+                let detail = format!("{err} evaluating rule: {what}");
+                out.push(cause(Kind::Invalid, &field, Some(&type_shown), &detail));
             }
         }
     }

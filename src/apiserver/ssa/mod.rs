@@ -59,28 +59,47 @@ pub struct Conflict {
     pub manager: String,
     /// The field in structured-merge-diff notation, e.g. `.spec.os`.
     pub field: String,
+    /// The apiVersion of the other manager's entry (kube-apiserver prints it: `using v1`).
+    pub api_version: String,
+    /// The other manager's subresource, if any.
+    pub subresource: Option<String>,
 }
 
 impl Conflict {
-    /// The cause message kube-apiserver puts in the 409's details (`conflict with "kubectl"`).
+    /// The manager as kube-apiserver prints it: `"kubectl" using v1`, or
+    /// `"ctrl" with subresource "status" using v1`.
+    fn who(&self) -> String {
+        let mut s = format!("{:?}", self.manager);
+        if let Some(sub) = &self.subresource {
+            s.push_str(&format!(" with subresource {sub:?}"));
+        }
+        if !self.api_version.is_empty() {
+            s.push_str(&format!(" using {}", self.api_version));
+        }
+        s
+    }
+
+    /// The cause message kube-apiserver puts in the 409's details
+    /// (`conflict with "kubectl" using v1`; the cause's field is [`Conflict::field`] and its
+    /// reason `FieldManagerConflict`).
     pub fn message(&self) -> String {
-        format!("conflict with {:?}", self.manager)
+        format!("conflict with {}", self.who())
     }
 }
 
-/// The Status message of a 409 for these conflicts, as kube-apiserver words it (without the
-/// manager's apiVersion, which [`Conflict`] does not carry).
+/// The Status message of a 409 for these conflicts, as kube-apiserver words it:
+/// `Apply failed with 1 conflict: conflict with "a" using v1: .spec.os`.
 pub fn conflicts_message(conflicts: &[Conflict]) -> String {
     if let [c] = conflicts {
         return format!("Apply failed with 1 conflict: {}: {}", c.message(), c.field);
     }
-    let mut managers: Vec<&str> = conflicts.iter().map(|c| c.manager.as_str()).collect();
+    let mut managers: Vec<String> = conflicts.iter().map(Conflict::who).collect();
     managers.sort_unstable();
     managers.dedup();
     let mut lines = Vec::new();
     for m in managers {
-        lines.push(format!("conflicts with {m:?}:"));
-        for c in conflicts.iter().filter(|c| c.manager == m) {
+        lines.push(format!("conflicts with {m}:"));
+        for c in conflicts.iter().filter(|c| c.who() == m) {
             lines.push(format!("- {}", c.field));
         }
     }
@@ -302,6 +321,8 @@ pub fn apply(
             conflicts.push(Conflict {
                 manager: entries[*i].manager.clone(),
                 field: display_path(&p),
+                api_version: entries[*i].api_version.clone(),
+                subresource: entries[*i].subresource.clone(),
             });
         }
     }

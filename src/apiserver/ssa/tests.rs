@@ -177,12 +177,14 @@ fn conflict_with_apply_manager_and_force() {
         c,
         vec![Conflict {
             manager: "a".into(),
-            field: ".spec.os".into()
+            field: ".spec.os".into(),
+            api_version: "osprov.io/v1alpha1".into(),
+            subresource: None,
         }]
     );
     assert_eq!(
         conflicts_message(&c),
-        r#"Apply failed with 1 conflict: conflict with "a": .spec.os"#
+        r#"Apply failed with 1 conflict: conflict with "a" using osprov.io/v1alpha1: .spec.os"#
     );
     let out = ok(apply(
         Some(&live),
@@ -235,7 +237,9 @@ fn conflict_with_update_manager() {
         c,
         vec![Conflict {
             manager: "kubectl-edit".into(),
-            field: ".spec.maxConcurrent".into()
+            field: ".spec.maxConcurrent".into(),
+            api_version: "osprov.io/v1alpha1".into(),
+            subresource: None,
         }]
     );
 }
@@ -493,7 +497,9 @@ fn schemaless_apply_and_before_first_apply() {
         got,
         vec![Conflict {
             manager: "before-first-apply".into(),
-            field: ".data.a".into()
+            field: ".data.a".into(),
+            api_version: "v1".into(),
+            subresource: None,
         }]
     );
     let out = ok(apply(Some(&live), &c, "m", true, None, None, T1));
@@ -577,5 +583,30 @@ fn finalizers_and_owner_references_merge_granularly() {
     assert_eq!(
         fields(&out, "b", "Apply")["f:metadata"]["f:ownerReferences"],
         json!({"k:{\"uid\":\"u1\"}": {".": {}, "f:apiVersion": {}, "f:kind": {}, "f:name": {}, "f:uid": {}}})
+    );
+}
+
+#[test]
+fn several_conflicts_are_grouped_by_manager() {
+    let s = schema();
+    let live = do_apply(
+        &s,
+        None,
+        &cfg(json!({"host": "h", "os": "linux", "maxConcurrent": 2})),
+        "a",
+        T1,
+    );
+    let mut st = live.clone();
+    st["status"] = json!({"phase": "Ready"});
+    record_update_with(Some(&live), &mut st, "ctrl", Some("status"), Some(&s), T2);
+    let mut body = cfg(json!({"os": "bsd", "maxConcurrent": 3}));
+    body["status"] = json!({"phase": "Done"});
+    let c = conflicts(apply(Some(&st), &body, "b", false, None, Some(&s), T3));
+    assert_eq!(c.len(), 3);
+    assert_eq!(
+        conflicts_message(&c),
+        "Apply failed with 3 conflicts: conflicts with \"a\" using osprov.io/v1alpha1:\n\
+         - .spec.maxConcurrent\n- .spec.os\n\
+         conflicts with \"ctrl\" with subresource \"status\" using osprov.io/v1alpha1:\n- .status.phase"
     );
 }
