@@ -55,6 +55,8 @@ pub(crate) fn crd_schema() -> Value {
                     "optional": {"type": "object", "properties": {"depth": {"type": "integer", "default": 2}}},
                     "mac": {"type": "string", "format": "mac"},
                     "args": {"type": "array", "items": {"type": "string"}},
+                    "selector": {"type": "object", "x-kubernetes-map-type": "atomic",
+                                 "properties": {"a": {"type": "string"}, "b": {"type": "string"}}},
                     "images": images
                 }
             },

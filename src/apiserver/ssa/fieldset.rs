@@ -370,3 +370,45 @@ fn cmp(
     leaf(old, new, path, c);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::{display_path, FieldSet};
+
+    #[test]
+    fn fields_v1_round_trip_and_paths() {
+        let v = json!({
+            "f:metadata": {"f:finalizers": {".": {}, "v:\"osprov.io/cleanup\"": {}}, "f:labels": {"f:app": {}}},
+            "f:spec": {"f:images": {"k:{\"name\":\"a\"}": {".": {}, "f:name": {}, "f:url": {}}}, "f:os": {}},
+            "f:status": {".": {}, "f:list": {"i:0": {}}}
+        });
+        let set = FieldSet::from_fields_v1(&v).expect("parses");
+        assert_eq!(set.to_fields_v1(), v);
+        let shown: Vec<String> = set.paths().iter().map(|p| display_path(p)).collect();
+        assert_eq!(
+            shown,
+            vec![
+                ".metadata.finalizers",
+                ".metadata.finalizers[=\"osprov.io/cleanup\"]",
+                ".metadata.labels.app",
+                ".spec.images[name=\"a\"]",
+                ".spec.images[name=\"a\"].name",
+                ".spec.images[name=\"a\"].url",
+                ".spec.os",
+                ".status",
+                ".status.list[0]",
+            ]
+        );
+        let other = FieldSet::from_fields_v1(&json!({"f:spec": {"f:os": {}}, "f:status": {}}))
+            .expect("parses");
+        assert_eq!(
+            set.intersection(&other).to_fields_v1(),
+            json!({"f:spec": {"f:os": {}}, "f:status": {}})
+        );
+        let diff = set.difference(&other).to_fields_v1();
+        assert_eq!(diff["f:status"], json!({"f:list": {"i:0": {}}}));
+        assert!(FieldSet::from_fields_v1(&json!({"f:a": 1})).is_err());
+    }
+}

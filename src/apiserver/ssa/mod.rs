@@ -25,6 +25,8 @@ mod fieldset;
 mod merge;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod update_tests;
 
 use serde_json::{json, Map, Value};
 
@@ -383,7 +385,12 @@ pub fn record_update_with(
     now: &str,
 ) {
     let mi = merge_info(schema);
-    let sent = decode_entries(Some(new)).unwrap_or_default();
+    // A non-empty managedFields sent with a main-resource write replaces the stored one;
+    // subresource writes always keep the stored one.
+    let sent = match subresource {
+        None => decode_entries(Some(new)).unwrap_or_default(),
+        Some(_) => Vec::new(),
+    };
     let mut entries = if sent.is_empty() {
         decode_entries(old).unwrap_or_default()
     } else {

@@ -2,22 +2,19 @@
 
 use serde_json::{json, Value};
 
-use super::{
-    apply, conflicts_message, display_path, record_update, record_update_with, ApplyOutcome,
-    Conflict, FieldSet,
-};
+use super::{apply, conflicts_message, record_update_with, ApplyOutcome, Conflict};
 use crate::apiserver::schema::tests::schema;
 use crate::apiserver::schema::StructuralSchema;
 
-const T1: &str = "2026-01-01T00:00:00Z";
-const T2: &str = "2026-01-01T00:01:00Z";
-const T3: &str = "2026-01-01T00:02:00Z";
+pub(super) const T1: &str = "2026-01-01T00:00:00Z";
+pub(super) const T2: &str = "2026-01-01T00:01:00Z";
+pub(super) const T3: &str = "2026-01-01T00:02:00Z";
 
-fn cfg(spec: Value) -> Value {
+pub(super) fn cfg(spec: Value) -> Value {
     json!({"apiVersion": "osprov.io/v1alpha1", "kind": "Host", "metadata": {"name": "h1"}, "spec": spec})
 }
 
-fn ok(outcome: Result<ApplyOutcome, super::SsaError>) -> Value {
+pub(super) fn ok(outcome: Result<ApplyOutcome, super::SsaError>) -> Value {
     match outcome {
         Ok(ApplyOutcome::Applied(v)) => v,
         Ok(ApplyOutcome::Conflict(c)) => panic!("unexpected conflicts: {c:?}"),
@@ -25,7 +22,7 @@ fn ok(outcome: Result<ApplyOutcome, super::SsaError>) -> Value {
     }
 }
 
-fn conflicts(outcome: Result<ApplyOutcome, super::SsaError>) -> Vec<Conflict> {
+pub(super) fn conflicts(outcome: Result<ApplyOutcome, super::SsaError>) -> Vec<Conflict> {
     match outcome {
         Ok(ApplyOutcome::Conflict(c)) => c,
         Ok(ApplyOutcome::Applied(v)) => panic!("expected a conflict, got {v:#}"),
@@ -33,7 +30,7 @@ fn conflicts(outcome: Result<ApplyOutcome, super::SsaError>) -> Vec<Conflict> {
     }
 }
 
-fn do_apply(
+pub(super) fn do_apply(
     s: &StructuralSchema,
     live: Option<&Value>,
     cfg: &Value,
@@ -44,14 +41,14 @@ fn do_apply(
 }
 
 /// The managedFields entry of `manager` with `operation`.
-fn entry<'a>(obj: &'a Value, manager: &str, operation: &str) -> Option<&'a Value> {
+pub(super) fn entry<'a>(obj: &'a Value, manager: &str, operation: &str) -> Option<&'a Value> {
     obj["metadata"]["managedFields"]
         .as_array()?
         .iter()
         .find(|e| e["manager"] == manager && e["operation"] == operation)
 }
 
-fn fields(obj: &Value, manager: &str, operation: &str) -> Value {
+pub(super) fn fields(obj: &Value, manager: &str, operation: &str) -> Value {
     entry(obj, manager, operation).map_or(Value::Null, |e| e["fieldsV1"].clone())
 }
 
@@ -423,72 +420,6 @@ fn status_apply_only_touches_status() {
 }
 
 #[test]
-fn record_update_on_create_and_transfer() {
-    let s = schema();
-    let mut created = cfg(json!({"host": "h", "os": "linux"}));
-    created["metadata"]["labels"] = json!({"app": "x"});
-    created["metadata"]["uid"] = json!("u1");
-    record_update_with(None, &mut created, "creator", None, Some(&s), T1);
-    assert_eq!(
-        fields(&created, "creator", "Update"),
-        json!({"f:metadata": {"f:labels": {".": {}, "f:app": {}}}, "f:spec": {".": {}, "f:host": {}, "f:os": {}}})
-    );
-    let mut edited = created.clone();
-    edited["spec"]["os"] = json!("bsd");
-    edited["metadata"]["resourceVersion"] = json!("7");
-    record_update_with(Some(&created), &mut edited, "editor", None, Some(&s), T2);
-    assert_eq!(
-        fields(&edited, "editor", "Update"),
-        json!({"f:spec": {"f:os": {}}})
-    );
-    assert_eq!(
-        fields(&edited, "creator", "Update"),
-        json!({"f:metadata": {"f:labels": {".": {}, "f:app": {}}}, "f:spec": {".": {}, "f:host": {}}})
-    );
-    assert_eq!(
-        entry(&edited, "creator", "Update").map(|e| e["time"].clone()),
-        Some(json!(T1))
-    );
-    // A removal drops the field from everybody.
-    let mut removed = edited.clone();
-    if let Some(spec) = removed["spec"].as_object_mut() {
-        spec.remove("os");
-    }
-    record_update(Some(&edited), &mut removed, "cleaner", None, T3);
-    assert!(
-        entry(&removed, "editor", "Update").is_none(),
-        "editor's only field is gone, so is its entry"
-    );
-    assert!(
-        entry(&removed, "cleaner", "Update").is_none(),
-        "a pure removal owns nothing"
-    );
-}
-
-#[test]
-fn update_without_managed_fields_is_not_tracked_and_sent_entries_win() {
-    let old = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "data": {"a": "eA=="}});
-    let mut new = old.clone();
-    new["data"]["b"] = json!("eQ==");
-    record_update(Some(&old), &mut new, "m", None, T1);
-    assert!(new["metadata"].get("managedFields").is_none());
-    // A client may reset managedFields by sending them.
-    let mut reset = new.clone();
-    reset["metadata"]["managedFields"] = json!([{"manager": "x", "operation": "Update", "apiVersion": "v1",
-        "fieldsType": "FieldsV1", "fieldsV1": {"f:data": {"f:a": {}}}}]);
-    reset["data"]["c"] = json!("eg==");
-    record_update(Some(&new), &mut reset, "m", None, T2);
-    assert_eq!(
-        fields(&reset, "x", "Update"),
-        json!({"f:data": {"f:a": {}}})
-    );
-    assert_eq!(
-        fields(&reset, "m", "Update"),
-        json!({"f:data": {"f:c": {}}})
-    );
-}
-
-#[test]
 fn schemaless_apply_and_before_first_apply() {
     let live = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s", "uid": "u"}, "type": "Opaque", "data": {"a": "eA=="}});
     let c = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "data": {"a": "eQ=="}});
@@ -534,41 +465,6 @@ fn bad_input_is_an_error() {
 }
 
 #[test]
-fn fields_v1_round_trip_and_paths() {
-    let v = json!({
-        "f:metadata": {"f:finalizers": {".": {}, "v:\"osprov.io/cleanup\"": {}}, "f:labels": {"f:app": {}}},
-        "f:spec": {"f:images": {"k:{\"name\":\"a\"}": {".": {}, "f:name": {}, "f:url": {}}}, "f:os": {}},
-        "f:status": {".": {}, "f:list": {"i:0": {}}}
-    });
-    let set = FieldSet::from_fields_v1(&v).expect("parses");
-    assert_eq!(set.to_fields_v1(), v);
-    let shown: Vec<String> = set.paths().iter().map(|p| display_path(p)).collect();
-    assert_eq!(
-        shown,
-        vec![
-            ".metadata.finalizers",
-            ".metadata.finalizers[=\"osprov.io/cleanup\"]",
-            ".metadata.labels.app",
-            ".spec.images[name=\"a\"]",
-            ".spec.images[name=\"a\"].name",
-            ".spec.images[name=\"a\"].url",
-            ".spec.os",
-            ".status",
-            ".status.list[0]",
-        ]
-    );
-    let other =
-        FieldSet::from_fields_v1(&json!({"f:spec": {"f:os": {}}, "f:status": {}})).expect("parses");
-    assert_eq!(
-        set.intersection(&other).to_fields_v1(),
-        json!({"f:spec": {"f:os": {}}, "f:status": {}})
-    );
-    let diff = set.difference(&other).to_fields_v1();
-    assert_eq!(diff["f:status"], json!({"f:list": {"i:0": {}}}));
-    assert!(FieldSet::from_fields_v1(&json!({"f:a": 1})).is_err());
-}
-
-#[test]
 fn finalizers_and_owner_references_merge_granularly() {
     let s = schema();
     let mut c1 = cfg(json!({"host": "h"}));
@@ -608,5 +504,46 @@ fn several_conflicts_are_grouped_by_manager() {
         "Apply failed with 3 conflicts: conflicts with \"a\" using osprov.io/v1alpha1:\n\
          - .spec.maxConcurrent\n- .spec.os\n\
          conflicts with \"ctrl\" with subresource \"status\" using osprov.io/v1alpha1:\n- .status.phase"
+    );
+}
+
+#[test]
+fn atomic_map_is_replaced_whole() {
+    let s = schema();
+    let live = do_apply(
+        &s,
+        None,
+        &cfg(json!({"host": "h", "selector": {"a": "1"}})),
+        "a",
+        T1,
+    );
+    assert_eq!(
+        fields(&live, "a", "Apply"),
+        json!({"f:spec": {"f:host": {}, "f:selector": {}}})
+    );
+    let c = conflicts(apply(
+        Some(&live),
+        &cfg(json!({"selector": {"b": "2"}})),
+        "b",
+        false,
+        None,
+        Some(&s),
+        T2,
+    ));
+    assert_eq!(c.len(), 1);
+    assert_eq!(c[0].field, ".spec.selector");
+    let out = ok(apply(
+        Some(&live),
+        &cfg(json!({"selector": {"b": "2"}})),
+        "b",
+        true,
+        None,
+        Some(&s),
+        T2,
+    ));
+    assert_eq!(
+        out["spec"]["selector"],
+        json!({"b": "2"}),
+        "replaced, not merged"
     );
 }
