@@ -17,6 +17,11 @@
 //! all its fields on the first apply, and an update of an object without managedFields is not
 //! tracked; a non-empty `managedFields` sent with an update replaces the stored one.
 //!
+//! Removing a field the applier gave up leaves an emptied parent list or object as `[]`/`{}`
+//! (current structured-merge-diff; older releases turned it into `null`, kubernetes#117447).
+//! [`record_update`] has no schema (lists atomic); [`record_update_with`] takes one and should
+//! be used for custom resources so that list-map items are tracked per key, as with applies.
+//!
 //! Left out: multiple API versions (no conversion of field sets), unions, the cap on the number
 //! of update managers, `last-applied-configuration` upgrade, and ResetFields: on a main-endpoint
 //! apply to a kind with a status subresource the caller removes `.status` from `applied` first.
