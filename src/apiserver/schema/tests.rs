@@ -521,3 +521,28 @@ fn merge_info_from_schema() {
         &ListType::Atomic
     );
 }
+
+#[test]
+fn embedded_resource_and_map_value_defaults() {
+    let props = serde_json::from_value(json!({"type": "object", "properties": {
+        "template": {"type": "object", "x-kubernetes-embedded-resource": true,
+                     "properties": {"spec": {"type": "object", "properties": {"x": {"type": "string"}}}}},
+        "pools": {"type": "object", "additionalProperties": {"type": "object", "properties": {
+            "size": {"type": "integer", "default": 4}}}}
+    }}))
+    .expect("json");
+    let s = StructuralSchema::new(&props).expect("compiles");
+    let mut v = json!({
+        "template": {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"x": "a", "y": 1}, "z": 2},
+        "pools": {"a": {}, "b": {"size": 9, "junk": 1}}
+    });
+    let mut dropped = s.prune(&mut v);
+    dropped.sort();
+    assert_eq!(
+        dropped,
+        vec!["pools.b.junk", "template.spec.y", "template.z"]
+    );
+    assert_eq!(v["template"]["metadata"], json!({"name": "p"}));
+    s.apply_defaults(&mut v);
+    assert_eq!(v["pools"], json!({"a": {"size": 4}, "b": {"size": 9}}));
+}
