@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use super::error::StatusCause;
 use super::schema::StructuralSchema;
+use super::ssa;
 
 #[derive(Debug)]
 pub struct CrdSchema {
@@ -46,31 +47,47 @@ impl CrdSchema {
 /// Result of a server-side apply.
 pub enum Applied {
     Object(Value),
-    /// (manager, field) pairs that conflict.
-    Conflicts(Vec<(String, String)>),
+    Conflicts(Vec<ssa::Conflict>),
 }
 
 /// Server-side apply of `applied` onto `live` by `manager` (C3).
 pub fn ssa_apply(
     live: Option<&Value>,
     applied: &Value,
-    _manager: &str,
-    _force: bool,
-    _subresource: Option<&str>,
-    _schema: Option<&CrdSchema>,
-    _now: &str,
+    manager: &str,
+    force: bool,
+    subresource: Option<&str>,
+    schema: Option<&CrdSchema>,
+    now: &str,
 ) -> Result<Applied, String> {
-    let mut out = live.cloned().unwrap_or_else(|| serde_json::json!({}));
-    json_patch::merge(&mut out, applied);
-    Ok(Applied::Object(out))
+    let structural = schema.map(CrdSchema::structural);
+    match ssa::apply(live, applied, manager, force, subresource, structural, now) {
+        Ok(ssa::ApplyOutcome::Applied(v)) => Ok(Applied::Object(v)),
+        Ok(ssa::ApplyOutcome::Conflict(c)) => Ok(Applied::Conflicts(c)),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The 409 message for apply conflicts, in kube-apiserver's words.
+pub fn conflicts_message(conflicts: &[ssa::Conflict]) -> String {
+    ssa::conflicts_message(conflicts)
 }
 
 /// Records a non-apply write of `manager` in `new`'s managedFields.
 pub fn record_update(
-    _old: Option<&Value>,
-    _new: &mut Value,
-    _manager: &str,
-    _subresource: Option<&str>,
-    _now: &str,
+    old: Option<&Value>,
+    new: &mut Value,
+    manager: &str,
+    subresource: Option<&str>,
+    schema: Option<&CrdSchema>,
+    now: &str,
 ) {
+    ssa::record_update_with(
+        old,
+        new,
+        manager,
+        subresource,
+        schema.map(CrdSchema::structural),
+        now,
+    );
 }

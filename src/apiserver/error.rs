@@ -205,6 +205,8 @@ pub enum ApiServerError {
     Data(String),
     #[error("invalid CustomResourceDefinition: {0}")]
     Crd(String),
+    #[error("TLS setup failed: {0}")]
+    Tls(String),
     #[error("kubeconfig error: {0}")]
     Kubeconfig(String),
     #[error("client error: {0}")]

@@ -25,6 +25,7 @@ mod selector;
 pub mod standalone;
 mod store;
 mod table;
+mod tls;
 mod watch;
 mod writes;
 
@@ -54,6 +55,11 @@ pub struct Config {
     pub bookmark_interval: Duration,
     /// Also write the access record (JSON) to this file.
     pub access_log: Option<PathBuf>,
+    /// The bearer token clients must present; `None` (the default) makes a random one at start.
+    pub token: Option<String>,
+    /// Serve HTTPS with a CA made at start (default). kubectl sends tokens only over TLS; plain
+    /// HTTP is for clients that do not need that (e.g. benchmarks).
+    pub tls: bool,
 }
 
 impl Config {
@@ -66,6 +72,8 @@ impl Config {
             watch_history: 10_000,
             bookmark_interval: Duration::from_secs(60),
             access_log: None,
+            token: None,
+            tls: true,
         }
     }
 }
@@ -74,6 +82,7 @@ impl Config {
 pub struct ApiServer {
     addr: SocketAddr,
     token: String,
+    ca_pem: Option<String>,
     state: Arc<http::State>,
     closing: tokio::sync::watch::Sender<bool>,
     server: tokio::task::JoinHandle<()>,
@@ -104,9 +113,11 @@ pub async fn serve(config: Config) -> Result<ApiServer, ApiServerError> {
     let store = store::Store::open(persist, config.watch_history, channel)?;
     ensure_namespace(&store, "default");
     ensure_namespace(&store, "kube-system");
-    let mut raw = [0u8; 24];
-    rand::rng().fill_bytes(&mut raw);
-    let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    let token = config.token.clone().unwrap_or_else(|| {
+        let mut raw = [0u8; 24];
+        rand::rng().fill_bytes(&mut raw);
+        raw.iter().map(|b| format!("{b:02x}")).collect()
+    });
     let (closing, closing_rx) = tokio::sync::watch::channel(false);
     let state = Arc::new(http::State {
         registry,
@@ -121,22 +132,38 @@ pub async fn serve(config: Config) -> Result<ApiServer, ApiServerError> {
     let addr = listener.local_addr()?;
     let app = http::router(state.clone());
     let mut shutdown_rx = closing_rx.clone();
-    let server = tokio::spawn(async move {
-        let shutdown = async move {
-            let _ = shutdown_rx.changed().await;
-        };
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
-            tracing::error!(error = %e, "embedded API server failed");
-        }
-    });
+    let shutdown = async move {
+        let _ = shutdown_rx.changed().await;
+    };
+    let (server, ca_pem) = if config.tls {
+        let material = tls::generate(addr)?;
+        let listener = tls::TlsListener::new(listener, material.acceptor)?;
+        let task = tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+            {
+                tracing::error!(error = %e, "embedded API server failed");
+            }
+        });
+        (task, Some(material.ca_pem))
+    } else {
+        let task = tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+            {
+                tracing::error!(error = %e, "embedded API server failed");
+            }
+        });
+        (task, None)
+    };
     let gc = tokio::spawn(gc::run(state.clone(), closing_rx));
-    tracing::info!(%addr, persistent = config.data_dir.is_some(), "embedded API listening");
+    tracing::info!(%addr, tls = config.tls, persistent = config.data_dir.is_some(), "embedded API listening");
     Ok(ApiServer {
         addr,
         token,
+        ca_pem,
         state,
         closing,
         server,
@@ -150,7 +177,17 @@ impl ApiServer {
     }
 
     pub fn server_url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.ca_pem.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// The CA that signed the server certificate (PEM), when serving TLS.
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.ca_pem.as_deref()
     }
 
     /// A kubeconfig with the server address and this run's bearer token.
@@ -161,10 +198,16 @@ impl ApiServer {
     }
 
     fn kubeconfig_json(&self) -> serde_json::Value {
+        use base64::Engine;
+        let mut cluster = json!({"server": self.server_url()});
+        if let Some(ca) = &self.ca_pem {
+            cluster["certificate-authority-data"] =
+                json!(base64::engine::general_purpose::STANDARD.encode(ca));
+        }
         json!({
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [{"name": "osprov", "cluster": {"server": self.server_url()}}],
+            "clusters": [{"name": "osprov", "cluster": cluster}],
             "users": [{"name": "osprov", "user": {"token": self.token}}],
             "contexts": [{"name": "osprov", "context": {"cluster": "osprov", "user": "osprov", "namespace": "default"}}],
             "current-context": "osprov",

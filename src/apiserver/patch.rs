@@ -171,6 +171,13 @@ fn apply(req: &Req, body: &[u8], force: bool) -> ApiResult<Response> {
     }
     check_type(req, &applied)?;
     check_identity(req, &applied)?;
+    let mut applied = applied;
+    if req.sub.is_none() && req.info.status_subresource {
+        // ResetFields: a main-endpoint apply never touches the status.
+        if let Some(o) = applied.as_object_mut() {
+            o.remove("status");
+        }
+    }
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -220,27 +227,9 @@ fn apply(req: &Req, body: &[u8], force: bool) -> ApiResult<Response> {
     }
 }
 
-fn conflict_error(req: &Req, conflicts: &[(String, String)]) -> ApiError {
+fn conflict_error(req: &Req, conflicts: &[crate::apiserver::ssa::Conflict]) -> ApiError {
     let name = req.name.clone().unwrap_or_default();
-    let n = conflicts.len();
-    let list: Vec<String> = conflicts
-        .iter()
-        .map(|(m, f)| {
-            format!(
-                "conflict with \"{m}\" using {}: {f}",
-                req.info.api_version()
-            )
-        })
-        .collect();
-    let plural = if n == 1 { "" } else { "s" };
-    let mut e = ApiError::new(
-        409,
-        "Conflict",
-        format!(
-            "Apply failed with {n} conflict{plural}: {}",
-            list.join("\n")
-        ),
-    );
+    let mut e = ApiError::new(409, "Conflict", crdschema::conflicts_message(conflicts));
     e.details = Some(Box::new((
         name,
         req.info.group.clone(),
@@ -248,10 +237,10 @@ fn conflict_error(req: &Req, conflicts: &[(String, String)]) -> ApiError {
     )));
     e.causes = conflicts
         .iter()
-        .map(|(m, f)| StatusCause {
+        .map(|c| StatusCause {
             reason: "FieldManagerConflict".into(),
-            field: f.clone(),
-            message: format!("conflict with \"{m}\""),
+            field: c.field.clone(),
+            message: c.message(),
         })
         .collect();
     e

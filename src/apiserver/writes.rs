@@ -241,7 +241,14 @@ pub(super) fn finish_create(
         }
     }
     if applied_by.is_none() {
-        crdschema::record_update(None, &mut obj, &manager(req), req.sub.as_deref(), &ts);
+        crdschema::record_update(
+            None,
+            &mut obj,
+            &manager(req),
+            req.sub.as_deref(),
+            req.info.schema.as_ref(),
+            &ts,
+        );
     }
     normalize_meta(&mut obj);
     if dry_run(req) {
@@ -392,7 +399,14 @@ pub(super) fn finish_update(
     }
     let ts = now();
     if applied_by.is_none() {
-        crdschema::record_update(Some(old), &mut new, &manager(req), req.sub.as_deref(), &ts);
+        crdschema::record_update(
+            Some(old),
+            &mut new,
+            &manager(req),
+            req.sub.as_deref(),
+            req.info.schema.as_ref(),
+            &ts,
+        );
     }
     normalize_meta(&mut new);
     if same_content(old, &new) {

@@ -6,11 +6,14 @@
 //! a `reason`, as `Forbidden`, `Required value` or `Duplicate value` causes; `fieldPath` is
 //! appended to the node's path. `messageExpression` is evaluated and used when it yields a
 //! non-empty string. Not provided: cost estimation/limits and the Kubernetes-specific CEL
-//! libraries (quantity, url, ip, format); the string extension library is available.
+//! libraries (quantity, url, ip, format), `format`-typed values (date-time → timestamp), the
+//! escaping of property names that are CEL keywords or contain `-`/`.`/`/` (`__dash__`…), and
+//! `optionalOldSelf`; the string extension library is available.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use ::cel::common::value::Val;
 use ::cel::{Context, Env, Program, Value as CelValue};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::ValidationRule;
 use serde_json::Value;
@@ -150,6 +153,12 @@ fn join_field_path(base: &str, field_path: &str) -> String {
     out
 }
 
+fn bind(ctx: &mut Context<'_, '_>, name: &str, v: &CelValue) -> Result<(), ::cel::ExecutionError> {
+    let val: Box<dyn Val> = v.clone().try_into()?;
+    ctx.add_variable_as_val(name, val);
+    Ok(())
+}
+
 /// Evaluates the CEL rules of `node` on `v`.
 pub(super) fn eval_rules(
     node: &Node,
@@ -169,15 +178,21 @@ pub(super) fn eval_rules(
         if rule.transition && old_val.is_none() {
             continue;
         }
-        let mut ctx = Context::with_env(rule.env.clone());
-        ctx.add_variable_from_value("self", self_val.clone());
-        if let Some(o) = &old_val {
-            ctx.add_variable_from_value("oldSelf", o.clone());
-        }
         let field = match &rule.field_path {
             Some(fp) => join_field_path(path, fp),
             None => path.to_string(),
         };
+        // Bind variables through the fallible conversion (cel's convenience binder unwraps).
+        let mut ctx = Context::with_env(rule.env.clone());
+        let bound = bind(&mut ctx, "self", &self_val).and_then(|()| match &old_val {
+            Some(o) => bind(&mut ctx, "oldSelf", o),
+            None => Ok(()),
+        });
+        if let Err(e) = bound {
+            let detail = format!("{e} evaluating rule: {}", rule.source);
+            out.push(cause(Kind::Invalid, &field, Some(&type_shown), &detail));
+            continue;
+        }
         match rule.program.execute(&ctx) {
             Ok(CelValue::Bool(true)) => {}
             Ok(CelValue::Bool(false)) => {
@@ -211,12 +226,14 @@ pub(super) fn eval_rules(
                 out.push(cause(Kind::Invalid, &field, Some(&type_shown), &detail));
             }
             Err(e) => {
-                out.push(cause(
-                    Kind::Invalid,
-                    &field,
-                    Some(&type_shown),
-                    &e.to_string(),
-                ));
+                // kube-apiserver: `no such key: os evaluating rule: <message or rule>`.
+                let err = match &e {
+                    ::cel::ExecutionError::NoSuchKey(k) => format!("no such key: {k}"),
+                    other => other.to_string(),
+                };
+                let what = rule.message.as_deref().unwrap_or(&rule.source);
+                let detail = format!("{err} evaluating rule: {what}");
+                out.push(cause(Kind::Invalid, &field, Some(&type_shown), &detail));
             }
         }
     }

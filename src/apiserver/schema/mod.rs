@@ -26,7 +26,7 @@
 mod cel;
 mod merge;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 mod validate;
 
 use std::collections::BTreeMap;
