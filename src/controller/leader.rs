@@ -297,7 +297,7 @@ impl Elector {
         let seconds = spec
             .lease_duration_seconds
             .and_then(|s| u64::try_from(s).ok())
-            .unwrap_or_else(|| self.config.lease_duration.as_secs());
+            .unwrap_or(self.config.lease_duration.as_secs());
         match &self.observed {
             Some(o) if &o.spec == spec => o.at + Duration::from_secs(seconds) <= Instant::now(),
             _ => false,
