@@ -36,8 +36,7 @@ async fn scenario(namespaces: &[&str]) -> Access {
         nsapi
             .create(
                 &Default::default(),
-                &serde_json::from_value(serde_json::json!({"metadata": {"name": ns}}))
-                    .expect("ns"),
+                &serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).expect("ns"),
             )
             .await
             .expect("namespace");
@@ -107,7 +106,12 @@ async fn scenario(namespaces: &[&str]) -> Access {
         .await
         .expect("delete");
     eventually(30, "cancelled request gone", || async {
-        requests.get_opt("cancel").await.ok()?.is_none().then_some(())
+        requests
+            .get_opt("cancel")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
     })
     .await;
 
@@ -203,10 +207,18 @@ fn save(name: &str, access: &Access) {
     );
 }
 
-/// Both ways: every use is granted, every grant was used.
+/// Granted although no scenario can take the path on purpose: `get` of a ManagedHost runs only
+/// when creating it answered 409 AlreadyExists, i.e. when the host appeared in the API after the
+/// controller's cache was read (a race between two reconciles). Kept as short as possible.
+const RACE_ONLY: [(&str, &str, &str); 1] = [("get", "osprov.io", "managedhosts")];
+
+/// Both ways: every use is granted, every grant was used (or is a listed race-only path).
 fn compare(used: &Access, granted: &Access, what: &str) {
     let missing: Vec<_> = used.difference(granted).collect();
-    let unused: Vec<_> = granted.difference(used).collect();
+    let unused: Vec<_> = granted
+        .difference(used)
+        .filter(|(v, g, r)| !RACE_ONLY.contains(&(v.as_str(), g.as_str(), r.as_str())))
+        .collect();
     assert!(
         missing.is_empty(),
         "{what}: the controller used what the chart does not grant: {missing:?}"
@@ -246,7 +258,11 @@ async fn chart_rbac_matches_what_the_controller_uses_per_namespace() {
     );
     let (lease_used, rest_used): (Access, Access) = used.iter().cloned().partition(is_lease);
     for ns in ["default", "lab"] {
-        compare(&rest_used, &grants_in(&grants, ns), &format!("Role in {ns}"));
+        compare(
+            &rest_used,
+            &grants_in(&grants, ns),
+            &format!("Role in {ns}"),
+        );
     }
     compare(
         &lease_used,
