@@ -153,34 +153,10 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The Python with the Helm SDK (scripts/test.sh exports OSPROV_PYTHON; target/venv otherwise).
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("OSPROV_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let venv = root().join("target/venv/bin/python");
-    assert!(
-        venv.exists(),
-        "no Python with helm-python-sdk: run scripts/test.sh (or set OSPROV_PYTHON)"
-    );
-    venv
-}
-
 /// The chart's RBAC for the controller's ServiceAccount, rendered with `values` (JSON):
 /// the set of (verb, group, resource) granted, per namespace or "*" for cluster-wide.
 fn chart_grants(values: &serde_json::Value) -> serde_json::Value {
-    let out = std::process::Command::new(python())
-        .arg(root().join("tests/python/chart_rules.py"))
-        .arg(root().join("charts/osprov"))
-        .arg(values.to_string())
-        .output()
-        .expect("chart_rules.py runs");
-    assert!(
-        out.status.success(),
-        "chart_rules.py failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("chart_rules.py prints JSON")
+    chart_query("chart_rules.py", values)
 }
 
 fn grants_in(grants: &serde_json::Value, scope: &str) -> Access {
@@ -229,6 +205,16 @@ fn compare(used: &Access, granted: &Access, what: &str) {
     );
 }
 
+/// The race-only paths must still be granted, or they would fail with 403 on a real cluster.
+fn assert_race_paths_granted(granted: &Access, what: &str) {
+    for (v, g, r) in RACE_ONLY {
+        assert!(
+            granted.contains(&(v.to_string(), g.to_string(), r.to_string())),
+            "{what}: the race-only path {v} {g}/{r} is not granted"
+        );
+    }
+}
+
 fn is_lease(t: &(String, String, String)) -> bool {
     t.1 == "coordination.k8s.io"
 }
@@ -244,6 +230,7 @@ async fn chart_rbac_matches_what_the_controller_uses_cluster_wide() {
     let release = grants_in(&grants, "osprov-system");
     let (lease_used, rest_used): (Access, Access) = used.iter().cloned().partition(is_lease);
     compare(&rest_used, &cluster, "ClusterRole");
+    assert_race_paths_granted(&cluster, "ClusterRole");
     compare(&lease_used, &release, "Role in the release namespace");
 }
 
@@ -258,11 +245,9 @@ async fn chart_rbac_matches_what_the_controller_uses_per_namespace() {
     );
     let (lease_used, rest_used): (Access, Access) = used.iter().cloned().partition(is_lease);
     for ns in ["default", "lab"] {
-        compare(
-            &rest_used,
-            &grants_in(&grants, ns),
-            &format!("Role in {ns}"),
-        );
+        let role = grants_in(&grants, ns);
+        compare(&rest_used, &role, &format!("Role in {ns}"));
+        assert_race_paths_granted(&role, &format!("Role in {ns}"));
     }
     compare(
         &lease_used,

@@ -171,3 +171,37 @@ pub fn free_addr() -> std::net::SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     l.local_addr().expect("addr")
 }
+
+fn root() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The Python with the Helm SDK (scripts/test.sh exports OSPROV_PYTHON; target/venv otherwise).
+pub fn python() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("OSPROV_PYTHON") {
+        return p.into();
+    }
+    let venv = root().join("target/venv/bin/python");
+    assert!(
+        venv.exists(),
+        "no Python with helm-python-sdk: run scripts/test.sh (or set OSPROV_PYTHON)"
+    );
+    venv
+}
+
+/// Run `tests/python/<script> charts/osprov '<values>'` (the chart rendered by the real Helm
+/// SDK) and parse the JSON it prints.
+pub fn chart_query(script: &str, values: &serde_json::Value) -> serde_json::Value {
+    let out = std::process::Command::new(python())
+        .arg(root().join("tests/python").join(script))
+        .arg(root().join("charts/osprov"))
+        .arg(values.to_string())
+        .output()
+        .expect("the chart helper runs");
+    assert!(
+        out.status.success(),
+        "{script} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("the chart helper prints JSON")
+}
