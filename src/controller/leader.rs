@@ -430,6 +430,31 @@ mod tests {
     }
 
     #[test]
+    fn flags_and_environment() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            e: ElectionArgs,
+        }
+        let off = Cli::parse_from(["x"]).e;
+        assert!(off.config("osp", "ns").expect("valid").is_none());
+        let on = Cli::parse_from(["x", "--leader-elect", "--leader-election-identity", "pod-1"]).e;
+        let c = on.config("lab", "ns").expect("valid").expect("enabled");
+        assert_eq!(
+            (
+                c.lease_name.as_str(),
+                c.namespace.as_str(),
+                c.identity.as_str()
+            ),
+            ("osprov-lab", "ns", "pod-1")
+        );
+        assert_eq!(c.lease_duration, Duration::from_secs(15));
+        let bad = Cli::parse_from(["x", "--leader-elect", "--renew-deadline", "20s"]).e;
+        assert!(bad.config("osp", "ns").is_err());
+    }
+
+    #[test]
     fn lease_names_are_dns_names() {
         assert_eq!(lease_name("osp"), "osprov-osp");
         assert_eq!(lease_name("Lab_West"), "osprov-lab-west");

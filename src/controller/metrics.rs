@@ -219,3 +219,30 @@ async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {
         (false, why) => (StatusCode::SERVICE_UNAVAILABLE, why),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_of_leader_and_standby() {
+        let h = Health::default();
+        assert_eq!(
+            h.readiness(),
+            (false, "standby: the lease could not be read")
+        );
+        h.standby_ok.store(true, Ordering::Relaxed);
+        assert_eq!(h.readiness(), (true, "standby: lease observed"));
+        h.leading.store(true, Ordering::Relaxed);
+        assert_eq!(h.readiness(), (false, "leader: caches not synced"));
+        h.ready.store(true, Ordering::Relaxed);
+        assert_eq!(h.readiness(), (true, "leader: caches synced"));
+    }
+
+    #[test]
+    fn leader_gauge_is_exported() {
+        let m = Metrics::default();
+        m.leader.set(1);
+        assert!(m.render().contains("osprov_leader 1"));
+    }
+}
