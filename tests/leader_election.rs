@@ -122,8 +122,11 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over_after_expiry() {
         took <= Duration::from_millis(2000 + 1000),
         "took over {took:?} after the crash; lease 2s + observation latency"
     );
-    let (code, body) = http_get(b_addr, "/readyz").await;
-    assert_eq!(code, 200, "{body}");
+    eventually(10, "the new leader's caches to sync", || async {
+        let (code, body) = http_get(b_addr, "/readyz").await;
+        (code == 200 && body.contains("leader: caches synced")).then_some(())
+    })
+    .await;
     for i in 0..3 {
         wait_phase(&requests, &format!("r{i}"), Phase::Succeeded, 30).await;
     }
