@@ -5,6 +5,9 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use osprov::controller::settings::{init_logging, Settings};
 
+/// The User-Agent of the controller's requests.
+const USER_AGENT: &str = concat!("osprov-controller/", env!("CARGO_PKG_VERSION"));
+
 #[derive(Parser)]
 #[command(name = "osprov", version, about = "OS provisioner for Kubernetes")]
 struct Cli {
@@ -44,6 +47,8 @@ enum Command {
     Controller {
         #[command(flatten)]
         settings: Settings,
+        #[command(flatten)]
+        election: osprov::controller::leader::ElectionArgs,
     },
 }
 
@@ -71,12 +76,23 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             })
         }
-        Command::Controller { settings } => {
+        Command::Controller { settings, election } => {
             init_logging(&settings.log_level, settings.log_format);
             tokio::runtime::Runtime::new()?.block_on(async {
-                let client = kube::Client::try_default().await?;
+                let mut config = kube::Config::infer().await?;
+                // Name ourselves in the API server's audit log (kube-rs sends no User-Agent).
+                config.headers.push((
+                    http::header::USER_AGENT,
+                    http::HeaderValue::from_static(USER_AGENT),
+                ));
+                let runtime = osprov::controller::Runtime {
+                    election: election.config(&settings.identifier, &config.default_namespace)?,
+                    ..Default::default()
+                };
+                let client = kube::Client::try_from(config)?;
                 let sims = std::sync::Arc::new(osprov::adapter::simulator::SimRegistry::default());
-                osprov::controller::run(client, settings, sims, shutdown_signal()).await?;
+                osprov::controller::run_with(client, settings, sims, runtime, shutdown_signal())
+                    .await?;
                 Ok(())
             })
         }

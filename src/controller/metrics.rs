@@ -1,5 +1,10 @@
 //! Prometheus metrics of the controller (prometheus-client) and the HTTP endpoint serving them
-//! together with `/healthz` and `/readyz`.
+//! together with `/healthz` and `/readyz` on one port.
+//!
+//! The endpoint runs for the whole life of the process, standby replicas included: `/healthz`
+//! answers while the process serves; `/readyz` is 200 for a leader (or a controller without
+//! leader election) whose caches have synced, and for a standby whose last look at the lease
+//! succeeded (a healthy standby), 503 otherwise.
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
@@ -52,6 +57,8 @@ pub struct Metrics {
     pub dispatcher_state: Family<DispatcherStateLabel, Gauge>,
     pub in_flight: Gauge,
     pub reprovisions_started: Counter,
+    /// 1 while this replica is the leader (or runs without leader election).
+    pub leader: Gauge,
 }
 
 impl Default for Metrics {
@@ -67,6 +74,12 @@ impl Default for Metrics {
         let dispatcher_state = Family::<DispatcherStateLabel, Gauge>::default();
         let in_flight = Gauge::default();
         let reprovisions_started = Counter::default();
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica is the leader and reconciles",
+            leader.clone(),
+        );
         registry.register("reconciles", "Reconciliations run", reconciles.clone());
         registry.register(
             "reconcile_errors",
@@ -113,6 +126,7 @@ impl Default for Metrics {
             dispatcher_state,
             in_flight,
             reprovisions_started,
+            leader,
         }
     }
 }
@@ -133,6 +147,27 @@ impl Metrics {
 pub struct Health {
     /// The caches synced and the controllers run.
     pub ready: AtomicBool,
+    /// This replica reconciles (leader, or leader election is off).
+    pub leading: AtomicBool,
+    /// A standby's last look at the lease got an answer from the API.
+    pub standby_ok: AtomicBool,
+}
+
+impl Health {
+    /// `(ready, why)` as `/readyz` reports it.
+    pub fn readiness(&self) -> (bool, &'static str) {
+        if self.leading.load(Ordering::Relaxed) {
+            if self.ready.load(Ordering::Relaxed) {
+                (true, "leader: caches synced")
+            } else {
+                (false, "leader: caches not synced")
+            }
+        } else if self.standby_ok.load(Ordering::Relaxed) {
+            (true, "standby: lease observed")
+        } else {
+            (false, "standby: the lease could not be read")
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -147,13 +182,24 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     health: Arc<Health>,
 ) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    serve_on(listener, metrics, health).await
+}
+
+/// Like [`serve`], on a listener already bound (tests bind port 0 and read the address).
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+) -> std::io::Result<()> {
     let app = axum::Router::new()
         .route("/metrics", get(render_metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .with_state(HttpState { metrics, health });
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
+    }
     axum::serve(listener, app).await
 }
 
@@ -168,9 +214,35 @@ async fn render_metrics(State(s): State<HttpState>) -> impl IntoResponse {
 }
 
 async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {
-    if s.health.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "caches not synced")
+    match s.health.readiness() {
+        (true, why) => (StatusCode::OK, why),
+        (false, why) => (StatusCode::SERVICE_UNAVAILABLE, why),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_of_leader_and_standby() {
+        let h = Health::default();
+        assert_eq!(
+            h.readiness(),
+            (false, "standby: the lease could not be read")
+        );
+        h.standby_ok.store(true, Ordering::Relaxed);
+        assert_eq!(h.readiness(), (true, "standby: lease observed"));
+        h.leading.store(true, Ordering::Relaxed);
+        assert_eq!(h.readiness(), (false, "leader: caches not synced"));
+        h.ready.store(true, Ordering::Relaxed);
+        assert_eq!(h.readiness(), (true, "leader: caches synced"));
+    }
+
+    #[test]
+    fn leader_gauge_is_exported() {
+        let m = Metrics::default();
+        m.leader.set(1);
+        assert!(m.render().contains("osprov_leader 1"));
     }
 }

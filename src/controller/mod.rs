@@ -3,12 +3,15 @@
 //! - [`dispatchers`]: OSDispatcher → engine session, dispatcher status, ManagedHost sync;
 //! - [`requests`]: OSProvisioningRequest → pure planner → status, adapter calls, events;
 //! - [`hosts`]: the pure ManagedHost diff used by the dispatcher controller;
-//! - [`settings`], [`metrics`]: configuration and observability.
+//! - [`settings`], [`metrics`]: configuration and observability;
+//! - [`leader`]: Lease-based leader election among replicas.
 //!
 //! [`run`] wires them for one or more namespaces (all when none is given) and runs until the
-//! shutdown future resolves.
+//! shutdown future resolves; [`run_with`] does the same behind leader election, serving the
+//! health and metrics endpoint on standbys too.
 pub mod dispatchers;
 pub mod hosts;
+pub mod leader;
 pub mod metrics;
 pub mod requests;
 pub mod settings;
@@ -26,6 +29,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{reflector, watcher, WatchStreamExt};
 use kube::{Api, Client};
+use leader::{Elector, LeaderConfig, LeaderError};
 use metrics::{Health, Metrics};
 use settings::Settings;
 use std::collections::HashMap;
@@ -51,6 +55,8 @@ pub enum Error {
     CleanupPending(String),
     #[error("metrics endpoint failed: {0}")]
     Io(#[from] std::io::Error),
+    #[error("leader election: {0}")]
+    Leader(#[from] LeaderError),
 }
 
 impl Error {
@@ -65,6 +71,7 @@ impl Error {
             Error::Json(_) => "Serialisation",
             Error::CleanupPending(_) => "CleanupPending",
             Error::Io(_) => "Io",
+            Error::Leader(_) => "Leader",
         }
     }
 
@@ -170,19 +177,115 @@ where
     }
 }
 
-/// Run the controllers until `shutdown` resolves.
+/// How [`run_with`] runs besides the settings: leader election, and the metrics and health
+/// state it exports (tests keep a handle on them).
+#[derive(Default)]
+pub struct Runtime {
+    /// Take part in leader election and reconcile only while leading; `None` always reconciles.
+    pub election: Option<LeaderConfig>,
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+}
+
+/// Run the controllers until `shutdown` resolves (no leader election).
 pub async fn run(
     client: Client,
     settings: Settings,
     sims: Arc<SimRegistry>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
+    run_with(client, settings, sims, Runtime::default(), shutdown).await
+}
+
+/// Aborts the task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Serve `/metrics`, `/healthz` and `/readyz` (when an address is set) for as long as this
+/// process runs, then, with leader election, stand by until this replica holds the lease and
+/// reconcile while it keeps it. Losing the lease ends with [`Error::Leader`]: the process exits
+/// and restarts as a standby with fresh caches; a clean shutdown releases the lease.
+pub async fn run_with(
+    client: Client,
+    settings: Settings,
+    sims: Arc<SimRegistry>,
+    runtime: Runtime,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let Runtime {
+        election,
+        metrics,
+        health,
+    } = runtime;
+    let shutdown = shutdown.boxed().shared();
+    let _endpoint = settings.metrics_addr.0.map(|addr| {
+        let (m, h) = (metrics.clone(), health.clone());
+        AbortOnDrop(tokio::spawn(async move {
+            if let Err(e) = metrics::serve(addr, m, h).await {
+                tracing::error!(error = %e, "metrics endpoint stopped");
+            }
+        }))
+    });
+    let Some(config) = election else {
+        set_leading(&metrics, &health, true);
+        return reconcile(client, settings, sims, &metrics, &health, None, shutdown).await;
+    };
+    let identity = config.identity.clone();
+    let mut elector = Elector::new(client.clone(), config);
+    tracing::info!(lease = %elector.config().lease_name, %identity, "standing by for the lease");
+    let h = health.clone();
+    tokio::select! {
+        _ = elector.acquire(|ok| h.standby_ok.store(ok, Ordering::Relaxed)) => {}
+        _ = shutdown.clone() => return Ok(()),
+    }
+    tracing::info!(%identity, "leading: starting the controllers");
+    set_leading(&metrics, &health, true);
+    let result = tokio::select! {
+        r = reconcile(client, settings, sims, &metrics, &health, Some(identity), shutdown) => r,
+        lost = elector.hold() => Err(Error::Leader(lost)),
+    };
+    set_leading(&metrics, &health, false);
+    match result {
+        Ok(()) => {
+            if let Err(e) = elector.release().await {
+                tracing::warn!(error = %e, "could not release the lease");
+            }
+            Ok(())
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "stopped reconciling");
+            Err(e)
+        }
+    }
+}
+
+fn set_leading(metrics: &Metrics, health: &Health, leading: bool) {
+    health.leading.store(leading, Ordering::Relaxed);
+    if !leading {
+        health.ready.store(false, Ordering::Relaxed);
+    }
+    metrics.leader.set(i64::from(leading));
+}
+
+/// The controllers themselves, until `shutdown` resolves.
+async fn reconcile(
+    client: Client,
+    settings: Settings,
+    sims: Arc<SimRegistry>,
+    metrics: &Arc<Metrics>,
+    health: &Arc<Health>,
+    instance: Option<String>,
+    shutdown: futures::future::Shared<futures::future::BoxFuture<'static, ()>>,
+) -> Result<(), Error> {
     let reporter = Reporter {
         controller: format!("osprov-{}", settings.identifier),
-        instance: std::env::var("POD_NAME").ok(),
+        instance: instance.or_else(|| std::env::var("POD_NAME").ok()),
     };
-    let metrics = Arc::new(Metrics::default());
-    let health = Arc::new(Health::default());
     let shared = Arc::new(Shared {
         recorder: Recorder::new(client.clone(), reporter),
         client: client.clone(),
@@ -199,7 +302,6 @@ pub async fn run(
     } else {
         settings.namespaces.iter().cloned().map(Some).collect()
     };
-    let shutdown = shutdown.shared();
     let mut tasks = Vec::new();
     let mut scopes = Vec::new();
     for ns in namespaces {
@@ -222,17 +324,6 @@ pub async fn run(
         }
         .boxed(),
     );
-    if let Some(addr) = settings.metrics_addr.0 {
-        let m = metrics.clone();
-        tasks.push(
-            async move {
-                if let Err(e) = metrics::serve(addr, m, health).await {
-                    tracing::error!(error = %e, "metrics endpoint stopped");
-                }
-            }
-            .boxed(),
-        );
-    }
     let all = futures::future::join_all(tasks);
     tokio::select! {
         _ = all => {}
