@@ -3,12 +3,18 @@ use osprov::api;
 
 #[test]
 fn committed_crds_match_generated() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for dir in [root.join("crds"), root.join("charts/osprov/crds")] {
+        check_dir(&dir);
+    }
+}
+
+fn check_dir(dir: &std::path::Path) {
     for crd in api::crds() {
         let path = dir.join(api::crd_file_name(&crd));
         let committed = std::fs::read_to_string(&path).unwrap_or_else(|e| {
             panic!(
-                "{} is missing ({e}); run `cargo run -- crds --dir crds`",
+                "{} is missing ({e}); run `cargo run -- crds --dir crds` and `--dir charts/osprov/crds`",
                 path.display()
             )
         });
@@ -16,7 +22,7 @@ fn committed_crds_match_generated() {
         assert_eq!(
             committed,
             generated,
-            "{} drifted from the code; run `cargo run -- crds --dir crds`",
+            "{} drifted from the code; run `cargo run -- crds --dir crds` and `--dir charts/osprov/crds`",
             path.display()
         );
     }
