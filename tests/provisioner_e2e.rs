@@ -484,3 +484,96 @@ async fn a_host_gone_from_the_backend_is_marked_then_removed() {
     .await;
     assert!(e.hosts.get_opt("sim-000").await.expect("get").is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changing_the_os_converges_again_with_a_new_generation() {
+    let e = env().await;
+    let _ctl = e.controller();
+    create(&e.dispatchers, &sim_dispatcher("sim", sim(1, 20))).await;
+    e.wait_hosts(1).await;
+    create(&e.requests, &request("r", "sim-000", "debian-12")).await;
+    wait_phase(&e.requests, "r", Phase::Succeeded, 20).await;
+    e.requests
+        .patch(
+            "r",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"os": "rocky-9"}})),
+        )
+        .await
+        .expect("patch");
+    let r = eventually(20, "generation 2 provisioned", || async {
+        let r = e.requests.get("r").await.ok()?;
+        let st = r.status.clone()?;
+        (st.observed_generation == Some(2) && st.phase == Some(Phase::Succeeded)).then_some(r)
+    })
+    .await;
+    let st = r.status.expect("status");
+    assert_eq!(
+        st.operation.map(|o| (o.generation, o.os)),
+        Some((2, "rocky-9".to_string()))
+    );
+    assert!(st
+        .conditions
+        .iter()
+        .all(|c| c.observed_generation == Some(2)));
+    assert_eq!(e.fleet("sim").stats().started(), 2);
+    assert_eq!(
+        e.fleet("sim")
+            .host("sim-000")
+            .and_then(|h| h.current_os)
+            .as_deref(),
+        Some("rocky-9")
+    );
+    // spec.host is immutable: the API refuses the change with a 422.
+    let err = e
+        .requests
+        .patch(
+            "r",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"host": "sim-001"}})),
+        )
+        .await
+        .expect_err("host is immutable");
+    assert!(
+        matches!(err, kube::Error::Api(ref s) if s.code == 422),
+        "{err:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_for_another_provisioners_hosts_are_not_touched() {
+    let e = env().await;
+    let _ctl = e.controller();
+    // Another provisioner ("blue") runs its own controller against the same API.
+    let blue = RunningController::start(
+        e.api.client.clone(),
+        osprov::controller::settings::Settings {
+            identifier: "blue".into(),
+            ..fast_settings()
+        },
+        e.sims.clone(),
+    );
+    let mut theirs = sim_dispatcher("blue", {
+        let mut s = sim(1, 20);
+        s.host_prefix = "blue-".into();
+        s
+    });
+    theirs.spec.provisioner = "blue".into();
+    create(&e.dispatchers, &theirs).await;
+    create(&e.dispatchers, &sim_dispatcher("sim", sim(1, 20))).await;
+    e.wait_hosts(2).await;
+    create(&e.requests, &request("b", "blue-000", "debian-12")).await;
+    create(&e.requests, &request("o", "sim-000", "debian-12")).await;
+    wait_phase(&e.requests, "b", Phase::Succeeded, 20).await;
+    wait_phase(&e.requests, "o", Phase::Succeeded, 20).await;
+    // Each request was carried out once, by the provisioner owning the host.
+    assert_eq!(e.fleet("blue").stats().started(), 1);
+    assert_eq!(e.fleet("sim").stats().started(), 1);
+    let b = e.requests.get("b").await.expect("b");
+    assert_eq!(
+        b.finalizers(),
+        ["osprov.io/cancel-on-delete"],
+        "only one provisioner put its finalizer"
+    );
+    drop(blue);
+}
