@@ -9,8 +9,10 @@
 //!
 //! `cargo bench --bench scale` runs the full size (10,000 hosts over 100 dispatchers); run without
 //! `--bench` (as `cargo test --all-targets` does) it runs a small smoke size and checks the result.
+use futures::StreamExt;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, PostParams};
+use kube::runtime::{reflector, watcher, WatchStreamExt};
 use osprov::api::{
     ManagedHost, OSDispatcher, OSDispatcherSpec, OSProvisioningRequest, OSProvisioningRequestSpec,
     Phase, SimulatorSpec,
@@ -57,6 +59,25 @@ where
     }
 }
 
+/// A kube-runtime reflector kept current in the background.
+fn reflect<K>(api: Api<K>) -> reflector::Store<K>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store();
+    let stream = reflector(writer, watcher(api, watcher::Config::default()))
+        .default_backoff()
+        .touched_objects();
+    tokio::spawn(stream.for_each(|_| async {}));
+    store
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let full = std::env::args().any(|a| a == "--bench");
@@ -100,6 +121,9 @@ async fn main() {
     let dispatchers: Api<OSDispatcher> = Api::namespaced(client.clone(), "default");
     let hosts: Api<ManagedHost> = Api::namespaced(client.clone(), "default");
     let requests: Api<OSProvisioningRequest> = Api::namespaced(client.clone(), "default");
+    // Watch (not poll) hosts and requests, as a client of a real cluster would.
+    let host_store = reflect(hosts.clone());
+    let request_store = reflect(requests.clone());
     for d in 0..size.dispatchers {
         let spec = OSDispatcherSpec {
             adapter: Default::default(),
@@ -122,11 +146,7 @@ async fn main() {
             .expect("dispatcher");
     }
     let sync = wait_until(Duration::from_secs(600), "ManagedHosts", || async {
-        let list = hosts
-            .list(&ListParams::default())
-            .await
-            .map(|l| l.items)
-            .unwrap_or_default();
+        let list = host_store.state();
         list.len() == total && list.iter().all(|h| h.status.is_some())
     })
     .await;
@@ -160,15 +180,10 @@ async fn main() {
                 (name, at)
             }
         }));
-        use futures::StreamExt;
         stream.buffer_unordered(16).collect().await
     };
     let converge = wait_until(Duration::from_secs(900), "requests to succeed", || async {
-        let list = requests
-            .list(&ListParams::default())
-            .await
-            .map(|l| l.items)
-            .unwrap_or_default();
+        let list = request_store.state();
         list.iter()
             .filter(|r| r.status.as_ref().and_then(|s| s.phase) == Some(Phase::Succeeded))
             .count()

@@ -244,12 +244,20 @@ async fn sync_hosts(
     view: &crate::provisioner::inventory::DispatcherView,
     now: Timestamp,
 ) -> Result<Vec<String>, Error> {
-    let existing: BTreeMap<String, ManagedHost> = scope
+    // Only the hosts that matter to this dispatcher: its own, and any taking a name it reports.
+    // Shared (Arc) references: no deep copies of the store.
+    let existing: BTreeMap<String, Arc<ManagedHost>> = scope
         .hosts
         .state()
         .into_iter()
         .filter(|h| h.namespace().as_deref() == Some(key.namespace.as_str()))
-        .map(|h| (h.name_any(), (*h).clone()))
+        .filter(|h| {
+            h.spec.dispatcher == key.name
+                || view
+                    .hosts
+                    .contains_key(h.metadata.name.as_deref().unwrap_or_default())
+        })
+        .map(|h| (h.name_any(), h))
         .collect();
     let holders: BTreeMap<String, String> = {
         let occ = scope.shared.occupancy();
@@ -298,7 +306,7 @@ async fn sync_hosts(
                 api.replace_status(&name, &pp, &with_status).await?;
             }
             HostOp::UpdateStatus { name, status } => {
-                let Some(mut mh) = existing.get(&name).cloned() else {
+                let Some(mut mh) = existing.get(&name).map(|h| (**h).clone()) else {
                     continue;
                 };
                 mh.status = Some(status);

@@ -11,6 +11,7 @@ use crate::provisioner::inventory::DispatcherView;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Condition type on ManagedHosts.
@@ -71,7 +72,7 @@ fn facts_status(
 pub fn diff(
     dispatcher: &str,
     view: &DispatcherView,
-    existing: &BTreeMap<String, ManagedHost>,
+    existing: &BTreeMap<String, Arc<ManagedHost>>,
     holders: &BTreeMap<String, String>,
     now: Timestamp,
     grace: Duration,
@@ -163,17 +164,17 @@ mod tests {
         Timestamp::from_second(1_800_000_000 + s).unwrap_or(Timestamp::UNIX_EPOCH)
     }
 
-    fn materialise(ops: &[HostOp], existing: &mut BTreeMap<String, ManagedHost>) {
+    fn materialise(ops: &[HostOp], existing: &mut BTreeMap<String, Arc<ManagedHost>>) {
         for op in ops {
             match op {
                 HostOp::Create { name, spec, status } => {
                     let mut mh = ManagedHost::new(name, spec.clone());
                     mh.status = Some(status.clone());
-                    existing.insert(name.clone(), mh);
+                    existing.insert(name.clone(), Arc::new(mh));
                 }
                 HostOp::UpdateStatus { name, status } => {
                     if let Some(mh) = existing.get_mut(name) {
-                        mh.status = Some(status.clone());
+                        Arc::make_mut(mh).status = Some(status.clone());
                     }
                 }
                 HostOp::Delete { name } => {
@@ -243,13 +244,13 @@ mod tests {
         let mut existing = BTreeMap::new();
         existing.insert(
             "h1".to_string(),
-            ManagedHost::new(
+            Arc::new(ManagedHost::new(
                 "h1",
                 ManagedHostSpec {
                     dispatcher: "other".into(),
                     backend_id: "x".into(),
                 },
-            ),
+            )),
         );
         assert_eq!(
             diff(

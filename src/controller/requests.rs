@@ -501,8 +501,13 @@ async fn cleanup(req: Arc<Request>, scope: &Scope, ns: &str) -> Result<Action, E
             let adapter = disp.as_ref().and_then(|d| scope.shared.engine.adapter(d));
             let id = disp
                 .as_ref()
-                .and_then(|d| scope.shared.engine.view(d))
-                .and_then(|v| v.hosts.get(&req.spec.host).map(|h| h.id.clone()));
+                .and_then(|d| {
+                    scope
+                        .shared
+                        .engine
+                        .with_view(d, |v| v.hosts.get(&req.spec.host).map(|h| h.id.clone()))
+                })
+                .flatten();
             if let (Some(adapter), Some(id)) = (adapter, id) {
                 match adapter.cancel(&id, &token).await {
                     Ok(outcome) => {

@@ -183,8 +183,8 @@ pub async fn observe(
     let Some(id) = scope
         .shared
         .engine
-        .view(&key)
-        .and_then(|v| v.hosts.get(&req.spec.host).map(|h| h.id.clone()))
+        .with_view(&key, |v| v.hosts.get(&req.spec.host).map(|h| h.id.clone()))
+        .flatten()
     else {
         return OpObservation::Unreachable(format!(
             "host {} is not in {}'s inventory",

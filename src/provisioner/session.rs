@@ -227,6 +227,16 @@ impl Engine {
             .cloned()
     }
 
+    /// Read one dispatcher's view under the lock, without copying it.
+    pub fn with_view<R>(&self, key: &DispKey, f: impl FnOnce(&DispatcherView) -> R) -> Option<R> {
+        self.shared
+            .cache
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .map(f)
+    }
+
     /// Read the whole cache under one lock.
     pub fn with_cache<R>(&self, f: impl FnOnce(&HashMap<DispKey, DispatcherView>) -> R) -> R {
         f(&self.shared.cache.read().unwrap_or_else(|p| p.into_inner()))
