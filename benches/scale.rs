@@ -81,7 +81,7 @@ where
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let full = std::env::args().any(|a| a == "--bench");
-    let size = if full {
+    let mut size = if full {
         Size {
             dispatchers: 100,
             hosts_per_dispatcher: 100,
@@ -92,10 +92,23 @@ async fn main() {
             hosts_per_dispatcher: 5,
         }
     };
+    // Other sizes for experiments: OSPROV_BENCH_DISPATCHERS=20 OSPROV_BENCH_HOSTS=100.
+    if let Some(d) = std::env::var("OSPROV_BENCH_DISPATCHERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        size.dispatchers = d;
+    }
+    if let Some(h) = std::env::var("OSPROV_BENCH_HOSTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        size.hosts_per_dispatcher = h;
+    }
     let total = size.dispatchers * size.hosts_per_dispatcher;
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = osprov::apiserver::Config::new(osprov::api::crds());
-    config.watch_history = 50_000;
+    config.watch_history = 200_000;
     let server = osprov::apiserver::serve(config)
         .await
         .expect("embedded API");
@@ -103,13 +116,16 @@ async fn main() {
     server.write_kubeconfig(&kubeconfig).expect("kubeconfig");
     let client = server.client().await.expect("client");
 
+    // OSPROV_BENCH_METRICS=127.0.0.1:9393 exposes the controller's metrics while it runs.
+    let log_level = std::env::var("OSPROV_BENCH_LOG").unwrap_or_else(|_| "warn".into());
+    let metrics_addr = std::env::var("OSPROV_BENCH_METRICS").unwrap_or_else(|_| "off".into());
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_osprov"))
         .args([
             "controller",
             "--metrics-addr",
-            "off",
+            &metrics_addr,
             "--log-level",
-            "warn",
+            &log_level,
             "--poll-interval",
             "1s",
         ])

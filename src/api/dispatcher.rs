@@ -183,9 +183,6 @@ pub struct OSDispatcherStatus {
     /// When the last successful discovery finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_discovery: Option<Time>,
-    /// Reprovisions running through this dispatcher now.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub active_reprovisions: Option<i32>,
     /// The generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,

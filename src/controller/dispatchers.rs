@@ -134,8 +134,6 @@ async fn reconcile(d: Arc<OSDispatcher>, scope: Arc<Scope>) -> Result<Action, Er
     status.host_count = Some(i32::try_from(view.hosts.len()).unwrap_or(i32::MAX));
     status.os_catalogue = view.catalogue();
     status.last_discovery = view.last_discovery.map(Time);
-    status.active_reprovisions =
-        Some(i32::try_from(shared.occupancy().active(&key)).unwrap_or(i32::MAX));
     status.observed_generation = generation;
     let ready = if view.state == DispatcherState::Ready {
         conditions::TRUE

@@ -75,14 +75,19 @@ impl Error {
         }
     }
 
-    /// True for a resourceVersion conflict (someone wrote first; look again at once).
+    /// True when the write failed because our view of the object was stale: a resourceVersion
+    /// conflict (409), or the finalizer helper's JSON-patch `test` failing (422). The watch will
+    /// bring the newer version, which triggers the next reconcile.
     pub fn is_conflict(&self) -> bool {
+        use kube::runtime::finalizer::Error as F;
+        let stale =
+            |e: &kube::Error| matches!(e, kube::Error::Api(s) if s.code == 409 || s.code == 422);
         match self {
             Error::Kube(kube::Error::Api(s)) => s.code == 409,
             Error::Finalizer(inner) => match inner.as_ref() {
-                kube::runtime::finalizer::Error::ApplyFailed(e)
-                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.is_conflict(),
-                _ => false,
+                F::ApplyFailed(e) | F::CleanupFailed(e) => e.is_conflict(),
+                F::AddFinalizer(e) | F::RemoveFinalizer(e) => stale(e),
+                F::UnnamedObject | F::InvalidFinalizer => false,
             },
             _ => false,
         }
@@ -103,10 +108,16 @@ pub fn on_error(
     };
     scope.shared.metrics.errors.get_or_create(&label).inc();
     if err.is_conflict() {
-        tracing::debug!(controller, "write conflicted; looking again");
-        let jitter = rand::Rng::random_range(&mut rand::rng(), 0..200);
+        // Our view was stale. The watch delivers the newer version and that triggers the next
+        // reconcile; this requeue is only a safety net, spread out so that a lagging watch is
+        // not answered with a storm of doomed writes.
+        tracing::debug!(
+            controller,
+            "write conflicted; waiting for the newer version"
+        );
+        let jitter = rand::Rng::random_range(&mut rand::rng(), 0..2000);
         return kube::runtime::controller::Action::requeue(std::time::Duration::from_millis(
-            100 + jitter,
+            1000 + jitter,
         ));
     }
     tracing::warn!(controller, error = %err, "reconcile failed");

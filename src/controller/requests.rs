@@ -43,11 +43,16 @@ struct Job<'a> {
     uid: &'a str,
     host: &'a HostKey,
     generation: i64,
+    /// The backend's id of the recorded operation, recorded in status with the next write.
+    op_id: Option<String>,
 }
 
 /// The controller over requests.
 pub fn controller(api: Api<Request>) -> Controller<Request> {
+    // A bounded number of reconciles at once keeps a burst of thousands of requests from
+    // flooding the API server; each reconcile is short (no call waits for a provisioning).
     Controller::new(api, watcher::Config::default())
+        .with_config(kube::runtime::controller::Config::default().concurrency(64))
 }
 
 /// Run the controller until shutdown.
@@ -129,7 +134,7 @@ async fn apply(req: Arc<Request>, scope: &Scope, ns: &str) -> Result<Action, Err
         .entry((uid.clone(), generation))
         .or_insert_with(Timestamp::now);
     let located = world::locate(scope, ns, &req, first_seen);
-    let operation = world::observe(scope, ns, &req, &st).await;
+    let (operation, op_id) = world::observe(scope, ns, &req, &st).await;
     let lim = world::limits(scope, located.dispatcher.as_ref());
     let occupancy = shared
         .occupancy()
@@ -163,6 +168,7 @@ async fn apply(req: Arc<Request>, scope: &Scope, ns: &str) -> Result<Action, Err
         uid: &uid,
         host: &host,
         generation,
+        op_id,
     };
     perform(&job, located, action).await
 }
@@ -175,6 +181,7 @@ async fn perform(job: &Job<'_>, located: Located, action: Plan) -> Result<Action
         uid,
         host,
         generation,
+        ..
     } = *job;
     let shared = &scope.shared;
     let st = req.status.clone().unwrap_or_default();
@@ -203,7 +210,10 @@ async fn perform(job: &Job<'_>, located: Located, action: Plan) -> Result<Action
                 ns,
                 req,
                 &st,
-                next_status(&st, &action, os, generation, now),
+                with_op_id(
+                    next_status(&st, &action, os, generation, now),
+                    job.op_id.as_deref(),
+                ),
             )
             .await?;
             Ok(Action::requeue(*retry_in))
@@ -214,7 +224,10 @@ async fn perform(job: &Job<'_>, located: Located, action: Plan) -> Result<Action
                 ns,
                 req,
                 &st,
-                next_status(&st, &action, os, generation, now),
+                with_op_id(
+                    next_status(&st, &action, os, generation, now),
+                    job.op_id.as_deref(),
+                ),
             )
             .await?;
             close(scope, uid, host);
@@ -226,7 +239,10 @@ async fn perform(job: &Job<'_>, located: Located, action: Plan) -> Result<Action
                 ns,
                 req,
                 &st,
-                next_status(&st, &action, os, generation, now),
+                with_op_id(
+                    next_status(&st, &action, os, generation, now),
+                    job.op_id.as_deref(),
+                ),
             )
             .await?;
             shared.occupancy().release(uid);
@@ -249,7 +265,10 @@ async fn perform(job: &Job<'_>, located: Located, action: Plan) -> Result<Action
                 ns,
                 req,
                 &st,
-                next_status(&st, &action, os, generation, now),
+                with_op_id(
+                    next_status(&st, &action, os, generation, now),
+                    job.op_id.as_deref(),
+                ),
             )
             .await?;
             Ok(Action::requeue(*retry_in))
@@ -266,6 +285,7 @@ async fn start(job: &Job<'_>, located: Located, action: Plan) -> Result<Action, 
         uid,
         host,
         generation,
+        ..
     } = *job;
     let shared = &scope.shared;
     let st = req.status.clone().unwrap_or_default();
@@ -292,6 +312,7 @@ async fn start(job: &Job<'_>, located: Located, action: Plan) -> Result<Action, 
     } else {
         Limits::default()
     };
+    let held_before = shared.occupancy().holder(host) == Some(name.as_str());
     if !shared.occupancy().try_claim(uid, &name, host, &disp, lim) {
         let wait = Plan::Wait {
             phase: Phase::Queued,
@@ -311,7 +332,9 @@ async fn start(job: &Job<'_>, located: Located, action: Plan) -> Result<Action, 
         return Ok(Action::requeue(shared.settings.poll_interval));
     }
     // 2. Record the intent; the resourceVersion precondition makes a stale view fail here.
-    let written = match write(
+    // A failed write gives back only a claim this call took (a stale view of a request that
+    // already started must not free the host it really holds).
+    if let Err(e) = write(
         scope,
         ns,
         req,
@@ -320,14 +343,11 @@ async fn start(job: &Job<'_>, located: Located, action: Plan) -> Result<Action, 
     )
     .await
     {
-        Ok(w) => w,
-        Err(e) => {
-            if fresh_start {
-                shared.occupancy().release(uid);
-            }
-            return Err(e);
+        if !held_before {
+            shared.occupancy().release(uid);
         }
-    };
+        return Err(e);
+    }
     // 3. Only now call the backend, with the recorded token.
     let Some(adapter) = shared.engine.adapter(&disp) else {
         return Ok(Action::requeue(shared.settings.poll_interval));
@@ -336,24 +356,6 @@ async fn start(job: &Job<'_>, located: Located, action: Plan) -> Result<Action, 
         Ok(op) => {
             shared.metrics.reprovisions_started.inc();
             info!(token = %token, operation = %op.id, "reprovision handed to the backend");
-            if let Some(mut obj) = written {
-                if let Some(recorded) = obj.status.as_mut().and_then(|s| s.operation.as_mut()) {
-                    recorded.id = Some(op.id.clone());
-                }
-                let status = obj.status.clone();
-                // Recording the backend id is informational; a conflict here is harmless.
-                if let Err(e) = write(
-                    scope,
-                    ns,
-                    &obj,
-                    &obj.status.clone().unwrap_or_default(),
-                    status,
-                )
-                .await
-                {
-                    debug!(error = %e, "could not record the backend operation id");
-                }
-            }
             if matches!(op.state, OperationState::Running { .. }) {
                 Ok(Action::requeue(shared.settings.poll_interval))
             } else {
@@ -382,6 +384,7 @@ async fn backend_refused(
         uid,
         host,
         generation,
+        ..
     } = *job;
     let shared = &scope.shared;
     shared.engine.discover_now(disp);
@@ -402,6 +405,20 @@ async fn backend_refused(
     .await?;
     close(scope, uid, host);
     Ok(Action::await_change())
+}
+
+/// Record the backend's operation id alongside a status write that happens anyway.
+fn with_op_id(
+    status: Option<OSProvisioningRequestStatus>,
+    id: Option<&str>,
+) -> Option<OSProvisioningRequestStatus> {
+    let mut status = status?;
+    if let (Some(op), Some(id)) = (status.operation.as_mut(), id) {
+        if op.id.is_none() {
+            op.id = Some(id.to_string());
+        }
+    }
+    Some(status)
 }
 
 /// Write `status` when it differs; publish an event when the phase changed.
@@ -486,7 +503,7 @@ async fn cleanup(req: Arc<Request>, scope: &Scope, ns: &str) -> Result<Action, E
             .is_some_and(|d| d.meta().deletion_timestamp.is_none())
     });
     let observation = if in_flight && dispatcher_exists {
-        world::observe(scope, ns, &req, &st).await
+        world::observe(scope, ns, &req, &st).await.0
     } else {
         OpObservation::NoneRecorded
     };

@@ -160,25 +160,26 @@ pub fn locate(scope: &Scope, ns: &str, req: &Request, first_seen: Timestamp) -> 
     })
 }
 
-/// Ask the backend about the operation recorded in status.
+/// Ask the backend about the operation recorded in status; also returns the backend's own id of
+/// the operation when it knows it.
 pub async fn observe(
     scope: &Scope,
     ns: &str,
     req: &Request,
     st: &OSProvisioningRequestStatus,
-) -> OpObservation {
+) -> (OpObservation, Option<String>) {
     let Some(op) = st.operation.as_ref() else {
-        return OpObservation::NoneRecorded;
+        return (OpObservation::NoneRecorded, None);
     };
     let key = DispKey {
         namespace: ns.to_string(),
         name: op.dispatcher.clone(),
     };
     let Some(adapter) = scope.shared.engine.adapter(&key) else {
-        return OpObservation::Unreachable(format!(
-            "OSDispatcher {} has no session",
-            op.dispatcher
-        ));
+        return (
+            OpObservation::Unreachable(format!("OSDispatcher {} has no session", op.dispatcher)),
+            None,
+        );
     };
     let Some(id) = scope
         .shared
@@ -186,15 +187,18 @@ pub async fn observe(
         .with_view(&key, |v| v.hosts.get(&req.spec.host).map(|h| h.id.clone()))
         .flatten()
     else {
-        return OpObservation::Unreachable(format!(
-            "host {} is not in {}'s inventory",
-            req.spec.host, op.dispatcher
-        ));
+        return (
+            OpObservation::Unreachable(format!(
+                "host {} is not in {}'s inventory",
+                req.spec.host, op.dispatcher
+            )),
+            None,
+        );
     };
     match adapter.operation(&id, &op.token).await {
-        Ok(Some(s)) => OpObservation::State(s.state),
-        Ok(None) => OpObservation::UnknownToBackend,
-        Err(e) => OpObservation::Unreachable(e.to_string()),
+        Ok(Some(s)) => (OpObservation::State(s.state), Some(s.id)),
+        Ok(None) => (OpObservation::UnknownToBackend, None),
+        Err(e) => (OpObservation::Unreachable(e.to_string()), None),
     }
 }
 
