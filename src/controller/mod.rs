@@ -7,9 +7,11 @@
 //!
 //! [`run`] wires them for one or more namespaces (all when none is given) and runs until the
 //! shutdown future resolves.
+pub mod callback;
 pub mod dispatchers;
 pub mod hosts;
 pub mod metrics;
+pub mod redfish;
 pub mod requests;
 pub mod settings;
 
@@ -93,6 +95,8 @@ pub struct Shared {
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
+    /// Outcomes reported to the provisioning callback endpoint.
+    pub callbacks: Arc<callback::CallbackHub>,
 }
 
 impl Shared {
@@ -168,6 +172,7 @@ pub async fn run(
         metrics: metrics.clone(),
         health: health.clone(),
         settings: settings.clone(),
+        callbacks: Arc::new(callback::CallbackHub::default()),
     });
     let namespaces: Vec<Option<String>> = if settings.namespaces.is_empty() {
         vec![None]
@@ -203,6 +208,21 @@ pub async fn run(
             async move {
                 if let Err(e) = metrics::serve(addr, m, health).await {
                     tracing::error!(error = %e, "metrics endpoint stopped");
+                }
+            }
+            .boxed(),
+        );
+    }
+    if let Some(addr) = settings.callback_addr.0 {
+        let state = Arc::new(callback::CallbackState {
+            client: client.clone(),
+            hub: shared.callbacks.clone(),
+            namespaces: settings.namespaces.clone(),
+        });
+        tasks.push(
+            async move {
+                if let Err(e) = callback::serve(addr, state).await {
+                    tracing::error!(error = %e, "provisioning callback endpoint stopped");
                 }
             }
             .boxed(),
