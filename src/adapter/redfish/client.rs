@@ -454,11 +454,9 @@ impl Client {
     ) -> (RedfishError, bool) {
         let chain = error_chain(e);
         let lower = chain.to_lowercase();
-        if lower.contains("certificate")
-            || lower.contains("tls")
-            || lower.contains("handshake")
-            || lower.contains("unknownissuer")
-        {
+        // Only certificate problems are configuration errors; a connection cut mid-TLS (a BMC
+        // rebooting) is an ordinary transient failure.
+        if lower.contains("certificate") || lower.contains("unknownissuer") {
             return (
                 RedfishError::Tls {
                     endpoint: self.cfg.endpoint.clone(),
