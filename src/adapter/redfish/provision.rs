@@ -12,7 +12,7 @@
 //! inserted one) and clear the boot override, which matters on BMCs that only do `Continuous`.
 use super::client::{Idempotent, RedfishError};
 use super::discovery;
-use super::model::ComputerSystem;
+use super::model::{ComputerSystem, VirtualMedia};
 use super::store::OpRecord;
 use super::Inner;
 use k8s_openapi::jiff::Timestamp;
@@ -156,8 +156,21 @@ impl Inner {
 
     /// Eject this token's image and clear the boot override.
     pub(super) async fn cleanup(&self, rec: &OpRecord) -> Result<(), RedfishError> {
-        let system = self.system(&rec.host_id).await?;
-        let media = discovery::cd_media(&self.client, &self.systems, &system).await?;
+        // With the system path and media device cached, no GET of the system is needed.
+        let cached = self
+            .systems
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&rec.host_id)
+            .and_then(|c| Some((c.path.clone(), c.cd_media.clone()?)));
+        let (path, media) = match cached {
+            Some((path, media)) => (path, self.client.get::<VirtualMedia>(&media).await?),
+            None => {
+                let system = self.system(&rec.host_id).await?;
+                let media = discovery::cd_media(&self.client, &self.systems, &system).await?;
+                (system.odata_id, media)
+            }
+        };
         if media.inserted_image() == Some(rec.image.as_str()) {
             if let Some(eject) = media.actions.as_ref().and_then(|a| a.eject.as_ref()) {
                 self.client
@@ -167,7 +180,7 @@ impl Inner {
         }
         self.client
             .patch(
-                &system.odata_id,
+                &path,
                 json!({"Boot": {"BootSourceOverrideTarget": "None", "BootSourceOverrideEnabled": "Disabled"}}),
             )
             .await?;
