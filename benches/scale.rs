@@ -146,6 +146,7 @@ async fn main() {
             provisioner: "osp".into(),
             lookup_interval: None,
             max_concurrent: None,
+            redfish: None,
             simulator: Some(SimulatorSpec {
                 hosts: size.hosts_per_dispatcher as i32,
                 host_prefix: format!("d{d:03}-"),

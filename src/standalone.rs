@@ -44,6 +44,7 @@ pub async fn ensure_sim_dispatcher(
                 hosts,
                 ..SimulatorSpec::default()
             }),
+            redfish: None,
         },
     );
     match api.create(&PostParams::default(), &d).await {

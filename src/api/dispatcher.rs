@@ -56,6 +56,9 @@ pub struct OSDispatcherSpec {
     /// Settings of the simulator adapter.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub simulator: Option<SimulatorSpec>,
+    /// Settings of the Redfish adapter (required when `adapter: redfish`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redfish: Option<RedfishSpec>,
 }
 
 fn default_provisioner() -> String {
@@ -161,6 +164,95 @@ pub struct SimulatorFailures {
     /// While true the simulated backend is unreachable (every call fails).
     #[serde(default)]
     pub unreachable: bool,
+}
+
+/// How to reach a Redfish service (one BMC, or an aggregator that fronts many systems) and what
+/// it may install. A BMC has no OS catalogue of its own, so the admin lists the images here.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RedfishSpec {
+    /// Base URL of the Redfish service, e.g. `https://bmc-17.example.net` (the service root is
+    /// `<endpoint>/redfish/v1`).
+    #[schemars(regex(pattern = r"^https?://[^\s/]+(/.*)?$"))]
+    pub endpoint: String,
+    /// Secret (in the dispatcher's namespace) holding the BMC account.
+    pub credentials_secret_ref: CredentialsSecretRef,
+    /// TLS settings for `https` endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<RedfishTls>,
+    /// OS images the hosts behind this service can take: name → ISO URL.
+    #[schemars(length(min = 1))]
+    pub images: Vec<RedfishImage>,
+    /// Systems to manage, by Redfish `Id` or `Name`; empty manages every System.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub systems: Vec<String>,
+    /// How long after the reset a reprovision may take before it fails for want of a callback
+    /// (e.g. `60m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    pub callback_timeout: Option<String>,
+    /// At most this many HTTP requests per second to this service (default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub requests_per_second: Option<i32>,
+    /// At most this many HTTP requests in flight to this service at once (default 4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 256))]
+    pub max_connections: Option<i32>,
+}
+
+/// Where the BMC account lives.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialsSecretRef {
+    /// Name of the Secret, in the dispatcher's namespace.
+    pub name: String,
+    /// Key of the user name (default `username`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username_key: Option<String>,
+    /// Key of the password (default `password`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_key: Option<String>,
+}
+
+/// TLS settings of a Redfish endpoint.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RedfishTls {
+    /// Secret holding the PEM CA bundle that signed the BMC's certificate; only these CAs are
+    /// trusted when set (the system's roots otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretKeyRef>,
+    /// Accept any certificate. Off by default; only for lab BMCs.
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+}
+
+/// One key of a Secret in the dispatcher's namespace.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    pub name: String,
+    /// Key inside the Secret (default `ca.crt`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+/// One entry of a Redfish dispatcher's OS catalogue.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RedfishImage {
+    /// The OS name requests ask for (e.g. `ubuntu-24.04`).
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// ISO URL the BMC downloads. `{callbackUrl}`, `{token}` and `{checksum}` are replaced per
+    /// request; without any placeholder `osprov_callback=<callback URL>` is appended as a query
+    /// parameter.
+    #[schemars(regex(pattern = r"^https?://.+$"))]
+    pub url: String,
+    /// Checksum of the image (`sha256:<hex>`), handed to the image server through `{checksum}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<String>,
 }
 
 /// What the provisioner last learnt from the dispatcher.

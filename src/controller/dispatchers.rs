@@ -54,11 +54,13 @@ fn error_policy(_d: Arc<OSDispatcher>, err: &Error, scope: Arc<Scope>) -> Action
     super::on_error("dispatcher", err, &scope, Duration::from_secs(5))
 }
 
-/// Build the adapter a dispatcher's spec asks for.
+/// Build the adapter a dispatcher's spec asks for. A Redfish dispatcher's Secrets were read by
+/// [`super::redfish::inputs`] first (their versions are part of the session fingerprint).
 pub fn build_adapter(
     key: &DispKey,
     d: &OSDispatcher,
     scope: &Scope,
+    redfish: Option<Result<super::redfish::Inputs, AdapterError>>,
 ) -> Result<Arc<dyn Adapter>, AdapterError> {
     match d.spec.adapter {
         AdapterKind::Simulator => {
@@ -67,7 +69,13 @@ pub fn build_adapter(
                 scope.shared.sims.fleet(&key.to_string(), &spec),
             )))
         }
-        AdapterKind::Redfish => Err(AdapterError::Unavailable("redfish")),
+        AdapterKind::Redfish => match redfish {
+            Some(Ok(inputs)) => super::redfish::build(key, d, scope, inputs),
+            Some(Err(e)) => Err(e),
+            None => Err(AdapterError::Config(
+                "the Redfish Secrets were not read".into(),
+            )),
+        },
         AdapterKind::Libvirt => Err(AdapterError::Unavailable("libvirt")),
         AdapterKind::Vsphere => Err(AdapterError::Unavailable("vsphere")),
     }
@@ -107,9 +115,19 @@ async fn reconcile(d: Arc<OSDispatcher>, scope: Arc<Scope>) -> Result<Action, Er
         return Ok(Action::await_change());
     }
     let interval = lookup_interval(&d, shared.settings.lookup_interval);
-    let fingerprint = format!("{}|{:?}", serde_json::to_string(&d.spec)?, interval);
+    let mut fingerprint = format!("{}|{:?}", serde_json::to_string(&d.spec)?, interval);
+    let mut redfish = None;
+    if d.spec.adapter == AdapterKind::Redfish {
+        // The Secrets' versions are part of the fingerprint: fixing a Secret reconnects.
+        let inputs = super::redfish::inputs(&scope, &d, &ns).await;
+        match &inputs {
+            Ok(i) => fingerprint.push_str(&format!("|{}", i.version)),
+            Err(e) => fingerprint.push_str(&format!("|error: {e}")),
+        }
+        redfish = Some(inputs);
+    }
     if !shared.engine.is_current(&key, &fingerprint) {
-        let adapter = build_adapter(&key, &d, &scope);
+        let adapter = build_adapter(&key, &d, &scope, redfish);
         shared.engine.ensure(SessionConfig {
             key: key.clone(),
             fingerprint,

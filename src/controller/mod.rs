@@ -8,11 +8,13 @@
 //!
 //! [`run`] wires them for one or more namespaces (all when none is given) and runs until the
 //! shutdown future resolves; [`run_with`] does the same behind leader election, serving the
-//! health and metrics endpoint on standbys too.
+//! health and metrics endpoint and the provisioning callback endpoint on standbys too.
+pub mod callback;
 pub mod dispatchers;
 pub mod hosts;
 pub mod leader;
 pub mod metrics;
+pub mod redfish;
 pub mod requests;
 pub mod settings;
 pub mod world;
@@ -136,6 +138,8 @@ pub struct Shared {
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
+    /// Outcomes reported to the provisioning callback endpoint.
+    pub callbacks: Arc<callback::CallbackHub>,
 }
 
 impl Shared {
@@ -242,9 +246,36 @@ pub async fn run_with(
             }
         }))
     });
+    // Callbacks can reach any replica behind the Service: every replica records the outcome in
+    // the operation's Secret, where the leader's adapter reads it.
+    let callbacks = Arc::new(callback::CallbackHub::default());
+    let _callback_endpoint = settings.callback_addr.0.map(|addr| {
+        let state = Arc::new(callback::CallbackState {
+            client: client.clone(),
+            hub: callbacks.clone(),
+            namespaces: settings.namespaces.clone(),
+        });
+        AbortOnDrop(tokio::spawn(async move {
+            if let Err(e) = callback::serve(addr, state).await {
+                tracing::error!(error = %e, "provisioning callback endpoint stopped");
+            }
+        }))
+    });
     let Some(config) = election else {
         set_leading(&metrics, &health, true);
-        return reconcile(client, settings, sims, &metrics, &health, None, shutdown).await;
+        return reconcile(
+            client,
+            settings,
+            sims,
+            Endpoints {
+                metrics: &metrics,
+                health: &health,
+                callbacks,
+            },
+            None,
+            shutdown,
+        )
+        .await;
     };
     let identity = config.identity.clone();
     let mut elector = Elector::new(client.clone(), config);
@@ -257,7 +288,14 @@ pub async fn run_with(
     tracing::info!(%identity, "leading: starting the controllers");
     set_leading(&metrics, &health, true);
     let result = tokio::select! {
-        r = reconcile(client, settings, sims, &metrics, &health, Some(identity), shutdown) => r,
+        r = reconcile(
+            client,
+            settings,
+            sims,
+            Endpoints { metrics: &metrics, health: &health, callbacks },
+            Some(identity),
+            shutdown,
+        ) => r,
         lost = elector.hold() => Err(Error::Leader(lost)),
     };
     set_leading(&metrics, &health, false);
@@ -283,16 +321,27 @@ fn set_leading(metrics: &Metrics, health: &Health, leading: bool) {
     metrics.leader.set(i64::from(leading));
 }
 
+/// The process-wide parts the controllers report to.
+struct Endpoints<'a> {
+    metrics: &'a Arc<Metrics>,
+    health: &'a Arc<Health>,
+    callbacks: Arc<callback::CallbackHub>,
+}
+
 /// The controllers themselves, until `shutdown` resolves.
 async fn reconcile(
     client: Client,
     settings: Settings,
     sims: Arc<SimRegistry>,
-    metrics: &Arc<Metrics>,
-    health: &Arc<Health>,
+    endpoints: Endpoints<'_>,
     instance: Option<String>,
     shutdown: futures::future::Shared<futures::future::BoxFuture<'static, ()>>,
 ) -> Result<(), Error> {
+    let Endpoints {
+        metrics,
+        health,
+        callbacks,
+    } = endpoints;
     let reporter = Reporter {
         controller: format!("osprov-{}", settings.identifier),
         instance: instance.or_else(|| std::env::var("POD_NAME").ok()),
@@ -307,6 +356,7 @@ async fn reconcile(
         metrics: metrics.clone(),
         health: health.clone(),
         settings: settings.clone(),
+        callbacks,
     });
     let namespaces: Vec<Option<String>> = if settings.namespaces.is_empty() {
         vec![None]

@@ -56,6 +56,14 @@ pub struct Settings {
     /// How long a ManagedHost the backend no longer reports is kept (with condition Present=False).
     #[arg(long, env = "OSPROV_HOST_GRACE", default_value = "5m", value_parser = parse_duration)]
     pub host_grace: Duration,
+    /// Address of the provisioning callback endpoint (`POST /callback/<token>`) that installers
+    /// booted by the Redfish adapter report to; `off` disables it.
+    #[arg(long, env = "OSPROV_CALLBACK_ADDR", default_value = "off", value_parser = parse_addr)]
+    pub callback_addr: MetricsAddr,
+    /// URL under which hosts reach the callback endpoint (e.g. `http://osprov.example:8082`);
+    /// defaults to `http://<callback-addr>` when that is not a wildcard address.
+    #[arg(long, env = "OSPROV_CALLBACK_URL")]
+    pub callback_url: Option<String>,
     /// Log filter (`info`, `debug`, `osprov=debug,kube=info`…).
     #[arg(long, env = "OSPROV_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -90,6 +98,8 @@ impl Default for Settings {
             retry_cap: Duration::from_secs(300),
             poll_interval: Duration::from_secs(2),
             host_grace: Duration::from_secs(300),
+            callback_addr: MetricsAddr(None),
+            callback_url: None,
             log_level: "info".into(),
             log_format: LogFormat::Text,
         }

@@ -1,0 +1,579 @@
+//! The HTTP transport to one Redfish service, and the Redfish error type.
+//!
+//! Hand-written over `reqwest` (rustls) rather than a Redfish crate: osprov needs only a dozen
+//! calls, but needs full control of what happens on the wire — a per-BMC request rate, a bounded
+//! number of connections, retries that know which calls are idempotent (a `Reset` is never
+//! re-sent once it may have reached the BMC), task monitors, a cool-down after a refused login so
+//! a wrong password never becomes a retry storm, and a request counter for the benchmark. The
+//! crates looked at (`nv-redfish`, generated from the full CSDL and feature-gated per service;
+//! `redfish`, young and with its own retry policy) would have had to be wrapped to get all of that.
+//!
+//! Credentials are sent as HTTP basic auth on every request (every Redfish service accepts it;
+//! sushy-tools offers no SessionService) and are never logged or put in an error message.
+use super::model::Task;
+use crate::adapter::AdapterError;
+use rand::Rng;
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+/// Errors of the Redfish adapter.
+#[derive(Debug, thiserror::Error)]
+pub enum RedfishError {
+    #[error(
+        "the Redfish service refused the credentials (HTTP {0}); check the credentials Secret"
+    )]
+    Auth(u16),
+    #[error("the Redfish service refused the credentials recently; not trying again for {0:?}")]
+    AuthCoolDown(Duration),
+    #[error("TLS with {endpoint} failed: {detail}; give the BMC's CA bundle in spec.redfish.tls.caSecretRef")]
+    Tls { endpoint: String, detail: String },
+    #[error("cannot reach {url}: {detail}")]
+    Connect { url: String, detail: String },
+    #[error("{method} {url} timed out")]
+    Timeout { method: String, url: String },
+    #[error("{method} {url}: HTTP {status}: {message}")]
+    Status {
+        method: String,
+        url: String,
+        status: u16,
+        message: String,
+    },
+    #[error("unexpected answer from {url}: {detail}")]
+    Invalid { url: String, detail: String },
+    #[error("task {url} ended {state}: {message}")]
+    TaskFailed {
+        url: String,
+        state: String,
+        message: String,
+    },
+    #[error("invalid Redfish configuration: {0}")]
+    Config(String),
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("operation store: {0}")]
+    Store(String),
+}
+
+impl RedfishError {
+    /// True when the same call may succeed later without anyone changing anything.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            RedfishError::Connect { .. } | RedfishError::Timeout { .. } => true,
+            RedfishError::Status { status, .. } => *status >= 500 || *status == 429,
+            RedfishError::Store(_) => true,
+            _ => false,
+        }
+    }
+
+    /// The engine's view of this error.
+    pub fn into_adapter(self) -> AdapterError {
+        match self {
+            RedfishError::Auth(_) | RedfishError::AuthCoolDown(_) => {
+                AdapterError::AuthenticationFailed(self.to_string())
+            }
+            RedfishError::Status { status: 403, .. } => {
+                AdapterError::AuthenticationFailed(self.to_string())
+            }
+            RedfishError::Tls { .. } | RedfishError::Config(_) | RedfishError::Unsupported(_) => {
+                AdapterError::Config(self.to_string())
+            }
+            RedfishError::Connect { .. } | RedfishError::Timeout { .. } => {
+                AdapterError::Unreachable(self.to_string())
+            }
+            RedfishError::Status { status, .. } if status >= 500 || status == 429 => {
+                AdapterError::Backend {
+                    message: self.to_string(),
+                    source: None,
+                }
+            }
+            RedfishError::Store(_) => AdapterError::Backend {
+                message: self.to_string(),
+                source: None,
+            },
+            // Any other 4xx, a malformed answer or a failed task needs a person.
+            other => AdapterError::Config(other.to_string()),
+        }
+    }
+}
+
+/// How to reach one Redfish service.
+#[derive(Clone)]
+pub struct ClientConfig {
+    /// `https://host[:port]`, without the `/redfish/v1` suffix.
+    pub endpoint: String,
+    pub username: String,
+    pub password: String,
+    /// PEM CA bundle; only these CAs are trusted when set.
+    pub ca_pem: Option<Vec<u8>>,
+    pub insecure_skip_verify: bool,
+    pub requests_per_second: u32,
+    pub max_connections: usize,
+    pub timeout: Duration,
+    /// Attempts for idempotent calls on 5xx, timeouts and connection errors.
+    pub attempts: u32,
+}
+
+impl std::fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("endpoint", &self.endpoint)
+            .field("username", &"<redacted>")
+            .field("password", &"<redacted>")
+            .field("ca_pem", &self.ca_pem.as_ref().map(|c| c.len()))
+            .field("insecure_skip_verify", &self.insecure_skip_verify)
+            .finish()
+    }
+}
+
+/// Whether a call may be sent again after it may have reached the BMC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Idempotent {
+    Yes,
+    /// Re-sent only when the connection could not even be made.
+    No,
+}
+
+/// A response: status, `Location` header, body.
+pub struct Reply {
+    pub status: StatusCode,
+    pub location: Option<String>,
+    pub body: bytes::Bytes,
+}
+
+/// Rate-limited, connection-bounded, retrying HTTP client for one Redfish service.
+pub struct Client {
+    http: reqwest::Client,
+    cfg: ClientConfig,
+    connections: Semaphore,
+    next_slot: Mutex<Instant>,
+    auth: Mutex<AuthState>,
+    requests: AtomicU64,
+}
+
+#[derive(Default)]
+struct AuthState {
+    blocked_until: Option<Instant>,
+    backoff: Duration,
+}
+
+impl Client {
+    pub fn new(cfg: ClientConfig) -> Result<Client, RedfishError> {
+        let endpoint = cfg.endpoint.trim_end_matches('/').to_string();
+        if !(endpoint.starts_with("https://") || endpoint.starts_with("http://")) {
+            return Err(RedfishError::Config(format!(
+                "endpoint {endpoint:?} must start with https:// or http://"
+            )));
+        }
+        let mut builder = reqwest::Client::builder()
+            .use_rustls_tls()
+            .timeout(cfg.timeout)
+            .connect_timeout(cfg.timeout.min(Duration::from_secs(10)))
+            .pool_max_idle_per_host(cfg.max_connections)
+            .user_agent(concat!("osprov/", env!("CARGO_PKG_VERSION")));
+        if let Some(pem) = cfg.ca_pem.as_deref() {
+            let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| {
+                RedfishError::Config(format!("the TLS CA bundle is not valid PEM: {e}"))
+            })?;
+            if certs.is_empty() {
+                return Err(RedfishError::Config(
+                    "the TLS CA bundle holds no certificate".into(),
+                ));
+            }
+            builder = builder.tls_built_in_root_certs(false);
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        if cfg.insecure_skip_verify {
+            builder = builder.danger_accept_invalid_certs(true);
+        }
+        let http = builder
+            .build()
+            .map_err(|e| RedfishError::Config(format!("cannot build the HTTP client: {e}")))?;
+        Ok(Client {
+            http,
+            connections: Semaphore::new(cfg.max_connections.max(1)),
+            next_slot: Mutex::new(Instant::now()),
+            auth: Mutex::new(AuthState::default()),
+            requests: AtomicU64::new(0),
+            cfg: ClientConfig { endpoint, ..cfg },
+        })
+    }
+
+    pub fn endpoint(&self) -> &str {
+        &self.cfg.endpoint
+    }
+
+    /// HTTP requests sent so far (retries and task polls included).
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Absolute URL of a Redfish path (`/redfish/v1/...`) or an absolute link.
+    pub fn url(&self, path: &str) -> String {
+        if path.starts_with("http://") || path.starts_with("https://") {
+            path.to_string()
+        } else {
+            format!("{}{}", self.cfg.endpoint, path)
+        }
+    }
+
+    /// GET a resource and decode it.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, RedfishError> {
+        let reply = self
+            .send(Method::GET, path, None, Idempotent::Yes, true)
+            .await?;
+        decode(&self.url(path), &reply.body)
+    }
+
+    /// PATCH a resource.
+    pub async fn patch(&self, path: &str, body: serde_json::Value) -> Result<(), RedfishError> {
+        let reply = self
+            .send(Method::PATCH, path, Some(body), Idempotent::Yes, true)
+            .await?;
+        self.follow_task(reply).await
+    }
+
+    /// POST an action, following a task monitor when the service returns one.
+    pub async fn action(
+        &self,
+        target: &str,
+        body: serde_json::Value,
+        idempotent: Idempotent,
+    ) -> Result<(), RedfishError> {
+        let reply = self
+            .send(Method::POST, target, Some(body), idempotent, true)
+            .await?;
+        self.follow_task(reply).await
+    }
+
+    /// A 202 with a `Location` is a task monitor: poll it until the task ends (bounded).
+    async fn follow_task(&self, reply: Reply) -> Result<(), RedfishError> {
+        if reply.status != StatusCode::ACCEPTED {
+            return Ok(());
+        }
+        let Some(monitor) = reply.location else {
+            return Ok(());
+        };
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let r = self
+                .send(Method::GET, &monitor, None, Idempotent::Yes, false)
+                .await?;
+            if r.status == StatusCode::ACCEPTED {
+                if Instant::now() > deadline {
+                    return Err(RedfishError::Timeout {
+                        method: "task".into(),
+                        url: self.url(&monitor),
+                    });
+                }
+                continue;
+            }
+            if r.body.is_empty() {
+                return Ok(());
+            }
+            let task: Task = match serde_json::from_slice(&r.body) {
+                Ok(t) => t,
+                // The final answer of the action, not a Task: done.
+                Err(_) => return Ok(()),
+            };
+            return match task.task_state.as_deref() {
+                Some(state @ ("Exception" | "Killed" | "Cancelled")) => {
+                    Err(RedfishError::TaskFailed {
+                        url: self.url(&monitor),
+                        state: state.to_string(),
+                        message: task
+                            .messages
+                            .iter()
+                            .filter_map(|m| m.message.clone())
+                            .collect::<Vec<_>>()
+                            .join("; "),
+                    })
+                }
+                Some("Running" | "New" | "Pending" | "Starting" | "Stopping") => {
+                    if Instant::now() > deadline {
+                        return Err(RedfishError::Timeout {
+                            method: "task".into(),
+                            url: self.url(&monitor),
+                        });
+                    }
+                    continue;
+                }
+                _ => Ok(()),
+            };
+        }
+    }
+
+    fn check_auth_cool_down(&self) -> Result<(), RedfishError> {
+        let auth = self.auth.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(until) = auth.blocked_until {
+            let now = Instant::now();
+            if until > now {
+                return Err(RedfishError::AuthCoolDown(until - now));
+            }
+        }
+        Ok(())
+    }
+
+    fn note_auth(&self, refused: bool) {
+        let mut auth = self.auth.lock().unwrap_or_else(|p| p.into_inner());
+        if refused {
+            auth.backoff =
+                (auth.backoff * 2).clamp(Duration::from_secs(10), Duration::from_secs(300));
+            auth.blocked_until = Some(Instant::now() + auth.backoff);
+        } else {
+            *auth = AuthState::default();
+        }
+    }
+
+    /// Wait for a request slot under the per-service rate.
+    async fn pace(&self) {
+        let gap = Duration::from_secs_f64(1.0 / f64::from(self.cfg.requests_per_second.max(1)));
+        let slot = {
+            let mut next = self.next_slot.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            let slot = (*next).max(now);
+            *next = slot + gap;
+            slot
+        };
+        tokio::time::sleep_until(slot).await;
+    }
+
+    /// Send one request with retries; non-2xx answers become errors.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+        idempotent: Idempotent,
+        retry: bool,
+    ) -> Result<Reply, RedfishError> {
+        let url = self.url(path);
+        let attempts = if retry { self.cfg.attempts.max(1) } else { 1 };
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result = self.send_once(&method, &url, body.as_ref()).await;
+            let err = match result {
+                Ok(reply) => return Ok(reply),
+                Err((err, sent)) => {
+                    let retryable = err.is_transient()
+                        && (idempotent == Idempotent::Yes || !sent)
+                        && !matches!(err, RedfishError::Status { status: 429, .. });
+                    if !retryable || attempt >= attempts {
+                        return Err(err);
+                    }
+                    err
+                }
+            };
+            let backoff = Duration::from_millis(200u64 << attempt.min(6))
+                .mul_f64(rand::rng().random_range(0.8..1.2));
+            warn!(error = %err, attempt, ?backoff, "Redfish call failed; retrying");
+            tokio::time::sleep(backoff).await;
+        }
+    }
+
+    /// One HTTP exchange. The flag says whether the request may have reached the service.
+    async fn send_once(
+        &self,
+        method: &Method,
+        url: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<Reply, (RedfishError, bool)> {
+        self.check_auth_cool_down().map_err(|e| (e, false))?;
+        let _permit = self.connections.acquire().await.map_err(|_| {
+            (
+                RedfishError::Connect {
+                    url: url.to_string(),
+                    detail: "client closed".into(),
+                },
+                false,
+            )
+        })?;
+        self.pace().await;
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let mut req = self
+            .http
+            .request(method.clone(), url)
+            .basic_auth(&self.cfg.username, Some(&self.cfg.password))
+            .header("Accept", "application/json")
+            .header("OData-Version", "4.0");
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        debug!(%method, %url, "Redfish request");
+        let resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) => return Err(self.transport_error(method, url, &e)),
+        };
+        let status = resp.status();
+        let location = resp
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| self.transport_error(method, url, &e))?;
+        if status == StatusCode::UNAUTHORIZED {
+            self.note_auth(true);
+            return Err((RedfishError::Auth(status.as_u16()), true));
+        }
+        if status.is_success() {
+            self.note_auth(false);
+            return Ok(Reply {
+                status,
+                location,
+                body,
+            });
+        }
+        Err((
+            RedfishError::Status {
+                method: method.to_string(),
+                url: url.to_string(),
+                status: status.as_u16(),
+                message: error_message(&body),
+            },
+            true,
+        ))
+    }
+
+    fn transport_error(
+        &self,
+        method: &Method,
+        url: &str,
+        e: &reqwest::Error,
+    ) -> (RedfishError, bool) {
+        let chain = error_chain(e);
+        let lower = chain.to_lowercase();
+        // Only certificate problems are configuration errors; a connection cut mid-TLS (a BMC
+        // rebooting) is an ordinary transient failure.
+        if lower.contains("certificate") || lower.contains("unknownissuer") {
+            return (
+                RedfishError::Tls {
+                    endpoint: self.cfg.endpoint.clone(),
+                    detail: chain,
+                },
+                false,
+            );
+        }
+        if e.is_timeout() {
+            return (
+                RedfishError::Timeout {
+                    method: method.to_string(),
+                    url: url.to_string(),
+                },
+                true,
+            );
+        }
+        (
+            RedfishError::Connect {
+                url: url.to_string(),
+                detail: chain,
+            },
+            !e.is_connect(),
+        )
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        cur = s.source();
+    }
+    parts.join(": ")
+}
+
+/// The message of a Redfish error body (`error.@Message.ExtendedInfo` or `error.message`).
+fn error_message(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return text.chars().take(200).collect();
+    };
+    let err = &v["error"];
+    let extended: Vec<String> = err["@Message.ExtendedInfo"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|m| m["Message"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    if !extended.is_empty() {
+        return extended.join("; ");
+    }
+    err["message"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| text.chars().take(200).collect())
+}
+
+fn decode<T: DeserializeOwned>(url: &str, body: &[u8]) -> Result<T, RedfishError> {
+    serde_json::from_slice(body).map_err(|e| RedfishError::Invalid {
+        url: url.to_string(),
+        detail: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_map_onto_adapter_errors() {
+        let s = |status| RedfishError::Status {
+            method: "GET".into(),
+            url: "u".into(),
+            status,
+            message: "m".into(),
+        };
+        assert_eq!(s(503).into_adapter().reason(), "BackendError");
+        assert!(s(503).is_transient());
+        assert!(!s(400).is_transient());
+        assert_eq!(s(400).into_adapter().reason(), "InvalidConfiguration");
+        assert_eq!(
+            RedfishError::Auth(401).into_adapter().reason(),
+            "AuthenticationFailed"
+        );
+        let tls = RedfishError::Tls {
+            endpoint: "https://bmc".into(),
+            detail: "invalid peer certificate: UnknownIssuer".into(),
+        };
+        assert!(tls.to_string().contains("TLS"));
+        assert!(!tls.into_adapter().is_transient());
+        assert_eq!(
+            error_message(br#"{"error":{"message":"boom"}}"#),
+            "boom".to_string()
+        );
+    }
+
+    #[test]
+    fn credentials_never_show_in_debug() {
+        let cfg = ClientConfig {
+            endpoint: "https://bmc".into(),
+            username: "admin".into(),
+            password: "hunter2".into(),
+            ca_pem: None,
+            insecure_skip_verify: false,
+            requests_per_second: 1,
+            max_connections: 1,
+            timeout: Duration::from_secs(1),
+            attempts: 1,
+        };
+        let text = format!("{cfg:?}");
+        assert!(!text.contains("hunter2") && !text.contains("admin"));
+    }
+}

@@ -1,0 +1,190 @@
+//! The reprovisioning steps against the BMC, each safe to repeat for the same token.
+//!
+//! `start` runs: virtual media (eject what is there, insert the image — skipped when the BMC
+//! already shows this token's image), one-time boot override to `Cd` (read back: what the BMC set
+//! is recorded, and a BMC that did not take `Cd` is an error), then the reset — `ForceRestart`
+//! when the system is on, `On` when it is off. The reset is the one step that cannot be repeated
+//! safely, so "reset requested" is written to the operation record *before* it is sent and a
+//! token whose record says so is never reset again (at most once; a crash between the two leaves
+//! a host that may not have rebooted, which the callback timeout turns into a clear failure).
+//!
+//! `cleanup` runs once the outcome is known: eject this token's image (only if it is still the
+//! inserted one) and clear the boot override, which matters on BMCs that only do `Continuous`.
+use super::client::{Idempotent, RedfishError};
+use super::discovery;
+use super::model::{ComputerSystem, VirtualMedia};
+use super::store::OpRecord;
+use super::Inner;
+use k8s_openapi::jiff::Timestamp;
+use serde_json::json;
+use tracing::{info, warn};
+
+impl Inner {
+    /// Read a system by its Redfish `Id` through the cached path.
+    pub(super) async fn system(&self, host_id: &str) -> Result<ComputerSystem, RedfishError> {
+        let path = self
+            .systems
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(host_id)
+            .map(|c| c.path.clone())
+            .ok_or_else(|| RedfishError::Connect {
+                url: host_id.to_string(),
+                detail: "system not discovered yet".into(),
+            })?;
+        let mut s: ComputerSystem = self.client.get(&path).await?;
+        if s.odata_id.is_empty() {
+            s.odata_id = path;
+        }
+        if s.id.is_empty() {
+            s.id = host_id.to_string();
+        }
+        Ok(s)
+    }
+
+    /// Media, boot override and reset for `rec`; returns the record as last stored.
+    pub(super) async fn start(&self, mut rec: OpRecord) -> Result<OpRecord, RedfishError> {
+        let system = self.system(&rec.host_id).await?;
+        // 1. Virtual media.
+        let media = discovery::cd_media(&self.client, &self.systems, &system).await?;
+        let actions = media.actions.clone().unwrap_or_default();
+        if media.inserted_image() == Some(rec.image.as_str()) {
+            info!(host = %rec.host_id, "image already inserted for this request");
+        } else {
+            if media.inserted_image().is_some() {
+                let eject = actions.eject.as_ref().ok_or_else(|| {
+                    RedfishError::Unsupported("the virtual media has no EjectMedia action".into())
+                })?;
+                self.client
+                    .action(&eject.target, json!({}), Idempotent::Yes)
+                    .await?;
+            }
+            let insert = actions.insert.as_ref().ok_or_else(|| {
+                RedfishError::Unsupported("the virtual media has no InsertMedia action".into())
+            })?;
+            self.client
+                .action(
+                    &insert.target,
+                    json!({"Image": rec.image, "Inserted": true, "WriteProtected": true}),
+                    Idempotent::Yes,
+                )
+                .await?;
+            info!(host = %rec.host_id, os = %rec.os, "virtual media inserted");
+        }
+        // 2. One-time boot override to Cd, read back.
+        if let Some(boot) = system.boot.as_ref() {
+            if !boot.allowed_targets.is_empty() && !boot.allowed_targets.iter().any(|t| t == "Cd") {
+                return Err(RedfishError::Unsupported(format!(
+                    "system {} does not allow a boot override to Cd (allowed: {})",
+                    rec.host_id,
+                    boot.allowed_targets.join(", ")
+                )));
+            }
+        }
+        self.client
+            .patch(
+                &system.odata_id,
+                json!({"Boot": {"BootSourceOverrideTarget": "Cd", "BootSourceOverrideEnabled": "Once"}}),
+            )
+            .await?;
+        let after = self.system(&rec.host_id).await?;
+        let boot = after.boot.clone().unwrap_or_default();
+        if boot.boot_source_override_target.as_deref() != Some("Cd") {
+            return Err(RedfishError::Unsupported(format!(
+                "system {} reports boot override target {:?} after osprov set Cd",
+                rec.host_id, boot.boot_source_override_target
+            )));
+        }
+        let set = format!(
+            "Cd/{}",
+            boot.boot_source_override_enabled
+                .as_deref()
+                .unwrap_or("Unknown")
+        );
+        if set != "Cd/Once" {
+            info!(host = %rec.host_id, boot_override = %set, "the BMC set a boot override other than Once; osprov clears it afterwards");
+        }
+        // 3. Reset, at most once per token.
+        if rec.reset_requested_at.is_some() {
+            warn!(host = %rec.host_id, "a reset was already requested for this token; not resetting again");
+            return Ok(rec);
+        }
+        rec = self
+            .mutate(&rec.token, |r| {
+                r.reset_requested_at.get_or_insert(Timestamp::now());
+                r.boot_override = Some(set.clone());
+            })
+            .await?;
+        let reset = after
+            .actions
+            .as_ref()
+            .and_then(|a| a.reset.clone())
+            .ok_or_else(|| {
+                RedfishError::Unsupported(format!(
+                    "system {} has no ComputerSystem.Reset action",
+                    rec.host_id
+                ))
+            })?;
+        let on = matches!(after.power_state.as_deref(), Some("On" | "PoweringOn"));
+        let wanted: &[&str] = if on {
+            &["ForceRestart", "PowerCycle", "GracefulRestart"]
+        } else {
+            &["On", "ForceOn"]
+        };
+        let reset_type = wanted
+            .iter()
+            .find(|w| reset.allowed.is_empty() || reset.allowed.iter().any(|a| a == *w))
+            .ok_or_else(|| {
+                RedfishError::Unsupported(format!(
+                    "system {} allows none of the reset types {wanted:?}",
+                    rec.host_id
+                ))
+            })?;
+        self.client
+            .action(
+                &reset.target,
+                json!({"ResetType": reset_type}),
+                Idempotent::No,
+            )
+            .await?;
+        info!(host = %rec.host_id, reset = %reset_type, "system reset; waiting for the installer's callback");
+        self.mutate(&rec.token, |r| {
+            r.reset_at.get_or_insert(Timestamp::now());
+        })
+        .await
+    }
+
+    /// Eject this token's image and clear the boot override.
+    pub(super) async fn cleanup(&self, rec: &OpRecord) -> Result<(), RedfishError> {
+        // With the system path and media device cached, no GET of the system is needed.
+        let cached = self
+            .systems
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&rec.host_id)
+            .and_then(|c| Some((c.path.clone(), c.cd_media.clone()?)));
+        let (path, media) = match cached {
+            Some((path, media)) => (path, self.client.get::<VirtualMedia>(&media).await?),
+            None => {
+                let system = self.system(&rec.host_id).await?;
+                let media = discovery::cd_media(&self.client, &self.systems, &system).await?;
+                (system.odata_id, media)
+            }
+        };
+        if media.inserted_image() == Some(rec.image.as_str()) {
+            if let Some(eject) = media.actions.as_ref().and_then(|a| a.eject.as_ref()) {
+                self.client
+                    .action(&eject.target, json!({}), Idempotent::Yes)
+                    .await?;
+            }
+        }
+        self.client
+            .patch(
+                &path,
+                json!({"Boot": {"BootSourceOverrideTarget": "None", "BootSourceOverrideEnabled": "Disabled"}}),
+            )
+            .await?;
+        info!(host = %rec.host_id, "media ejected and boot override cleared");
+        Ok(())
+    }
+}

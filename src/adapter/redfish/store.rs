@@ -1,0 +1,283 @@
+//! Durable per-request operation records: what the Redfish adapter did for a token and what the
+//! installer reported back.
+//!
+//! A BMC cannot say when an install finished nor which request a reset belonged to, so the adapter
+//! keeps one [`OpRecord`] per token in an [`OpStore`]. In the controller the store is a Kubernetes
+//! Secret per request (owned by the request; see `controller::callback`), so the records survive a
+//! controller restart and hold the callback secret. [`MemoryStore`] backs unit tests.
+use k8s_openapi::jiff::Timestamp;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use tokio::sync::broadcast;
+
+/// How an operation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutcomeKind {
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl OutcomeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutcomeKind::Succeeded => "succeeded",
+            OutcomeKind::Failed => "failed",
+            OutcomeKind::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<OutcomeKind> {
+        match s {
+            "succeeded" => Some(OutcomeKind::Succeeded),
+            "failed" => Some(OutcomeKind::Failed),
+            "cancelled" => Some(OutcomeKind::Cancelled),
+            _ => None,
+        }
+    }
+}
+
+/// The end of an operation, as reported by the installer (or decided by a timeout or a cancel).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub kind: OutcomeKind,
+    pub message: String,
+    pub at: Timestamp,
+}
+
+/// Everything the adapter must remember about one token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpRecord {
+    /// The request's token (its UID).
+    pub token: String,
+    /// Redfish `Id` of the system.
+    pub host_id: String,
+    pub os: String,
+    /// The exact image URL given to `InsertMedia` (it carries the callback URL).
+    pub image: String,
+    /// The callback secret; the installer proves itself with `<token>.<secret>`.
+    pub secret: String,
+    pub started_at: Timestamp,
+    /// Set before the reset is sent: a reset is sent at most once per token.
+    pub reset_requested_at: Option<Timestamp>,
+    /// Set once the BMC accepted the reset.
+    pub reset_at: Option<Timestamp>,
+    /// The boot override the BMC reported after it was set (e.g. `Cd/Once`).
+    pub boot_override: Option<String>,
+    pub outcome: Option<Outcome>,
+    /// Media ejected and boot override cleared after the outcome.
+    pub cleaned: bool,
+    /// Store version for optimistic concurrency (a resourceVersion).
+    pub version: Option<String>,
+}
+
+impl OpRecord {
+    /// The record as string fields (how a Secret stores it).
+    pub fn to_fields(&self) -> BTreeMap<String, String> {
+        let mut m = BTreeMap::new();
+        let mut put = |k: &str, v: String| {
+            m.insert(k.to_string(), v);
+        };
+        put("token", self.token.clone());
+        put("host", self.host_id.clone());
+        put("os", self.os.clone());
+        put("image", self.image.clone());
+        put("secret", self.secret.clone());
+        put("startedAt", self.started_at.to_string());
+        if let Some(t) = self.reset_requested_at {
+            put("resetRequestedAt", t.to_string());
+        }
+        if let Some(t) = self.reset_at {
+            put("resetAt", t.to_string());
+        }
+        if let Some(b) = &self.boot_override {
+            put("bootOverride", b.clone());
+        }
+        if let Some(o) = &self.outcome {
+            put("outcome", o.kind.as_str().to_string());
+            put("message", o.message.clone());
+            put("reportedAt", o.at.to_string());
+        }
+        if self.cleaned {
+            put("cleaned", "true".into());
+        }
+        m
+    }
+
+    /// Parse the string fields back; `None` when a required field is missing or malformed.
+    pub fn from_fields(m: &BTreeMap<String, String>, version: Option<String>) -> Option<OpRecord> {
+        let ts = |k: &str| m.get(k).and_then(|v| v.parse::<Timestamp>().ok());
+        let outcome = match (
+            m.get("outcome").and_then(|o| OutcomeKind::parse(o)),
+            ts("reportedAt"),
+        ) {
+            (Some(kind), Some(at)) => Some(Outcome {
+                kind,
+                message: m.get("message").cloned().unwrap_or_default(),
+                at,
+            }),
+            _ => None,
+        };
+        Some(OpRecord {
+            token: m.get("token")?.clone(),
+            host_id: m.get("host")?.clone(),
+            os: m.get("os")?.clone(),
+            image: m.get("image")?.clone(),
+            secret: m.get("secret")?.clone(),
+            started_at: ts("startedAt")?,
+            reset_requested_at: ts("resetRequestedAt"),
+            reset_at: ts("resetAt"),
+            boot_override: m.get("bootOverride").cloned(),
+            outcome,
+            cleaned: m.get("cleaned").is_some_and(|c| c == "true"),
+            version,
+        })
+    }
+}
+
+/// Errors of a store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the record was changed by someone else")]
+    Conflict,
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Where operation records live.
+#[async_trait::async_trait]
+pub trait OpStore: Send + Sync {
+    /// The record of `token`, if any.
+    async fn get(&self, token: &str) -> Result<Option<OpRecord>, StoreError>;
+    /// Create a record; when one exists already, return that one instead.
+    async fn create(&self, rec: OpRecord) -> Result<OpRecord, StoreError>;
+    /// Replace a record; `Conflict` when its version is stale.
+    async fn update(&self, rec: &OpRecord) -> Result<OpRecord, StoreError>;
+    /// Every record of this dispatcher.
+    async fn list(&self) -> Result<Vec<OpRecord>, StoreError>;
+    /// Tokens whose outcome was just recorded by this process (the callback endpoint).
+    fn reported(&self) -> broadcast::Receiver<String>;
+}
+
+/// An in-memory store, for tests.
+pub struct MemoryStore {
+    records: Mutex<HashMap<String, OpRecord>>,
+    reported: broadcast::Sender<String>,
+    next: Mutex<u64>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        MemoryStore {
+            records: Mutex::new(HashMap::new()),
+            reported: broadcast::channel(1024).0,
+            next: Mutex::new(0),
+        }
+    }
+}
+
+impl MemoryStore {
+    fn bump(&self) -> String {
+        let mut n = self.next.lock().unwrap_or_else(|p| p.into_inner());
+        *n += 1;
+        n.to_string()
+    }
+
+    /// Record an installer's report, as the callback endpoint would.
+    pub fn report(&self, token: &str, kind: OutcomeKind, message: &str) {
+        let version = self.bump();
+        let mut records = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(r) = records.get_mut(token) {
+            r.outcome = Some(Outcome {
+                kind,
+                message: message.to_string(),
+                at: Timestamp::now(),
+            });
+            r.version = Some(version);
+        }
+        drop(records);
+        let _ = self.reported.send(token.to_string());
+    }
+}
+
+#[async_trait::async_trait]
+impl OpStore for MemoryStore {
+    async fn get(&self, token: &str) -> Result<Option<OpRecord>, StoreError> {
+        Ok(self
+            .records
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(token)
+            .cloned())
+    }
+
+    async fn create(&self, mut rec: OpRecord) -> Result<OpRecord, StoreError> {
+        let version = self.bump();
+        let mut records = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(existing) = records.get(&rec.token) {
+            return Ok(existing.clone());
+        }
+        rec.version = Some(version);
+        records.insert(rec.token.clone(), rec.clone());
+        Ok(rec)
+    }
+
+    async fn update(&self, rec: &OpRecord) -> Result<OpRecord, StoreError> {
+        let version = self.bump();
+        let mut records = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        let current = records
+            .get(&rec.token)
+            .ok_or_else(|| StoreError::Other(format!("no record {}", rec.token)))?;
+        if current.version != rec.version {
+            return Err(StoreError::Conflict);
+        }
+        let mut next = rec.clone();
+        next.version = Some(version);
+        records.insert(rec.token.clone(), next.clone());
+        Ok(next)
+    }
+
+    async fn list(&self) -> Result<Vec<OpRecord>, StoreError> {
+        Ok(self
+            .records
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect())
+    }
+
+    fn reported(&self) -> broadcast::Receiver<String> {
+        self.reported.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_through_fields() {
+        let rec = OpRecord {
+            token: "t".into(),
+            host_id: "h".into(),
+            os: "ubuntu".into(),
+            image: "http://x/u.iso?osprov_callback=y".into(),
+            secret: "s".into(),
+            started_at: Timestamp::now(),
+            reset_requested_at: Some(Timestamp::now()),
+            reset_at: None,
+            boot_override: Some("Cd/Once".into()),
+            outcome: Some(Outcome {
+                kind: OutcomeKind::Failed,
+                message: "disk".into(),
+                at: Timestamp::now(),
+            }),
+            cleaned: true,
+            version: Some("7".into()),
+        };
+        let back = OpRecord::from_fields(&rec.to_fields(), Some("7".into()));
+        assert_eq!(back, Some(rec));
+        assert!(OpRecord::from_fields(&BTreeMap::new(), None).is_none());
+    }
+}

@@ -1,0 +1,194 @@
+//! Building a Redfish adapter from an OSDispatcher: the spec plus the Secrets it names.
+//!
+//! Credentials come from `spec.redfish.credentialsSecretRef`, the CA bundle from
+//! `spec.redfish.tls.caSecretRef`, both in the dispatcher's namespace. Their resourceVersions go
+//! into the session fingerprint, so fixing a Secret reconnects the dispatcher. Secret contents are
+//! never logged nor put into a condition message.
+use super::callback::{OwnerLookup, SecretStore};
+use super::Scope;
+use crate::adapter::redfish::client::ClientConfig;
+use crate::adapter::redfish::{RedfishAdapter, RedfishConfig};
+use crate::adapter::{Adapter, AdapterError};
+use crate::api::OSDispatcher;
+use crate::provisioner::occupancy::DispKey;
+use k8s_openapi::api::core::v1::Secret;
+use kube::{Api, Resource, ResourceExt};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The Secrets' contents a Redfish adapter needs, and a version string for the fingerprint.
+pub struct Inputs {
+    pub username: String,
+    pub password: String,
+    pub ca_pem: Option<Vec<u8>>,
+    pub version: String,
+}
+
+impl std::fmt::Debug for Inputs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inputs")
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
+async fn secret_value(
+    api: &Api<Secret>,
+    ns: &str,
+    name: &str,
+    key: &str,
+    what: &str,
+) -> Result<(Vec<u8>, String), AdapterError> {
+    let secret = api
+        .get_opt(name)
+        .await
+        .map_err(|e| AdapterError::Unreachable(format!("reading Secret {ns}/{name}: {e}")))?
+        .ok_or_else(|| AdapterError::Config(format!("{what} Secret {ns}/{name} does not exist")))?;
+    let value = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .map(|v| v.0.clone())
+        .or_else(|| {
+            secret
+                .string_data
+                .as_ref()
+                .and_then(|d| d.get(key))
+                .map(|v| v.clone().into_bytes())
+        })
+        .ok_or_else(|| {
+            AdapterError::Config(format!("{what} Secret {ns}/{name} has no key {key:?}"))
+        })?;
+    Ok((value, secret.resource_version().unwrap_or_default()))
+}
+
+/// Read the Secrets a Redfish dispatcher names.
+pub async fn inputs(scope: &Scope, d: &OSDispatcher, ns: &str) -> Result<Inputs, AdapterError> {
+    let spec = d
+        .spec
+        .redfish
+        .as_ref()
+        .ok_or_else(|| AdapterError::Config("adapter redfish needs spec.redfish".into()))?;
+    let api: Api<Secret> = Api::namespaced(scope.shared.client.clone(), ns);
+    let creds = &spec.credentials_secret_ref;
+    let (user, v1) = secret_value(
+        &api,
+        ns,
+        &creds.name,
+        creds.username_key.as_deref().unwrap_or("username"),
+        "credentials",
+    )
+    .await?;
+    let (pass, _) = secret_value(
+        &api,
+        ns,
+        &creds.name,
+        creds.password_key.as_deref().unwrap_or("password"),
+        "credentials",
+    )
+    .await?;
+    let to_text = |b: Vec<u8>| {
+        String::from_utf8(b).map_err(|_| {
+            AdapterError::Config(format!(
+                "credentials Secret {ns}/{} is not UTF-8",
+                creds.name
+            ))
+        })
+    };
+    let (ca_pem, v2) = match spec.tls.as_ref().and_then(|t| t.ca_secret_ref.as_ref()) {
+        Some(r) => {
+            let (pem, v) = secret_value(
+                &api,
+                ns,
+                &r.name,
+                r.key.as_deref().unwrap_or("ca.crt"),
+                "TLS CA",
+            )
+            .await?;
+            (Some(pem), v)
+        }
+        None => (None, String::new()),
+    };
+    Ok(Inputs {
+        username: to_text(user)?,
+        password: to_text(pass)?,
+        ca_pem,
+        version: format!("{v1}/{v2}"),
+    })
+}
+
+/// The base URL of the callback endpoint as hosts reach it.
+pub fn callback_base(scope: &Scope) -> Option<String> {
+    let s = &scope.shared.settings;
+    if let Some(url) = s.callback_url.as_deref().filter(|u| !u.is_empty()) {
+        return Some(url.trim_end_matches('/').to_string());
+    }
+    let addr = s.callback_addr.0?;
+    (!addr.ip().is_unspecified()).then(|| format!("http://{addr}"))
+}
+
+/// Build the adapter of a Redfish dispatcher.
+pub fn build(
+    key: &DispKey,
+    d: &OSDispatcher,
+    scope: &Scope,
+    inputs: Inputs,
+) -> Result<Arc<dyn Adapter>, AdapterError> {
+    let spec = d
+        .spec
+        .redfish
+        .as_ref()
+        .ok_or_else(|| AdapterError::Config("adapter redfish needs spec.redfish".into()))?;
+    let callback_timeout = match spec.callback_timeout.as_deref() {
+        Some(s) => super::settings::parse_duration(s).map_err(AdapterError::Config)?,
+        None => Duration::from_secs(3600),
+    };
+    let requests = scope.requests.clone();
+    let ns = key.namespace.clone();
+    let owner: OwnerLookup = Arc::new(move |uid: &str| {
+        requests
+            .state()
+            .into_iter()
+            .find(|r| {
+                r.namespace().as_deref() == Some(ns.as_str()) && r.uid().as_deref() == Some(uid)
+            })
+            .and_then(|r| r.controller_owner_ref(&()))
+            .map(|mut o| {
+                // The request does not control the Secret's lifecycle beyond garbage collection.
+                o.controller = Some(false);
+                o.block_owner_deletion = None;
+                o
+            })
+    });
+    let store = SecretStore::new(
+        scope.shared.client.clone(),
+        &key.namespace,
+        &key.name,
+        scope.shared.callbacks.clone(),
+        owner,
+    );
+    let cfg = RedfishConfig {
+        client: ClientConfig {
+            endpoint: spec.endpoint.clone(),
+            username: inputs.username,
+            password: inputs.password,
+            ca_pem: inputs.ca_pem,
+            insecure_skip_verify: spec.tls.as_ref().is_some_and(|t| t.insecure_skip_verify),
+            requests_per_second: spec
+                .requests_per_second
+                .and_then(|r| u32::try_from(r).ok())
+                .unwrap_or(10),
+            max_connections: spec
+                .max_connections
+                .and_then(|m| usize::try_from(m).ok())
+                .unwrap_or(4),
+            timeout: Duration::from_secs(30),
+            attempts: 4,
+        },
+        images: spec.images.clone(),
+        systems: spec.systems.clone(),
+        callback_timeout,
+        callback_base: callback_base(scope),
+    };
+    Ok(Arc::new(RedfishAdapter::new(cfg, Arc::new(store))?))
+}

@@ -1,0 +1,212 @@
+//! Redfish scale benchmark (ignored by default; see docs/redfish.md for how to run it).
+//!
+//! One sushy-emulator with `OSPROV_BENCH_SYSTEMS` fake systems (default 1000) behind one Redfish
+//! dispatcher with `maxConcurrent: 50`. Measures discovery (dispatcher created → every ManagedHost
+//! written) and reprovisioning every system (requests created → all Succeeded), counting the HTTP
+//! requests the emulator served. The "installer" is the ISO server: when the emulator downloads the
+//! image it reads the callback URL from the query string and posts success after a short delay.
+mod harness;
+mod redfish_support;
+mod support;
+
+use harness::*;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::ByteString;
+use kube::api::{Api, PostParams};
+use osprov::adapter::simulator::SimRegistry;
+use osprov::api::{
+    CredentialsSecretRef, ManagedHost, OSDispatcher, OSDispatcherSpec, OSProvisioningRequest,
+    Phase, RedfishImage, RedfishSpec, RedfishTls, SecretKeyRef,
+};
+use osprov::controller::settings::{MetricsAddr, Settings};
+use redfish_support::*;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::TestApi;
+
+/// An ISO server that plays the installer: every download posts the callback it carries.
+async fn installer(delay: Duration) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let app = axum::Router::new().route(
+        "/images/{name}",
+        axum::routing::get(
+            move |axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>| async move {
+                if let Some(cb) = q.get("osprov_callback").cloned() {
+                    tokio::spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        let http = reqwest::Client::builder().no_proxy().build().expect("client");
+                        for _ in 0..20 {
+                            match http.post(&cb).body("{\"status\":\"succeeded\"}").send().await {
+                                Ok(r) if r.status().is_success() => return,
+                                _ => tokio::time::sleep(Duration::from_millis(500)).await,
+                            }
+                        }
+                    });
+                }
+                vec![0u8; 4096]
+            },
+        ),
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    format!("http://{addr}/images/bench.iso")
+}
+
+fn secret(name: &str, data: &[(&str, &str)]) -> Secret {
+    let mut s = Secret::default();
+    s.metadata.name = Some(name.into());
+    s.data = Some(
+        data.iter()
+            .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+            .collect::<BTreeMap<_, _>>(),
+    );
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: cargo test --test redfish_bench -- --ignored --nocapture"]
+async fn redfish_scale() {
+    let n: usize = std::env::var("OSPROV_BENCH_SYSTEMS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let api = TestApi::start().await;
+    let emu = Emulator::start(n).await;
+    let image = installer(Duration::from_millis(500)).await;
+    let c = api.client.clone();
+    let (secrets, dispatchers, hosts, requests): (
+        Api<Secret>,
+        Api<OSDispatcher>,
+        Api<ManagedHost>,
+        Api<OSProvisioningRequest>,
+    ) = (
+        Api::namespaced(c.clone(), "default"),
+        Api::namespaced(c.clone(), "default"),
+        Api::namespaced(c.clone(), "default"),
+        Api::namespaced(c.clone(), "default"),
+    );
+    let pp = PostParams::default();
+    secrets
+        .create(
+            &pp,
+            &secret("bmc", &[("username", USER), ("password", PASSWORD)]),
+        )
+        .await
+        .expect("secret");
+    secrets
+        .create(&pp, &secret("bmc-ca", &[("ca.crt", &emu.cert_pem)]))
+        .await
+        .expect("secret");
+    let settings = Settings {
+        callback_addr: MetricsAddr(Some(([127, 0, 0, 1], free_port()).into())),
+        poll_interval: Duration::from_secs(1),
+        lookup_interval: Duration::from_secs(300),
+        ..fast_settings()
+    };
+    let _ctl = RunningController::start(c.clone(), settings, Arc::new(SimRegistry::default()));
+    let served_before = emu.requests().len();
+    let t0 = Instant::now();
+    let d = OSDispatcher::new(
+        "bmc",
+        OSDispatcherSpec {
+            adapter: osprov::api::AdapterKind::Redfish,
+            provisioner: "osp".into(),
+            lookup_interval: Some("5m".into()),
+            max_concurrent: Some(50),
+            simulator: None,
+            redfish: Some(RedfishSpec {
+                endpoint: emu.endpoint(),
+                credentials_secret_ref: CredentialsSecretRef {
+                    name: "bmc".into(),
+                    username_key: None,
+                    password_key: None,
+                },
+                tls: Some(RedfishTls {
+                    ca_secret_ref: Some(SecretKeyRef {
+                        name: "bmc-ca".into(),
+                        key: None,
+                    }),
+                    insecure_skip_verify: false,
+                }),
+                images: vec![RedfishImage {
+                    name: "ubuntu-24.04".into(),
+                    url: image,
+                    checksum: None,
+                }],
+                systems: vec![],
+                callback_timeout: None,
+                requests_per_second: Some(5000),
+                max_connections: Some(16),
+            }),
+        },
+    );
+    create(&dispatchers, &d).await;
+    eventually(1800, "every ManagedHost", || async {
+        let list = hosts.list(&Default::default()).await.ok()?;
+        (list.items.len() == n && list.items.iter().all(|h| h.status.is_some())).then_some(())
+    })
+    .await;
+    let discovery = t0.elapsed();
+    let discovery_requests = emu.requests().len() - served_before;
+    note(&format!(
+        "discovery of {n} systems: {:.1} s, {discovery_requests} HTTP requests",
+        discovery.as_secs_f64()
+    ));
+
+    let served_before = emu.requests().len();
+    let t1 = Instant::now();
+    for i in 0..n {
+        create(
+            &requests,
+            &request(&format!("r{i}"), &format!("node-{i}"), "ubuntu-24.04"),
+        )
+        .await;
+    }
+    eventually(3600, "every request Succeeded", || async {
+        let list = requests.list(&Default::default()).await.ok()?;
+        let done = list
+            .items
+            .iter()
+            .filter(|r| r.status.as_ref().and_then(|s| s.phase) == Some(Phase::Succeeded))
+            .count();
+        let failed = list
+            .items
+            .iter()
+            .filter(|r| r.status.as_ref().and_then(|s| s.phase) == Some(Phase::Failed))
+            .count();
+        assert_eq!(failed, 0, "no request may fail");
+        (done == n).then_some(())
+    })
+    .await;
+    let total = t1.elapsed();
+    let reqs = emu.requests();
+    let during = &reqs[served_before..];
+    let mut by_kind: BTreeMap<String, usize> = BTreeMap::new();
+    for (m, p, _) in during {
+        let kind = p.rsplit('/').next().unwrap_or("").to_string();
+        let kind = if kind.contains('-') {
+            "<system>".into()
+        } else {
+            kind
+        };
+        *by_kind.entry(format!("{m} {kind}")).or_default() += 1;
+    }
+    let inserts = emu.count("POST", "", "/Actions/VirtualMedia.InsertMedia");
+    let resets = emu.count("POST", "", "/Actions/ComputerSystem.Reset");
+    assert_eq!(
+        (inserts, resets),
+        (n, n),
+        "exactly one insert and one reset per system"
+    );
+    note(&format!(
+        "reprovisioning {n} systems (maxConcurrent 50): {:.1} s, {} HTTP requests = {:.2} per reprovision (minimum 6); by kind: {by_kind:?}",
+        total.as_secs_f64(),
+        during.len(),
+        during.len() as f64 / n as f64
+    ));
+}

@@ -1,0 +1,397 @@
+//! End-to-end: the real controller on the embedded API with Redfish dispatchers pointed at a real
+//! sushy-tools emulator (fake driver, basic auth, TLS). Each test starts its own API server,
+//! emulator, ISO server and controller.
+mod harness;
+mod redfish_support;
+mod support;
+
+use harness::*;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::ByteString;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use osprov::adapter::simulator::SimRegistry;
+use osprov::api::{
+    conditions, CredentialsSecretRef, ManagedHost, OSDispatcher, OSDispatcherSpec,
+    OSProvisioningRequest, Phase, RedfishImage, RedfishSpec, RedfishTls, SecretKeyRef,
+};
+use osprov::controller::settings::{MetricsAddr, Settings};
+use redfish_support::*;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use support::TestApi;
+
+struct Rig {
+    api: TestApi,
+    emu: Emulator,
+    iso: IsoServer,
+    callback: SocketAddr,
+    ctl: Option<RunningController>,
+    requests: Api<OSProvisioningRequest>,
+    dispatchers: Api<OSDispatcher>,
+    hosts: Api<ManagedHost>,
+    secrets: Api<Secret>,
+}
+
+fn secret(name: &str, data: &[(&str, &str)]) -> Secret {
+    let mut s = Secret::default();
+    s.metadata.name = Some(name.into());
+    s.data = Some(
+        data.iter()
+            .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+            .collect::<BTreeMap<_, _>>(),
+    );
+    s
+}
+
+impl Rig {
+    async fn start(systems: usize, password: &str) -> Rig {
+        osprov::controller::settings::init_logging(
+            &std::env::var("OSPROV_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            osprov::controller::settings::LogFormat::Text,
+        );
+        let api = TestApi::start().await;
+        let emu = Emulator::start(systems).await;
+        let iso = IsoServer::start().await;
+        let c = api.client.clone();
+        let rig = Rig {
+            requests: Api::namespaced(c.clone(), "default"),
+            dispatchers: Api::namespaced(c.clone(), "default"),
+            hosts: Api::namespaced(c.clone(), "default"),
+            secrets: Api::namespaced(c, "default"),
+            callback: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            api,
+            emu,
+            iso,
+            ctl: None,
+        };
+        let pp = PostParams::default();
+        rig.secrets
+            .create(
+                &pp,
+                &secret("bmc", &[("username", USER), ("password", password)]),
+            )
+            .await
+            .expect("credentials Secret");
+        rig.secrets
+            .create(&pp, &secret("bmc-ca", &[("ca.crt", &rig.emu.cert_pem)]))
+            .await
+            .expect("CA Secret");
+        rig
+    }
+
+    fn settings(&self) -> Settings {
+        Settings {
+            callback_addr: MetricsAddr(Some(self.callback)),
+            ..fast_settings()
+        }
+    }
+
+    fn start_controller(&mut self) {
+        self.ctl = Some(RunningController::start(
+            self.api.client.clone(),
+            self.settings(),
+            Arc::new(SimRegistry::default()),
+        ));
+    }
+
+    async fn stop_controller(&mut self) {
+        if let Some(c) = self.ctl.take() {
+            c.stop().await;
+        }
+    }
+
+    fn spec(&self, with_ca: bool) -> RedfishSpec {
+        RedfishSpec {
+            endpoint: self.emu.endpoint(),
+            credentials_secret_ref: CredentialsSecretRef {
+                name: "bmc".into(),
+                username_key: None,
+                password_key: None,
+            },
+            tls: with_ca.then(|| RedfishTls {
+                ca_secret_ref: Some(SecretKeyRef {
+                    name: "bmc-ca".into(),
+                    key: None,
+                }),
+                insecure_skip_verify: false,
+            }),
+            images: vec![RedfishImage {
+                name: "ubuntu-24.04".into(),
+                url: self.iso.url("ubuntu-24.04"),
+                checksum: None,
+            }],
+            systems: vec![],
+            callback_timeout: None,
+            requests_per_second: Some(200),
+            max_connections: Some(8),
+        }
+    }
+
+    async fn dispatcher(&self, spec: RedfishSpec) {
+        let d = OSDispatcher::new(
+            "bmc",
+            OSDispatcherSpec {
+                adapter: osprov::api::AdapterKind::Redfish,
+                provisioner: "osp".into(),
+                lookup_interval: Some("1s".into()),
+                max_concurrent: None,
+                simulator: None,
+                redfish: Some(spec),
+            },
+        );
+        create(&self.dispatchers, &d).await;
+    }
+
+    async fn wait_hosts(&self, n: usize) -> Vec<ManagedHost> {
+        eventually(60, &format!("{n} ManagedHosts"), || async {
+            let list = self.hosts.list(&Default::default()).await.ok()?;
+            (list.items.len() == n && list.items.iter().all(|h| h.status.is_some()))
+                .then_some(list.items)
+        })
+        .await
+    }
+
+    async fn ready_condition(
+        &self,
+    ) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+        let d = self.dispatchers.get("bmc").await.ok()?;
+        d.status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Ready")
+    }
+
+    /// The CD virtual media of system `i` as the emulator reports it.
+    async fn media(&self, i: usize) -> serde_json::Value {
+        self.emu
+            .get(&format!(
+                "/redfish/v1/Systems/{}/VirtualMedia/Cd",
+                system_uuid(i)
+            ))
+            .await
+    }
+
+    async fn boot_target(&self, i: usize) -> String {
+        let sys = self
+            .emu
+            .get(&format!("/redfish/v1/Systems/{}", system_uuid(i)))
+            .await;
+        sys["Boot"]["BootSourceOverrideTarget"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// Wait until system `i` has the ISO inserted; return the callback URL the image carries.
+    async fn wait_inserted(&self, i: usize) -> String {
+        let media = eventually(60, "media inserted", || async {
+            let m = self.media(i).await;
+            (m["Inserted"] == true).then_some(m)
+        })
+        .await;
+        let image = media["Image"].as_str().expect("Image").to_string();
+        assert!(image.starts_with(&self.iso.url("ubuntu-24.04")), "{image}");
+        let encoded = image
+            .split("osprov_callback=")
+            .nth(1)
+            .expect("callback in URL");
+        percent_encoding::percent_decode_str(encoded)
+            .decode_utf8()
+            .expect("utf8")
+            .to_string()
+    }
+
+    fn resets(&self, i: usize) -> usize {
+        self.emu
+            .count("POST", &system_uuid(i), "/Actions/ComputerSystem.Reset")
+    }
+
+    fn inserts(&self, i: usize) -> usize {
+        self.emu
+            .count("POST", &system_uuid(i), "/Actions/VirtualMedia.InsertMedia")
+    }
+}
+
+async fn post(url: &str, body: &str) -> u16 {
+    reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client")
+        .post(url)
+        .body(body.to_string())
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovers_and_reprovisions_through_virtual_media_and_callback() {
+    let mut rig = Rig::start(3, PASSWORD).await;
+    rig.start_controller();
+    rig.dispatcher(rig.spec(true)).await;
+    let hosts = rig.wait_hosts(3).await;
+    let h = hosts
+        .iter()
+        .find(|h| h.metadata.name.as_deref() == Some("node-1"))
+        .expect("node-1 discovered");
+    let st = h.status.as_ref().expect("status");
+    assert_eq!(st.details.get("uuid"), Some(&system_uuid(1)));
+    assert_eq!(
+        st.details.get("macs").map(String::as_str),
+        Some("52:54:00:00:00:01")
+    );
+    assert_eq!(st.available_os, ["ubuntu-24.04"]);
+    assert_eq!(h.spec.backend_id, system_uuid(1));
+
+    create(&rig.requests, &request("r1", "node-1", "ubuntu-24.04")).await;
+    let callback = rig.wait_inserted(1).await;
+    assert!(callback.starts_with(&format!("http://{}/callback/", rig.callback)));
+    eventually(30, "reset", || async { (rig.resets(1) == 1).then_some(()) }).await;
+    assert_eq!(rig.boot_target(1).await, "Cd");
+    assert_eq!(
+        rig.iso.downloads.load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+    wait_phase(&rig.requests, "r1", Phase::Provisioning, 10).await;
+
+    // Wrong tokens are refused and change nothing.
+    let (base, _) = callback.rsplit_once('.').expect("key.secret");
+    assert_eq!(post(&format!("{base}.{}", "0".repeat(48)), "").await, 401);
+    assert_eq!(
+        post(&format!("http://{}/callback/nope.abc", rig.callback), "").await,
+        404
+    );
+    assert_eq!(post(&callback, r#"{"status":"perhaps"}"#).await, 400);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let r = rig.requests.get("r1").await.expect("r1");
+    assert_eq!(r.status.and_then(|s| s.phase), Some(Phase::Provisioning));
+    assert_eq!(rig.media(1).await["Inserted"], true);
+
+    // The installer reports success.
+    assert_eq!(post(&callback, r#"{"status":"succeeded"}"#).await, 200);
+    let r = wait_phase(&rig.requests, "r1", Phase::Succeeded, 30).await;
+    let st = r.status.expect("status");
+    assert!(conditions::is_true(&st.conditions, "Provisioned"), "{st:?}");
+    let media = rig.media(1).await;
+    assert_eq!(media["Inserted"], false, "media ejected: {media}");
+    assert_ne!(rig.boot_target(1).await, "Cd", "boot override cleared");
+    assert_eq!((rig.inserts(1), rig.resets(1)), (1, 1));
+    // A repeated callback is harmless; other systems were never touched.
+    assert_eq!(post(&callback, "").await, 200);
+    assert_eq!((rig.inserts(0), rig.resets(0), rig.inserts(2)), (0, 0, 0));
+    // The next discovery shows the OS osprov installed.
+    eventually(30, "current OS on the ManagedHost", || async {
+        let mh = rig.hosts.get("node-1").await.ok()?;
+        (mh.status?.current_os.as_deref() == Some("ubuntu-24.04")).then_some(())
+    })
+    .await;
+    rig.stop_controller().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_credentials_degrade_the_dispatcher_without_a_retry_storm() {
+    let mut rig = Rig::start(1, "not-the-password").await;
+    rig.start_controller();
+    rig.dispatcher(rig.spec(true)).await;
+    let c = eventually(30, "Ready=False AuthenticationFailed", || async {
+        let c = rig.ready_condition().await?;
+        (c.reason == "AuthenticationFailed").then_some(c)
+    })
+    .await;
+    assert_eq!(c.status, "False");
+    assert!(!c.message.contains("not-the-password"), "{}", c.message);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let refused = rig.emu.requests().iter().filter(|r| r.2 == 401).count();
+    assert!(
+        refused <= 2,
+        "{refused} refused logins in ~5 s: a retry storm"
+    );
+    // Fixing the Secret reconnects.
+    let patch = serde_json::json!({"data": {"password": base64(PASSWORD)}});
+    rig.secrets
+        .patch("bmc", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("patch Secret");
+    rig.wait_hosts(1).await;
+    rig.stop_controller().await;
+}
+
+fn base64(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_certificate_is_a_clear_tls_error() {
+    let mut rig = Rig::start(1, PASSWORD).await;
+    rig.start_controller();
+    rig.dispatcher(rig.spec(false)).await;
+    let c = eventually(30, "Ready=False naming TLS", || async {
+        let c = rig.ready_condition().await?;
+        (c.status == "False" && c.message.contains("TLS")).then_some(c)
+    })
+    .await;
+    assert_eq!(c.reason, "InvalidConfiguration", "{c:?}");
+    assert!(c.message.contains("caSecretRef"), "{}", c.message);
+    assert!(rig
+        .hosts
+        .list(&Default::default())
+        .await
+        .expect("list")
+        .items
+        .is_empty());
+    rig.stop_controller().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bmc_and_controller_restarts_mid_way_do_not_repeat_the_insert_and_reset() {
+    let mut rig = Rig::start(2, PASSWORD).await;
+    rig.start_controller();
+    rig.dispatcher(rig.spec(true)).await;
+    rig.wait_hosts(2).await;
+
+    // The BMC dies while it downloads the image for InsertMedia.
+    *rig.iso.hold_next.lock().expect("lock") = Some(Duration::from_secs(3));
+    let started = rig.iso.started.clone();
+    let download = started.notified();
+    create(&rig.requests, &request("r0", "node-0", "ubuntu-24.04")).await;
+    tokio::time::timeout(Duration::from_secs(30), download)
+        .await
+        .expect("the emulator starts downloading the ISO");
+    rig.emu.stop();
+    note("emulator killed during InsertMedia");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    rig.emu.restart().await;
+    note("emulator back");
+    let callback = rig.wait_inserted(0).await;
+    eventually(60, "reset after the outage", || async {
+        (rig.resets(0) == 1).then_some(())
+    })
+    .await;
+
+    // The controller restarts after the reset: it must not insert or reset again.
+    rig.stop_controller().await;
+    rig.start_controller();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!((rig.inserts(0), rig.resets(0)), (1, 1));
+
+    // The BMC is away when the installer calls back: the outcome is kept; cleanup waits.
+    rig.emu.stop();
+    assert_eq!(post(&callback, r#"{"status":"succeeded"}"#).await, 200);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let r = rig.requests.get("r0").await.expect("r0");
+    assert_eq!(r.status.and_then(|s| s.phase), Some(Phase::Provisioning));
+    rig.emu.restart().await;
+    wait_phase(&rig.requests, "r0", Phase::Succeeded, 60).await;
+    assert_eq!(rig.media(0).await["Inserted"], false);
+    assert_eq!(
+        (rig.inserts(0), rig.resets(0)),
+        (1, 1),
+        "one insert+reset cycle"
+    );
+    assert_eq!((rig.inserts(1), rig.resets(1)), (0, 0));
+    rig.stop_controller().await;
+}

@@ -1,0 +1,339 @@
+//! Real Redfish backend for tests: runs `sushy-emulator` (sushy-tools from PyPI, installed into the
+//! venv by scripts/test.sh) with its fake driver on a free 127.0.0.1 port, behind basic auth
+//! (bcrypt htpasswd) and TLS (a fresh self-signed certificate), with a fresh state directory; and a
+//! small local HTTP server for the test ISO, which the emulator really downloads.
+//!
+//! The emulator's access log (one line per request) is kept in a file across restarts so tests
+//! can count what osprov actually sent.
+#![allow(dead_code)]
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub const USER: &str = "osprov";
+pub const PASSWORD: &str = "s3cret-bmc-pass";
+
+/// A free 127.0.0.1 port (bound and released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn venv_bin(name: &str) -> PathBuf {
+    if let Ok(py) = std::env::var("OSPROV_PYTHON") {
+        if let Some(dir) = Path::new(&py).parent() {
+            let p = dir.join(name);
+            if p.exists() {
+                return p;
+            }
+        }
+    }
+    let local = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target/venv/bin")
+        .join(name);
+    if local.exists() {
+        return local;
+    }
+    if let Ok(path) = std::env::var("PATH") {
+        for dir in std::env::split_paths(&path) {
+            if dir.join(name).exists() {
+                return dir.join(name);
+            }
+        }
+    }
+    panic!("{name} not found: run scripts/test.sh (it installs sushy-tools into a venv) or set OSPROV_PYTHON");
+}
+
+/// A self-signed certificate for 127.0.0.1/localhost: (cert PEM, key PEM).
+pub fn self_signed() -> (String, String) {
+    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
+        .expect("certificate");
+    (ck.cert.pem(), ck.signing_key.serialize_pem())
+}
+
+fn bcrypt_line(user: &str, password: &str) -> String {
+    let out = Command::new(venv_bin("python"))
+        .args([
+            "-c",
+            "import bcrypt,sys; print(bcrypt.hashpw(sys.argv[1].encode(), bcrypt.gensalt(rounds=4)).decode())",
+            password,
+        ])
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "bcrypt: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    format!("{user}:{}", String::from_utf8_lossy(&out.stdout).trim())
+}
+
+/// One fake system of the emulator.
+pub fn system_uuid(i: usize) -> String {
+    format!("00000000-0000-4000-8000-{i:012}")
+}
+
+/// A running (or stopped) sushy-emulator.
+pub struct Emulator {
+    child: Option<Child>,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    pub cert_pem: String,
+    config: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Emulator {
+    /// Start an emulator with `systems` fake systems named `node-<i>`.
+    pub async fn start(systems: usize) -> Emulator {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (cert, key) = self_signed();
+        let p = |n: &str| dir.path().join(n);
+        std::fs::write(p("cert.pem"), &cert).expect("cert");
+        std::fs::write(p("key.pem"), &key).expect("key");
+        std::fs::write(p("htpasswd"), bcrypt_line(USER, PASSWORD) + "\n").expect("htpasswd");
+        std::fs::create_dir_all(p("state")).expect("state dir");
+        let mut fake = String::from("[\n");
+        for i in 0..systems {
+            fake.push_str(&format!(
+                "  {{'uuid': '{}', 'name': 'node-{i}', 'power_state': 'On', 'nics': [{{'mac': '52:54:00:{:02x}:{:02x}:{:02x}', 'ip': '10.0.0.1'}}]}},\n",
+                system_uuid(i),
+                (i >> 16) & 0xff,
+                (i >> 8) & 0xff,
+                i & 0xff
+            ));
+        }
+        fake.push(']');
+        let port = free_port();
+        let config = p("emulator.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "SUSHY_EMULATOR_FAKE_DRIVER = True\n\
+                 SUSHY_EMULATOR_FAKE_SYSTEMS = {fake}\n\
+                 SUSHY_EMULATOR_STATE_DIR = {state:?}\n\
+                 SUSHY_EMULATOR_AUTH_FILE = {auth:?}\n\
+                 SUSHY_EMULATOR_LISTEN_IP = '127.0.0.1'\n\
+                 SUSHY_EMULATOR_LISTEN_PORT = {port}\n\
+                 SUSHY_EMULATOR_SSL_CERT = {cert:?}\n\
+                 SUSHY_EMULATOR_SSL_KEY = {key:?}\n",
+                state = p("state").display().to_string(),
+                auth = p("htpasswd").display().to_string(),
+                cert = p("cert.pem").display().to_string(),
+                key = p("key.pem").display().to_string(),
+            ),
+        )
+        .expect("config");
+        let mut emu = Emulator {
+            child: None,
+            port,
+            log: p("emulator.log"),
+            dir,
+            cert_pem: cert,
+            config,
+        };
+        emu.restart().await;
+        emu
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    /// (Re)start the process on the same port, config and state directory.
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log");
+        let child = Command::new(venv_bin("sushy-emulator"))
+            .arg("--config")
+            .arg(&self.config)
+            .env("NO_PROXY", "127.0.0.1,localhost")
+            .env("no_proxy", "127.0.0.1,localhost")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("sushy-emulator starts");
+        self.child = Some(child);
+        let http = self.http();
+        let url = format!("{}/redfish/v1/", self.endpoint());
+        for _ in 0..300 {
+            if let Ok(r) = http.get(&url).send().await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("sushy-emulator exited with {status}: {}", self.log_text());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("sushy-emulator did not come up: {}", self.log_text());
+    }
+
+    /// Kill the process abruptly (as a BMC that drops off the network).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// A client that trusts the emulator's certificate and logs in.
+    pub fn http(&self) -> reqwest::Client {
+        reqwest::Client::builder()
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(self.cert_pem.as_bytes()).expect("cert"),
+            )
+            .no_proxy()
+            .build()
+            .expect("client")
+    }
+
+    /// GET a Redfish path as JSON (authenticated).
+    pub async fn get(&self, path: &str) -> serde_json::Value {
+        self.http()
+            .get(format!("{}{path}", self.endpoint()))
+            .basic_auth(USER, Some(PASSWORD))
+            .send()
+            .await
+            .expect("GET")
+            .json()
+            .await
+            .expect("JSON")
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Requests in the access log: (method, path, status).
+    pub fn requests(&self) -> Vec<(String, String, u16)> {
+        strip_ansi(&self.log_text())
+            .lines()
+            .filter_map(|l| {
+                let start = l.find('"')?;
+                let rest = &l[start + 1..];
+                let end = rest.find('"')?;
+                let mut parts = rest[..end].split_whitespace();
+                let method = parts.next()?.to_string();
+                let path = parts.next()?.to_string();
+                let status = rest[end + 1..].split_whitespace().next()?.parse().ok()?;
+                Some((method, path, status))
+            })
+            .collect()
+    }
+
+    /// Successful requests whose path contains `needle` and ends with `suffix`.
+    pub fn count(&self, method: &str, needle: &str, suffix: &str) -> usize {
+        self.requests()
+            .iter()
+            .filter(|(m, p, s)| {
+                m == method && p.contains(needle) && p.ends_with(suffix) && *s < 300
+            })
+            .count()
+    }
+}
+
+/// The emulator colours its access log; drop the escape sequences.
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A tiny HTTP server for the test ISO; can hold the first download for a while and tell when
+/// a download started.
+pub struct IsoServer {
+    pub addr: SocketAddr,
+    pub downloads: Arc<AtomicU64>,
+    /// Delay applied to the next download only.
+    pub hold_next: Arc<Mutex<Option<Duration>>>,
+    pub started: Arc<tokio::sync::Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl IsoServer {
+    pub async fn start() -> IsoServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let downloads = Arc::new(AtomicU64::new(0));
+        let hold_next: Arc<Mutex<Option<Duration>>> = Arc::new(Mutex::new(None));
+        let started = Arc::new(tokio::sync::Notify::new());
+        let (d, h, s) = (downloads.clone(), hold_next.clone(), started.clone());
+        let app = axum::Router::new().route(
+            "/images/{name}",
+            axum::routing::get(move || {
+                let (d, h, s) = (d.clone(), h.clone(), s.clone());
+                async move {
+                    d.fetch_add(1, Ordering::SeqCst);
+                    s.notify_waiters();
+                    let hold = h.lock().expect("lock").take();
+                    if let Some(hold) = hold {
+                        tokio::time::sleep(hold).await;
+                    }
+                    // A few KiB standing in for an installer ISO.
+                    let mut body = Vec::with_capacity(8192);
+                    for i in 0..8192u32 {
+                        body.push((i % 251) as u8);
+                    }
+                    body
+                }
+            }),
+        );
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        IsoServer {
+            addr,
+            downloads,
+            hold_next,
+            started,
+            task,
+        }
+    }
+
+    pub fn url(&self, name: &str) -> String {
+        format!("http://{}/images/{name}.iso", self.addr)
+    }
+}
+
+impl Drop for IsoServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Write a line to stderr immediately (test progress).
+pub fn note(msg: &str) {
+    let _ = writeln!(std::io::stderr(), "[redfish test] {msg}");
+}
