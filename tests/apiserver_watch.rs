@@ -201,6 +201,8 @@ async fn runtime_watcher_relists_after_expiry() {
     let t = TestApi::start_with(|c| {
         c.watch_history = 3;
         c.token = Some("fixed-test-token".into());
+        // A restarted server makes a new CA; plain HTTP lets the old client reconnect.
+        c.tls = false;
     })
     .await;
     let addr = t.server.addr();
@@ -227,6 +229,7 @@ async fn runtime_watcher_relists_after_expiry() {
     config.data_dir = Some(dir.path().join("data"));
     config.watch_history = 3;
     config.token = Some("fixed-test-token".into());
+    config.tls = false;
     let server = osprov::apiserver::serve(config).await.unwrap();
     let fresh = osprs(&server.client().await.unwrap(), "default");
     for i in 0..6 {
