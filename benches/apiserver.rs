@@ -8,13 +8,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+use kube::api::{
+    ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
+    WatchEvent, WatchParams,
+};
 use kube::Api;
 use serde_json::json;
 use tokio::sync::Mutex;
 
 fn env(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -38,7 +44,11 @@ where
     Fut: std::future::Future<Output = ()>,
 {
     let start = Instant::now();
-    futures::stream::iter(0..n).map(&write).buffer_unordered(concurrency).collect::<Vec<()>>().await;
+    futures::stream::iter(0..n)
+        .map(&write)
+        .buffer_unordered(concurrency)
+        .collect::<Vec<()>>()
+        .await;
     start.elapsed()
 }
 
@@ -56,12 +66,21 @@ async fn main() -> anyhow::Result<()> {
     config.watch_history = objects * 3;
     let server = osprov::apiserver::serve(config.clone()).await?;
     let client = server.client().await?;
-    let ar = ApiResource::from_gvk(&GroupVersionKind::gvk("osprov.io", "v1alpha1", "OSProvisioningRequest"));
+    let ar = ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "osprov.io",
+        "v1alpha1",
+        "OSProvisioningRequest",
+    ));
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &ar);
 
     // Send times per object name and phase, read by the watchers.
     let epoch = Instant::now();
-    let rv = api.list(&ListParams::default()).await?.metadata.resource_version.unwrap_or_default();
+    let rv = api
+        .list(&ListParams::default())
+        .await?
+        .metadata
+        .resource_version
+        .unwrap_or_default();
     let lat: Arc<Mutex<Vec<Vec<f64>>>> = Arc::new(Mutex::new(vec![Vec::new(), Vec::new()]));
     let mut handles = Vec::new();
     for _ in 0..watchers {
@@ -70,16 +89,27 @@ async fn main() -> anyhow::Result<()> {
         let rv = rv.clone();
         let expected = objects * 2;
         handles.push(tokio::spawn(async move {
-            let mut stream = api.watch(&WatchParams::default().timeout(290), &rv).await?.boxed();
+            let mut stream = api
+                .watch(&WatchParams::default().timeout(290), &rv)
+                .await?
+                .boxed();
             let mut seen = 0;
             while seen < expected {
-                let Some(ev) = stream.try_next().await? else { break };
+                let Some(ev) = stream.try_next().await? else {
+                    break;
+                };
                 let (phase, obj) = match ev {
                     WatchEvent::Added(o) => (0, o),
                     WatchEvent::Modified(o) => (1, o),
                     _ => continue,
                 };
-                let sent: f64 = obj.metadata.annotations.as_ref().and_then(|a| a.get("bench/sent-us")).and_then(|s| s.parse().ok()).unwrap_or(0.0);
+                let sent: f64 = obj
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get("bench/sent-us"))
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0.0);
                 let now = epoch.elapsed().as_micros() as f64;
                 lat.lock().await[phase].push((now - sent) / 1000.0);
                 seen += 1;
@@ -127,8 +157,18 @@ async fn main() -> anyhow::Result<()> {
     let list_time = list_start.elapsed();
     let lat = lat.lock().await;
     let phases = [
-        Phase { name: "create", ops: objects, elapsed: create_time, latencies_ms: lat[0].clone() },
-        Phase { name: "update (merge patch)", ops: objects, elapsed: update_time, latencies_ms: lat[1].clone() },
+        Phase {
+            name: "create",
+            ops: objects,
+            elapsed: create_time,
+            latencies_ms: lat[0].clone(),
+        },
+        Phase {
+            name: "update (merge patch)",
+            ops: objects,
+            elapsed: update_time,
+            latencies_ms: lat[1].clone(),
+        },
     ];
     println!();
     println!("embedded API benchmark: {objects} objects, {watchers} watchers, {concurrency} writes in flight, tls={}, persist={}", config.tls, config.data_dir.is_some());
@@ -149,8 +189,14 @@ async fn main() -> anyhow::Result<()> {
             l.last().copied().unwrap_or(f64::NAN)
         );
     }
-    println!("| list all ({pages} pages of 500) | {objects} | {:.3} | | | | | |", list_time.as_secs_f64());
-    println!("watch events delivered: {delivered} of {}", objects * 2 * watchers);
+    println!(
+        "| list all ({pages} pages of 500) | {objects} | {:.3} | | | | | |",
+        list_time.as_secs_f64()
+    );
+    println!(
+        "watch events delivered: {delivered} of {}",
+        objects * 2 * watchers
+    );
     server.shutdown().await;
     Ok(())
 }

@@ -20,7 +20,7 @@ use super::access::Access;
 use super::error::{ApiError, ApiResult};
 use super::resources::{Registry, ResourceInfo};
 use super::store::Store;
-use super::{discovery, patch, reads, watch, writes};
+use super::{delete, discovery, patch, reads, watch, writes};
 
 pub struct State {
     pub registry: Registry,
@@ -235,7 +235,7 @@ async fn dispatch(
         "create" => writes::create(&req, &body),
         "update" => writes::update(&req, &body),
         "patch" => patch::patch(&req, &body),
-        "delete" => writes::delete(&req, &body),
-        _ => writes::delete_collection(&req),
+        "delete" => delete::delete(&req, &body),
+        _ => delete::delete_collection(&req),
     }
 }

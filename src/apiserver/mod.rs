@@ -12,6 +12,7 @@ pub mod ssa;
 
 mod access;
 pub mod crdschema;
+mod delete;
 mod discovery;
 mod error;
 mod gc;
@@ -111,6 +112,17 @@ pub async fn serve(config: Config) -> Result<ApiServer, ApiServerError> {
     };
     let channel = config.watch_history.clamp(1024, 65_536);
     let store = store::Store::open(persist, config.watch_history, channel)?;
+    // Defaults of the current schemas apply to stored objects too (kube-apiserver defaults on read).
+    store.fix_up_loaded(|key, obj| {
+        if let Some(schema) = registry
+            .resources
+            .iter()
+            .find(|r| r.store_key == key.0)
+            .and_then(|r| r.schema.as_ref())
+        {
+            schema.apply_defaults(obj);
+        }
+    });
     ensure_namespace(&store, "default");
     ensure_namespace(&store, "kube-system");
     let token = config.token.clone().unwrap_or_else(|| {

@@ -153,6 +153,22 @@ impl Store {
         (g.revision, g.objects.clone())
     }
 
+    /// Rewrites loaded objects in place before serving (defaults of the current schemas, D2);
+    /// takes no revision and writes nothing to disk, like defaulting on read.
+    pub fn fix_up_loaded(&self, f: impl Fn(&Key, &mut Value)) {
+        let mut g = self.lock();
+        let keys: Vec<Key> = g.objects.keys().cloned().collect();
+        for k in keys {
+            if let Some(obj) = g.objects.get(&k) {
+                let mut v = (**obj).clone();
+                f(&k, &mut v);
+                if v != **obj {
+                    g.objects.insert(k, Arc::new(v));
+                }
+            }
+        }
+    }
+
     /// Keeps `objects` (taken at `rev`) for continue tokens.
     pub fn keep_snapshot(&self, rev: u64, objects: &Objects) {
         let mut g = self.lock();
@@ -288,5 +304,67 @@ impl Store {
     pub fn snapshot_and_subscribe(&self) -> (u64, Objects, broadcast::Receiver<Arc<Change>>) {
         let g = self.lock();
         (g.revision, g.objects.clone(), self.tx.subscribe())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(n: &str) -> Key {
+        ("things.x.io".into(), "default".into(), n.into())
+    }
+
+    fn obj(n: &str) -> Value {
+        json!({"metadata": {"name": n}})
+    }
+
+    #[test]
+    fn revisions_history_and_expiry() {
+        let s = Store::open(None, 3, 16).unwrap();
+        let a = s
+            .commit(&key("a"), Expect::Absent, Some(obj("a")))
+            .ok()
+            .unwrap();
+        assert_eq!(a.rev, 1);
+        assert_eq!(object_revision(&a.object), 1);
+        assert!(matches!(
+            s.commit(&key("a"), Expect::Absent, Some(obj("a"))),
+            Err(Precondition::Exists)
+        ));
+        assert!(matches!(
+            s.commit(&key("a"), Expect::Revision(7), Some(obj("a"))),
+            Err(Precondition::Stale)
+        ));
+        for i in 0..5 {
+            s.commit(&key(&format!("b{i}")), Expect::Absent, Some(obj("b")))
+                .ok()
+                .unwrap();
+        }
+        // History keeps 3 changes: revisions 4..=6; resuming from 3 works, from 2 is expired.
+        assert_eq!(s.watch_from(3).ok().unwrap().0.len(), 3);
+        assert_eq!(s.watch_from(2).err().unwrap().code, 410);
+        let d = s.commit(&key("a"), Expect::Revision(1), None).ok().unwrap();
+        assert_eq!(d.kind, ChangeType::Deleted);
+        assert_eq!(object_revision(&d.object), 7);
+        assert!(s.get(&key("a")).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_slow_watcher_never_blocks_writers() {
+        let s = Store::open(None, 10, 16).unwrap();
+        let (_, mut rx) = s.watch_from(0).ok().unwrap();
+        let start = std::time::Instant::now();
+        for i in 0..1000 {
+            s.commit(&key(&format!("o{i}")), Expect::Absent, Some(obj("o")))
+                .ok()
+                .unwrap();
+        }
+        assert!(start.elapsed() < std::time::Duration::from_secs(5));
+        // The watcher that never read has lagged; the watch code turns this into a 410 ERROR.
+        assert!(matches!(
+            rx.recv().await,
+            Err(broadcast::error::RecvError::Lagged(_))
+        ));
     }
 }
