@@ -279,3 +279,47 @@ async fn runtime_watcher_relists_after_expiry() {
     }
     server.shutdown().await;
 }
+
+/// kube-runtime's metadata_watcher asks for PartialObjectMetadata lists and watch events.
+#[tokio::test]
+async fn metadata_watcher_gets_partial_objects() {
+    let t = TestApi::start().await;
+    let api: kube::Api<osprov::api::OSProvisioningRequest> =
+        kube::Api::namespaced(t.client.clone(), "default");
+    osprs(&t.client, "default")
+        .create(&PostParams::default(), &dyn_obj(ospr("m1", "h1", "ubuntu")))
+        .await
+        .unwrap();
+    let list = api.list_metadata(&ListParams::default()).await.unwrap();
+    assert_eq!(list.items[0].metadata.name.as_deref(), Some("m1"));
+    let meta: kube::Api<kube::core::PartialObjectMeta<osprov::api::OSProvisioningRequest>> =
+        kube::Api::namespaced(t.client.clone(), "default");
+    let mut events = watcher(meta, watcher::Config::default()).boxed();
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(10), events.try_next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let watcher::Event::InitApply(o) = ev {
+            assert_eq!(o.metadata.name.as_deref(), Some("m1"));
+            break;
+        }
+    }
+    osprs(&t.client, "default")
+        .create(&PostParams::default(), &dyn_obj(ospr("m2", "h1", "ubuntu")))
+        .await
+        .unwrap();
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(10), events.try_next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let watcher::Event::Apply(o) = ev {
+            assert_eq!(o.metadata.name.as_deref(), Some("m2"));
+            break;
+        }
+    }
+    t.server.shutdown().await;
+}

@@ -75,6 +75,17 @@ pub struct Req {
 
 impl Req {
     /// Table output requested (E4)?
+    /// PartialObjectMetadata output requested (kube-runtime's metadata_watcher)?
+    pub fn wants_metadata(&self) -> bool {
+        self.headers
+            .get("accept")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|a| {
+                a.split(',')
+                    .next()
+                    .is_some_and(|first| first.contains("as=PartialObjectMetadata"))
+            })
+    }
     pub fn wants_table(&self) -> bool {
         self.headers
             .get("accept")

@@ -17,7 +17,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::error::{ApiError, ApiResult};
 use super::http::Req;
-use super::reads::{include_object, range, view, Filter};
+use super::reads::{include_object, partial, range, view, Filter};
 use super::resources::{Builtin, ResourceInfo};
 use super::store::{Change, ChangeType};
 use super::table;
@@ -28,6 +28,7 @@ struct Watcher {
     table: bool,
     include_object: String,
     bookmarks: bool,
+    metadata_only: bool,
     tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
     /// The newest revision this watcher has seen (sent or filtered out).
     seen: u64,
@@ -42,6 +43,7 @@ fn line(kind: &str, object: &Value) -> Bytes {
 impl Watcher {
     fn plain(&self) -> bool {
         !self.table
+            && !self.metadata_only
             && self.info.builtin == Builtin::Custom
             && self.filter.labels.is_empty()
             && self.filter.fields.is_empty()
@@ -64,6 +66,9 @@ impl Watcher {
                 o.remove("metadata");
             }
             return line(kind, &t);
+        }
+        if self.metadata_only {
+            return line(kind, &partial(obj));
         }
         line(kind, obj)
     }
@@ -137,6 +142,7 @@ pub fn watch(req: Req) -> ApiResult<Response> {
         info: req.info.clone(),
         filter,
         table: req.wants_table(),
+        metadata_only: req.wants_metadata(),
         include_object: include_object(&req).to_string(),
         bookmarks: req.query.flag("allowWatchBookmarks"),
         tx,
