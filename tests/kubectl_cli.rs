@@ -175,6 +175,39 @@ async fn discovery_apply_get_explain_delete() {
         "{}",
         out.stderr
     );
+    // Generator commands send protobuf bodies for Secrets and Namespaces.
+    let out = k.ok(&["create", "namespace", "lab"], None).await;
+    assert!(out.contains("namespace/lab created"), "{out}");
+    let out = k
+        .ok(
+            &[
+                "create",
+                "secret",
+                "generic",
+                "bmc",
+                "-n",
+                "lab",
+                "--from-literal=password=s3cret",
+            ],
+            None,
+        )
+        .await;
+    assert!(out.contains("secret/bmc created"), "{out}");
+    let out = k
+        .ok(
+            &[
+                "get",
+                "secret",
+                "bmc",
+                "-n",
+                "lab",
+                "-o",
+                "jsonpath={.type} {.data.password}",
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(out, "Opaque czNjcmV0");
     // delete waits until the object is gone.
     let out = k.ok(&["delete", "ospr", "web-1"], None).await;
     assert!(out.contains("deleted"), "{out}");

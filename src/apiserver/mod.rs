@@ -20,6 +20,7 @@ mod http;
 mod objects;
 mod patch;
 mod persist;
+mod protobuf;
 mod reads;
 mod resources;
 mod selector;

@@ -31,6 +31,25 @@ pub(super) fn parse_json(body: &[u8]) -> ApiResult<Value> {
     Ok(v)
 }
 
+/// A JSON body, or YAML when the client says so.
+fn parse_body(req: &Req, body: &[u8]) -> ApiResult<Value> {
+    if req
+        .content_type()
+        .starts_with("application/vnd.kubernetes.protobuf")
+    {
+        return super::protobuf::decode(body);
+    }
+    if req.content_type().starts_with("application/yaml") {
+        let v: Value = serde_yaml::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?;
+        if !v.is_object() {
+            return Err(ApiError::bad_request("the request body must be an object"));
+        }
+        return Ok(v);
+    }
+    parse_json(body)
+}
+
 /// apiVersion and kind of a full object must match the endpoint.
 pub(super) fn check_type(req: &Req, obj: &Value) -> ApiResult<()> {
     let av = obj.get("apiVersion").and_then(Value::as_str).unwrap_or("");
@@ -54,7 +73,7 @@ pub(super) fn check_identity(req: &Req, obj: &Value) -> ApiResult<()> {
             )));
         }
     }
-    if let Some(ns) = meta_str(obj, "namespace") {
+    if let Some(ns) = meta_str(obj, "namespace").filter(|ns| !ns.is_empty()) {
         if req.info.namespaced && ns != req.namespace {
             return Err(ApiError::bad_request(
                 "the namespace of the provided object does not match the namespace sent on the request",
@@ -161,8 +180,34 @@ fn with_warnings(mut resp: Response, warnings: &[String]) -> Response {
     resp
 }
 
+/// Bodies must be JSON or YAML; protobuf only for the Secrets and Namespaces kubectl's generator
+/// commands send (see `protobuf`); anything else gets 415.
+pub(super) fn require_json(req: &Req) -> ApiResult<()> {
+    let ct = req
+        .content_type()
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim();
+    let builtin_protobuf = ct == "application/vnd.kubernetes.protobuf"
+        && matches!(req.info.builtin, Builtin::Secret | Builtin::Namespace);
+    if builtin_protobuf
+        || ct.is_empty()
+        || ct == "application/json"
+        || ct == "*/*"
+        || ct.ends_with("+json")
+        || ct == "application/yaml"
+    {
+        return Ok(());
+    }
+    Err(ApiError::unsupported_media(format!(
+        "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml; got {ct}"
+    )))
+}
+
 pub fn create(req: &Req, body: &[u8]) -> ApiResult<Response> {
-    let obj = parse_json(body)?;
+    require_json(req)?;
+    let obj = parse_body(req, body)?;
     check_type(req, &obj)?;
     check_identity(req, &obj)?;
     finish_create(req, obj, None)
@@ -278,7 +323,8 @@ pub(super) fn finish_create(
 }
 
 pub fn update(req: &Req, body: &[u8]) -> ApiResult<Response> {
-    let obj = parse_json(body)?;
+    require_json(req)?;
+    let obj = parse_body(req, body)?;
     check_type(req, &obj)?;
     check_identity(req, &obj)?;
     let name = req.name.clone().unwrap_or_default();
