@@ -323,3 +323,46 @@ async fn metadata_watcher_gets_partial_objects() {
     }
     t.server.shutdown().await;
 }
+
+/// Streaming lists (sendInitialEvents): the initial state ends with the initial-events-end
+/// bookmark, which kube-runtime turns into InitDone.
+#[tokio::test]
+async fn streaming_list_watcher() {
+    let t = TestApi::start().await;
+    let api = osprs(&t.client, "default");
+    for n in ["s1", "s2"] {
+        api.create(&PostParams::default(), &dyn_obj(ospr(n, "h1", "ubuntu")))
+            .await
+            .unwrap();
+    }
+    let mut events = watcher(api.clone(), watcher::Config::default().streaming_lists()).boxed();
+    let mut names = Vec::new();
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(10), events.try_next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        match ev {
+            watcher::Event::InitApply(o) => names.push(o.metadata.name.unwrap()),
+            watcher::Event::InitDone => break,
+            _ => {}
+        }
+    }
+    assert_eq!(names, vec!["s1", "s2"]);
+    api.create(&PostParams::default(), &dyn_obj(ospr("s3", "h1", "ubuntu")))
+        .await
+        .unwrap();
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(10), events.try_next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let watcher::Event::Apply(o) = ev {
+            assert_eq!(o.metadata.name.as_deref(), Some("s3"));
+            break;
+        }
+    }
+    t.server.shutdown().await;
+}

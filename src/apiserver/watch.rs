@@ -106,12 +106,13 @@ impl Watcher {
         Some(self.render(kind, &now))
     }
 
+    fn bookmark_object(&self) -> Value {
+        json!({"kind": self.info.kind, "apiVersion": self.info.api_version(),
+               "metadata": {"resourceVersion": self.seen.to_string()}})
+    }
+
     fn bookmark(&self) -> Bytes {
-        line(
-            "BOOKMARK",
-            &json!({"kind": self.info.kind, "apiVersion": self.info.api_version(),
-                    "metadata": {"resourceVersion": self.seen.to_string()}}),
-        )
+        line("BOOKMARK", &self.bookmark_object())
     }
 
     async fn send(&self, b: Bytes) -> bool {
@@ -150,7 +151,9 @@ pub fn watch(req: Req) -> ApiResult<Response> {
     };
     let store = &req.state.store;
     let mut initial: Vec<Bytes> = Vec::new();
-    let sub = if rv == "0" {
+    // sendInitialEvents (streaming lists, B10): the current state, then a bookmark marking its end.
+    let streaming = req.query.flag("sendInitialEvents");
+    let sub = if rv == "0" || streaming {
         let (rev, objects, sub) = store.snapshot_and_subscribe();
         for (_, obj) in range(&objects, &w.info.store_key, &w.filter.namespace, None) {
             let v = view(&w.info, obj);
@@ -159,6 +162,11 @@ pub fn watch(req: Req) -> ApiResult<Response> {
             }
         }
         w.seen = rev;
+        if streaming {
+            let mut end = w.bookmark_object();
+            end["metadata"]["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+            initial.push(line("BOOKMARK", &end));
+        }
         Some(sub)
     } else {
         let rv: u64 = rv
