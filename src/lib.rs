@@ -5,4 +5,6 @@
 pub mod adapter;
 pub mod api;
 pub mod apiserver;
+pub mod controller;
 pub mod provisioner;
+pub mod standalone;

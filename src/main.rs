@@ -3,6 +3,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use osprov::controller::settings::{init_logging, Settings};
+
+/// The User-Agent of the controller's requests.
+const USER_AGENT: &str = concat!("osprov-controller/", env!("CARGO_PKG_VERSION"));
 
 #[derive(Parser)]
 #[command(name = "osprov", version, about = "OS provisioner for Kubernetes")]
@@ -33,6 +37,18 @@ enum Command {
         /// Write the access record (who used which verbs on which resources) to this file.
         #[arg(long, env = "OSPROV_ACCESS_LOG")]
         access_log: Option<PathBuf>,
+        /// Hosts of the simulator dispatcher created in namespace `default` when absent.
+        #[arg(long, default_value_t = 8, env = "OSPROV_SIM_HOSTS")]
+        sim_hosts: i32,
+        #[command(flatten)]
+        settings: Settings,
+    },
+    /// Run the controller against a Kubernetes API (kubeconfig or in-cluster configuration).
+    Controller {
+        #[command(flatten)]
+        settings: Settings,
+        #[command(flatten)]
+        election: osprov::controller::leader::ElectionArgs,
     },
 }
 
@@ -45,31 +61,65 @@ fn main() -> anyhow::Result<()> {
             data_dir,
             kubeconfig,
             access_log,
+            sim_hosts,
+            settings,
         } => {
+            init_logging(&settings.log_level, settings.log_format);
             let opts = osprov::apiserver::standalone::ApiOptions {
                 listen,
                 data_dir,
                 kubeconfig,
                 access_log,
             };
-            standalone(opts)
+            tokio::runtime::Runtime::new()?.block_on(async {
+                osprov::standalone::run(&opts, settings, sim_hosts, shutdown_signal()).await?;
+                Ok(())
+            })
+        }
+        Command::Controller { settings, election } => {
+            init_logging(&settings.log_level, settings.log_format);
+            tokio::runtime::Runtime::new()?.block_on(async {
+                let mut config = kube::Config::infer().await?;
+                // Name ourselves in the API server's audit log (kube-rs sends no User-Agent).
+                config.headers.push((
+                    http::header::USER_AGENT,
+                    http::HeaderValue::from_static(USER_AGENT),
+                ));
+                let runtime = osprov::controller::Runtime {
+                    election: election.config(&settings.identifier, &config.default_namespace)?,
+                    ..Default::default()
+                };
+                let client = kube::Client::try_from(config)?;
+                let sims = std::sync::Arc::new(osprov::adapter::simulator::SimRegistry::default());
+                osprov::controller::run_with(client, settings, sims, runtime, shutdown_signal())
+                    .await?;
+                Ok(())
+            })
         }
     }
 }
 
-fn standalone(opts: osprov::apiserver::standalone::ApiOptions) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
-    let rt = tokio::runtime::Runtime::new()?;
-    rt.block_on(async {
-        let server = osprov::apiserver::standalone::run_api(&opts, osprov::api::crds()).await?;
-        tokio::signal::ctrl_c().await?;
-        server.shutdown().await;
-        Ok(())
-    })
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => futures::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = futures::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+    tracing::info!("shutting down");
 }
 
 fn write_crds(dir: Option<PathBuf>) -> anyhow::Result<()> {

@@ -7,7 +7,7 @@
 // kube-derive takes several `printcolumn(...)` attributes of the same shape; clippy mistakes them for duplicates.
 #![allow(clippy::duplicated_attributes)]
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, Time};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
@@ -153,7 +153,7 @@ pub struct Operation {
     /// The backend's own operation id, once the backend accepted the operation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
-    /// When the token was recorded.
+    /// When the token was recorded, just before the backend was called (microsecond precision).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub started: Option<Time>,
+    pub started: Option<MicroTime>,
 }

@@ -6,7 +6,7 @@
 use super::plan::{reason, Action};
 use crate::api::conditions::{self, Desired, FALSE, TRUE, UNKNOWN};
 use crate::api::{OSProvisioningRequestStatus, Operation, Phase};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
 use k8s_openapi::jiff::Timestamp;
 
 /// Status fields a phase implies.
@@ -165,7 +165,7 @@ pub fn next_status(
                 os: os.to_string(),
                 generation,
                 id: None,
-                started: Some(Time(now)),
+                started: Some(MicroTime(now)),
             });
             st.attempts = Some(i32::try_from(*attempt).unwrap_or(i32::MAX));
             st.next_retry_at = None;

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The one command that runs every osprov test on a fresh machine (Debian, Rust toolchain present):
+# installs what the tests need (kubectl, a Python venv with the real third-party tools), then runs
+# formatting and lint checks, the Rust tests (unit, embedded-API integration, kubectl, real
+# backends) and the Python tests (Helm chart rendering).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+apt_install() {
+    if [ "$(id -u)" = 0 ]; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@"
+    else
+        sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@"
+    fi
+}
+
+# kubectl for the kubectl end-to-end tests.
+command -v kubectl >/dev/null 2>&1 || apt_install kubernetes-client
+
+# Python tools (sushy-tools, the Helm SDK, pytest…) in a venv under target/.
+VENV=${OSPROV_VENV:-$ROOT/target/venv}
+if [ ! -x "$VENV/bin/python" ]; then
+    python3 -m venv "$VENV"
+fi
+"$VENV/bin/pip" install -q --disable-pip-version-check -r tests/requirements.txt
+export OSPROV_PYTHON="$VENV/bin/python"
+export PATH="$VENV/bin:$PATH"
+
+cargo fmt --check
+cargo clippy --all-targets -- -D warnings
+cargo test --all-targets
+if compgen -G "tests/python/test_*.py" >/dev/null; then
+    "$VENV/bin/python" -m pytest -q tests/python
+fi

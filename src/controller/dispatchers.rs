@@ -1,0 +1,327 @@
+//! The OSDispatcher controller: keeps one engine session per dispatcher this provisioner owns,
+//! mirrors the session's view into the dispatcher's status, and syncs ManagedHosts from it.
+use super::hosts::{self, HostOp};
+use super::{Error, Scope};
+use crate::adapter::simulator::SimulatorAdapter;
+use crate::adapter::{Adapter, AdapterError};
+use crate::api::conditions::{self, Desired};
+use crate::api::{
+    AdapterKind, DispatcherState, ManagedHost, OSDispatcher, OSDispatcherStatus, DISPATCHER_LABEL,
+    PROVISIONER_LABEL,
+};
+use crate::provisioner::occupancy::{DispKey, HostKey};
+use crate::provisioner::session::SessionConfig;
+use futures::StreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{DeleteParams, PostParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Api, Resource, ResourceExt};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tracing::{info, instrument};
+
+/// The controller over OSDispatchers, also woken by changes to their ManagedHosts.
+pub fn controller(
+    dispatchers: Api<OSDispatcher>,
+    hosts: Api<ManagedHost>,
+) -> Controller<OSDispatcher> {
+    Controller::new(dispatchers, watcher::Config::default()).owns(hosts, watcher::Config::default())
+}
+
+/// Run the controller until shutdown.
+pub async fn run(
+    controller: Controller<OSDispatcher>,
+    scope: Arc<Scope>,
+    triggers: mpsc::UnboundedReceiver<ObjectRef<OSDispatcher>>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    controller
+        .reconcile_on(UnboundedReceiverStream::new(triggers))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, scope)
+        .for_each(|_| async {})
+        .await;
+}
+
+fn error_policy(_d: Arc<OSDispatcher>, err: &Error, scope: Arc<Scope>) -> Action {
+    super::on_error("dispatcher", err, &scope, Duration::from_secs(5))
+}
+
+/// Build the adapter a dispatcher's spec asks for.
+pub fn build_adapter(
+    key: &DispKey,
+    d: &OSDispatcher,
+    scope: &Scope,
+) -> Result<Arc<dyn Adapter>, AdapterError> {
+    match d.spec.adapter {
+        AdapterKind::Simulator => {
+            let spec = d.spec.simulator.clone().unwrap_or_default();
+            Ok(Arc::new(SimulatorAdapter::new(
+                scope.shared.sims.fleet(&key.to_string(), &spec),
+            )))
+        }
+        AdapterKind::Redfish => Err(AdapterError::Unavailable("redfish")),
+        AdapterKind::Libvirt => Err(AdapterError::Unavailable("libvirt")),
+        AdapterKind::Vsphere => Err(AdapterError::Unavailable("vsphere")),
+    }
+}
+
+/// The lookup interval of a dispatcher: its override, else the global one.
+pub fn lookup_interval(d: &OSDispatcher, default: Duration) -> Duration {
+    d.spec
+        .lookup_interval
+        .as_deref()
+        .and_then(|s| super::settings::parse_duration(s).ok())
+        .filter(|d| !d.is_zero())
+        .unwrap_or(default)
+}
+
+#[instrument(skip_all, fields(dispatcher = %d.name_any(), namespace = d.namespace().unwrap_or_default()))]
+async fn reconcile(d: Arc<OSDispatcher>, scope: Arc<Scope>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let shared = &scope.shared;
+    let label = super::metrics::ControllerLabel {
+        controller: "dispatcher".into(),
+    };
+    shared.metrics.reconciles.get_or_create(&label).inc();
+    let ns = d
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let key = DispKey {
+        namespace: ns.clone(),
+        name: d.name_any(),
+    };
+    if d.spec.provisioner != shared.settings.identifier || d.meta().deletion_timestamp.is_some() {
+        // Another provisioner's dispatcher, or going away: stop talking to it.
+        if shared.engine.adapter(&key).is_some() || shared.engine.view(&key).is_some() {
+            info!(provisioner = %d.spec.provisioner, "releasing dispatcher");
+            shared.engine.remove(&key);
+        }
+        return Ok(Action::await_change());
+    }
+    let interval = lookup_interval(&d, shared.settings.lookup_interval);
+    let fingerprint = format!("{}|{:?}", serde_json::to_string(&d.spec)?, interval);
+    if !shared.engine.is_current(&key, &fingerprint) {
+        let adapter = build_adapter(&key, &d, &scope);
+        shared.engine.ensure(SessionConfig {
+            key: key.clone(),
+            fingerprint,
+            lookup_interval: interval,
+            adapter,
+        });
+    }
+    let Some(view) = shared.engine.view(&key) else {
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    };
+    let now = Timestamp::now();
+
+    // ManagedHosts first, so the status counts what exists.
+    let mut conflicts = Vec::new();
+    if view.discoveries > 0 {
+        conflicts = sync_hosts(&scope, &d, &key, &view, now).await?;
+    }
+
+    let mut status = d.status.clone().unwrap_or_default();
+    let generation = d.meta().generation;
+    status.state = Some(view.state);
+    status.host_count = Some(i32::try_from(view.hosts.len()).unwrap_or(i32::MAX));
+    status.os_catalogue = view.catalogue();
+    status.last_discovery = view.last_discovery.map(Time);
+    status.active_reprovisions =
+        Some(i32::try_from(shared.occupancy().active(&key)).unwrap_or(i32::MAX));
+    status.observed_generation = generation;
+    let ready = if view.state == DispatcherState::Ready {
+        conditions::TRUE
+    } else {
+        conditions::FALSE
+    };
+    conditions::set(
+        &mut status.conditions,
+        Desired {
+            type_: "Ready",
+            status: ready,
+            reason: &view.reason,
+            message: view.message.clone(),
+        },
+        generation,
+        now,
+    );
+    let (conflict_status, conflict_msg) = if conflicts.is_empty() {
+        (
+            conditions::FALSE,
+            "every discovered host has a ManagedHost".to_string(),
+        )
+    } else {
+        (
+            conditions::TRUE,
+            format!(
+                "host names already used by another dispatcher's ManagedHost: {}",
+                conflicts.join(", ")
+            ),
+        )
+    };
+    conditions::set(
+        &mut status.conditions,
+        Desired {
+            type_: "HostNameConflict",
+            status: conflict_status,
+            reason: if conflicts.is_empty() {
+                "NoConflict"
+            } else {
+                "NameTaken"
+            },
+            message: conflict_msg,
+        },
+        generation,
+        now,
+    );
+    if d.status.as_ref() != Some(&status) {
+        write_status(&scope, &d, &ns, status).await?;
+    }
+    let m = &shared.metrics;
+    let dlabel = super::metrics::DispatcherLabel {
+        dispatcher: key.to_string(),
+    };
+    m.hosts
+        .get_or_create(&dlabel)
+        .set(i64::try_from(view.hosts.len()).unwrap_or(i64::MAX));
+    for state in [
+        DispatcherState::Connecting,
+        DispatcherState::Ready,
+        DispatcherState::Degraded,
+        DispatcherState::Unreachable,
+    ] {
+        let l = super::metrics::DispatcherStateLabel {
+            dispatcher: key.to_string(),
+            state: state.as_str().into(),
+        };
+        m.dispatcher_state
+            .get_or_create(&l)
+            .set(i64::from(state == view.state));
+    }
+    m.durations
+        .get_or_create(&label)
+        .observe(started.elapsed().as_secs_f64());
+    // Hosts missing from the backend are removed after the grace period; look again then.
+    Ok(Action::requeue(
+        shared.settings.host_grace.min(Duration::from_secs(300)),
+    ))
+}
+
+async fn write_status(
+    scope: &Scope,
+    d: &OSDispatcher,
+    ns: &str,
+    status: OSDispatcherStatus,
+) -> Result<(), Error> {
+    let api: Api<OSDispatcher> = Api::namespaced(scope.shared.client.clone(), ns);
+    let mut obj = d.clone();
+    obj.status = Some(status);
+    obj.metadata.managed_fields = None;
+    api.replace_status(
+        &d.name_any(),
+        &PostParams {
+            field_manager: Some("osprov".into()),
+            ..Default::default()
+        },
+        &obj,
+    )
+    .await?;
+    Ok(())
+}
+
+async fn sync_hosts(
+    scope: &Scope,
+    d: &OSDispatcher,
+    key: &DispKey,
+    view: &crate::provisioner::inventory::DispatcherView,
+    now: Timestamp,
+) -> Result<Vec<String>, Error> {
+    let existing: BTreeMap<String, ManagedHost> = scope
+        .hosts
+        .state()
+        .into_iter()
+        .filter(|h| h.namespace().as_deref() == Some(key.namespace.as_str()))
+        .map(|h| (h.name_any(), (*h).clone()))
+        .collect();
+    let holders: BTreeMap<String, String> = {
+        let occ = scope.shared.occupancy();
+        view.hosts
+            .keys()
+            .filter_map(|name| {
+                occ.holder(&HostKey {
+                    namespace: key.namespace.clone(),
+                    host: name.clone(),
+                })
+                .map(|h| (name.clone(), h.to_string()))
+            })
+            .collect()
+    };
+    let ops = hosts::diff(
+        &key.name,
+        view,
+        &existing,
+        &holders,
+        now,
+        scope.shared.settings.host_grace,
+    );
+    let api: Api<ManagedHost> = Api::namespaced(scope.shared.client.clone(), &key.namespace);
+    let pp = PostParams {
+        field_manager: Some("osprov".into()),
+        ..Default::default()
+    };
+    let mut conflicts = Vec::new();
+    for op in ops {
+        match op {
+            HostOp::Create { name, spec, status } => {
+                let mut mh = ManagedHost::new(&name, spec);
+                mh.metadata.namespace = Some(key.namespace.clone());
+                mh.metadata.labels = Some(BTreeMap::from([
+                    (DISPATCHER_LABEL.to_string(), key.name.clone()),
+                    (PROVISIONER_LABEL.to_string(), d.spec.provisioner.clone()),
+                ]));
+                mh.metadata.owner_references = Some(vec![owner_ref(d)?]);
+                let created = match api.create(&pp, &mh).await {
+                    Ok(created) => created,
+                    Err(kube::Error::Api(s)) if s.code == 409 => api.get(&name).await?,
+                    Err(e) => return Err(e.into()),
+                };
+                let mut with_status = created;
+                with_status.status = Some(status);
+                api.replace_status(&name, &pp, &with_status).await?;
+            }
+            HostOp::UpdateStatus { name, status } => {
+                let Some(mut mh) = existing.get(&name).cloned() else {
+                    continue;
+                };
+                mh.status = Some(status);
+                mh.metadata.managed_fields = None;
+                api.replace_status(&name, &pp, &mh).await?;
+            }
+            HostOp::Delete { name } => {
+                info!(host = %name, "removing ManagedHost no longer reported by the backend");
+                match api.delete(&name, &DeleteParams::default()).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(s)) if s.code == 404 => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            HostOp::NameConflict { name, owner } => {
+                conflicts.push(format!("{name} (owned by {owner})"))
+            }
+        }
+    }
+    Ok(conflicts)
+}
+
+fn owner_ref(d: &OSDispatcher) -> Result<OwnerReference, Error> {
+    d.controller_owner_ref(&())
+        .ok_or(Error::MissingField("metadata.uid"))
+}

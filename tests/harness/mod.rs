@@ -1,0 +1,135 @@
+//! Controller harness for integration tests: runs the real controller (in-process, against the
+//! embedded API over HTTP through a kube client) with test-friendly timings, and small helpers to
+//! create dispatchers/requests and wait for conditions.
+#![allow(dead_code)]
+use kube::api::{Api, PostParams};
+use osprov::adapter::simulator::SimRegistry;
+use osprov::api::{
+    OSDispatcher, OSDispatcherSpec, OSProvisioningRequest, OSProvisioningRequestSpec, Phase,
+    SimulatorSpec,
+};
+use osprov::controller::settings::Settings;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Settings that make tests fast: quick discovery, polling and retries; no metrics port.
+pub fn fast_settings() -> Settings {
+    Settings {
+        lookup_interval: Duration::from_millis(500),
+        poll_interval: Duration::from_millis(100),
+        retry_base: Duration::from_millis(100),
+        retry_cap: Duration::from_millis(400),
+        host_grace: Duration::from_secs(2),
+        metrics_addr: Default::default(),
+        ..Settings::default()
+    }
+}
+
+/// A running controller; dropping or stopping it ends every task it started.
+pub struct RunningController {
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl RunningController {
+    pub fn start(client: kube::Client, settings: Settings, sims: Arc<SimRegistry>) -> Self {
+        let task = tokio::spawn(async move {
+            if let Err(e) =
+                osprov::controller::run(client, settings, sims, futures::future::pending()).await
+            {
+                panic!("controller failed: {e}");
+            }
+        });
+        RunningController { task: Some(task) }
+    }
+
+    /// Stop abruptly, as a crash or a killed pod would.
+    pub async fn stop(mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for RunningController {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+pub fn sim_dispatcher(name: &str, sim: SimulatorSpec) -> OSDispatcher {
+    OSDispatcher::new(
+        name,
+        OSDispatcherSpec {
+            adapter: Default::default(),
+            provisioner: "osp".into(),
+            lookup_interval: None,
+            max_concurrent: None,
+            simulator: Some(sim),
+        },
+    )
+}
+
+pub fn sim(hosts: i32, millis: i64) -> SimulatorSpec {
+    SimulatorSpec {
+        hosts,
+        provision_millis: millis,
+        ..SimulatorSpec::default()
+    }
+}
+
+pub fn request(name: &str, host: &str, os: &str) -> OSProvisioningRequest {
+    OSProvisioningRequest::new(
+        name,
+        OSProvisioningRequestSpec {
+            host: host.into(),
+            os: os.into(),
+            dispatcher: None,
+            max_attempts: None,
+        },
+    )
+}
+
+pub async fn create<K>(api: &Api<K>, obj: &K) -> K
+where
+    K: kube::Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.create(&PostParams::default(), obj)
+        .await
+        .expect("create")
+}
+
+/// Poll `check` every 50 ms until it returns Some, or panic after `secs` seconds with `what`.
+pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {secs}s waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Wait until request `name` reaches `phase`; returns the request.
+pub async fn wait_phase(
+    api: &Api<OSProvisioningRequest>,
+    name: &str,
+    phase: Phase,
+    secs: u64,
+) -> OSProvisioningRequest {
+    eventually(secs, &format!("{name} to be {phase:?}"), || async {
+        let r = api.get(name).await.ok()?;
+        (r.status.as_ref()?.phase == Some(phase)).then_some(r)
+    })
+    .await
+}
