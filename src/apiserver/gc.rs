@@ -24,7 +24,11 @@ pub async fn run(state: Arc<State>, mut closing: tokio::sync::watch::Receiver<bo
         }
         // Let a burst of deletions settle before scanning.
         tokio::time::sleep(Duration::from_millis(50)).await;
-        while collect_once(&state) > 0 {}
+        let st = state.clone();
+        let pass = tokio::task::spawn_blocking(move || while collect_once(&st) > 0 {});
+        if let Err(e) = pass.await {
+            tracing::error!(error = %e, "garbage collection pass failed");
+        }
     }
 }
 

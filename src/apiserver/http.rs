@@ -243,10 +243,23 @@ async fn dispatch(
         "get" => reads::get(&req),
         "list" => reads::list(&req),
         "watch" => watch::watch(req),
-        "create" => writes::create(&req, &body),
-        "update" => writes::update(&req, &body),
-        "patch" => patch::patch(&req, &body),
-        "delete" => delete::delete(&req, &body),
-        _ => delete::delete_collection(&req),
+        _ if req.state.store.persistent() => {
+            // Writes wait for the group commit to disk: keep them off the async workers.
+            let verb = verb.to_string();
+            tokio::task::spawn_blocking(move || write(&verb, &req, &body))
+                .await
+                .map_err(|e| ApiError::internal(e.to_string()))?
+        }
+        _ => write(verb, &req, &body),
+    }
+}
+
+fn write(verb: &str, req: &Req, body: &[u8]) -> ApiResult<Response> {
+    match verb {
+        "create" => writes::create(req, body),
+        "update" => writes::update(req, body),
+        "patch" => patch::patch(req, body),
+        "delete" => delete::delete(req, body),
+        _ => delete::delete_collection(req),
     }
 }

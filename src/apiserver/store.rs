@@ -87,12 +87,32 @@ struct Inner {
     compacted: u64,
     /// Snapshots kept for continue tokens, newest last.
     snapshots: VecDeque<(u64, Objects)>,
+    /// Changes applied in memory but not yet durable (persistence on).
+    pending: Vec<Arc<Change>>,
+}
+
+impl Inner {
+    /// Appends a change to the history and sends it to watchers.
+    fn publish(&mut self, tx: &broadcast::Sender<Arc<Change>>, change: Arc<Change>) {
+        self.history.push_back(change.clone());
+        while self.history.len() > self.history_cap {
+            if let Some(old) = self.history.pop_front() {
+                self.compacted = old.rev;
+            }
+        }
+        // No receivers is fine.
+        let _ = tx.send(change);
+    }
 }
 
 pub struct Store {
     inner: Mutex<Inner>,
     tx: broadcast::Sender<Arc<Change>>,
     persist: Option<Persist>,
+    /// Serialises group commits; holds the highest durable revision.
+    flush_lock: Mutex<u64>,
+    /// Set when a commit to disk failed; all later writes fail with it.
+    failed: Mutex<Option<String>>,
 }
 
 const KEPT_SNAPSHOTS: usize = 16;
@@ -129,14 +149,22 @@ impl Store {
                 history_cap: history_cap.max(1),
                 compacted: revision,
                 snapshots: VecDeque::new(),
+                pending: Vec::new(),
             }),
             tx,
             persist,
+            flush_lock: Mutex::new(revision),
+            failed: Mutex::new(None),
         })
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes go to disk (and block for the group commit).
+    pub fn persistent(&self) -> bool {
+        self.persist.is_some()
     }
 
     pub fn revision(&self) -> u64 {
@@ -221,70 +249,101 @@ impl Store {
         value: Option<Value>,
         delete: bool,
     ) -> Result<Arc<Change>, Precondition> {
-        let mut g = self.lock();
-        let current = g.objects.get(key).cloned();
-        match (expect, &current) {
-            (Expect::Absent, Some(_)) => return Err(Precondition::Exists),
-            (Expect::Revision(_), None) => return Err(Precondition::Missing),
-            (Expect::Revision(rv), Some(cur)) if object_revision(cur) != rv => {
-                return Err(Precondition::Stale)
-            }
-            _ => {}
+        if let Some(e) = self
+            .failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            return Err(Precondition::Failed(e));
         }
-        let rev = g.revision + 1;
-        let (kind, mut obj) = match value {
-            Some(v) if delete => (ChangeType::Deleted, v),
-            Some(v) => (
-                if current.is_some() {
-                    ChangeType::Modified
-                } else {
-                    ChangeType::Added
+        let change = {
+            let mut g = self.lock();
+            let current = g.objects.get(key).cloned();
+            match (expect, &current) {
+                (Expect::Absent, Some(_)) => return Err(Precondition::Exists),
+                (Expect::Revision(_), None) => return Err(Precondition::Missing),
+                (Expect::Revision(rv), Some(cur)) if object_revision(cur) != rv => {
+                    return Err(Precondition::Stale)
+                }
+                _ => {}
+            }
+            let rev = g.revision + 1;
+            let (kind, mut obj) = match value {
+                Some(v) if delete => (ChangeType::Deleted, v),
+                Some(v) if current.is_some() => (ChangeType::Modified, v),
+                Some(v) => (ChangeType::Added, v),
+                None => match &current {
+                    Some(cur) => (ChangeType::Deleted, (**cur).clone()),
+                    None => return Err(Precondition::Missing),
                 },
-                v,
-            ),
-            None => match &current {
-                Some(cur) => (ChangeType::Deleted, (**cur).clone()),
-                None => return Err(Precondition::Missing),
-            },
-        };
-        if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
-            meta.insert("resourceVersion".into(), json!(rev.to_string()));
-        }
-        if let Some(p) = &self.persist {
-            let stored = if kind == ChangeType::Deleted {
-                None
-            } else {
-                Some(&obj)
             };
-            if let Err(e) = p.write(key, stored, rev) {
-                tracing::error!(error = %e, "persisting a write failed");
-                return Err(Precondition::Failed(e.to_string()));
+            if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+                meta.insert("resourceVersion".into(), json!(rev.to_string()));
             }
-        }
-        g.revision = rev;
-        let obj = Arc::new(obj);
-        if kind == ChangeType::Deleted {
-            g.objects.remove(key);
-        } else {
-            g.objects.insert(key.clone(), obj.clone());
-        }
-        let change = Arc::new(Change {
-            rev,
-            kind,
-            key: key.clone(),
-            object: obj,
-            prev: current,
-            json: OnceLock::new(),
-        });
-        g.history.push_back(change.clone());
-        while g.history.len() > g.history_cap {
-            if let Some(old) = g.history.pop_front() {
-                g.compacted = old.rev;
+            g.revision = rev;
+            let obj = Arc::new(obj);
+            if kind == ChangeType::Deleted {
+                g.objects.remove(key);
+            } else {
+                g.objects.insert(key.clone(), obj.clone());
             }
-        }
-        // No receivers is fine.
-        let _ = self.tx.send(change.clone());
+            let change = Arc::new(Change {
+                rev,
+                kind,
+                key: key.clone(),
+                object: obj,
+                prev: current,
+                json: OnceLock::new(),
+            });
+            if self.persist.is_none() {
+                g.publish(&self.tx, change.clone());
+                return Ok(change);
+            }
+            g.pending.push(change.clone());
+            change
+        };
+        self.flush(change.rev)?;
         Ok(change)
+    }
+
+    /// Group commit: makes every pending change up to at least `rev` durable in one redb
+    /// transaction, then publishes them (history and watchers) in revision order. Writers wait
+    /// here until their change is durable, so an acknowledged write is never lost and watchers
+    /// never see a change a crash could take back. A failed commit stops all further writes.
+    fn flush(&self, rev: u64) -> Result<(), Precondition> {
+        let Some(p) = &self.persist else {
+            return Ok(());
+        };
+        let mut durable = self.flush_lock.lock().unwrap_or_else(|e| e.into_inner());
+        if *durable >= rev {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.lock().pending);
+        let Some(last) = batch.last().map(|c| c.rev) else {
+            return Ok(());
+        };
+        let items: Vec<(&Key, Option<&Value>)> = batch
+            .iter()
+            .map(|c| {
+                (
+                    &c.key,
+                    (c.kind != ChangeType::Deleted).then_some(&*c.object),
+                )
+            })
+            .collect();
+        if let Err(e) = p.write_batch(&items, last) {
+            tracing::error!(error = %e, "persisting writes failed; refusing further writes");
+            let msg = format!("the persistent store failed: {e}");
+            *self.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(msg.clone());
+            return Err(Precondition::Failed(msg));
+        }
+        let mut g = self.lock();
+        for c in batch {
+            g.publish(&self.tx, c);
+        }
+        *durable = last;
+        Ok(())
     }
 
     /// Starts a watch after `rev`: the kept changes since then and a live receiver, atomically.
@@ -366,5 +425,36 @@ mod tests {
             rx.recv().await,
             Err(broadcast::error::RecvError::Lagged(_))
         ));
+    }
+
+    #[test]
+    fn group_commit_is_durable_and_ordered() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            Arc::new(Store::open(Some(Persist::open(dir.path()).unwrap()), 100, 1024).unwrap());
+        let mut rx = store.watch_from(0).ok().unwrap().1;
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let s = store.clone();
+                std::thread::spawn(move || {
+                    for i in 0..25 {
+                        s.commit(&key(&format!("t{t}-{i}")), Expect::Absent, Some(obj("x")))
+                            .ok()
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        // Watchers got every change once, in revision order.
+        for want in 1..=100 {
+            assert_eq!(rx.try_recv().unwrap().rev, want);
+        }
+        drop(store);
+        let reopened = Store::open(Some(Persist::open(dir.path()).unwrap()), 100, 1024).unwrap();
+        assert_eq!(reopened.revision(), 100);
+        assert_eq!(reopened.snapshot().1.len(), 100);
     }
 }
