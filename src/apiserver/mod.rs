@@ -189,13 +189,22 @@ impl ApiServer {
         self.addr
     }
 
+    /// The URL clients use; a wildcard listen address is reached through loopback.
     pub fn server_url(&self) -> String {
         let scheme = if self.ca_pem.is_some() {
             "https"
         } else {
             "http"
         };
-        format!("{scheme}://{}", self.addr)
+        let mut addr = self.addr;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(if addr.is_ipv4() {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            } else {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            });
+        }
+        format!("{scheme}://{addr}")
     }
 
     /// The CA that signed the server certificate (PEM), when serving TLS.

@@ -115,7 +115,9 @@ pub struct Store {
     failed: Mutex<Option<String>>,
 }
 
-const KEPT_SNAPSHOTS: usize = 16;
+/// Snapshots kept for continue tokens (structurally shared, so cheap); a token whose snapshot is
+/// gone gets 410 Expired and the client relists.
+const KEPT_SNAPSHOTS: usize = 64;
 
 pub fn object_revision(obj: &Value) -> u64 {
     obj.pointer("/metadata/resourceVersion")
