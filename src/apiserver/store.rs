@@ -357,6 +357,14 @@ impl Store {
                 g.compacted + 1
             )));
         }
+        // A revision this store never reached comes from another incarnation (e.g. a wiped or
+        // in-memory store after a restart): resuming would silently skip changes, so relist.
+        if rev > g.revision {
+            return Err(ApiError::gone(format!(
+                "resource version {rev} is newer than this server's ({}); relist",
+                g.revision
+            )));
+        }
         let past = g.history.iter().filter(|c| c.rev > rev).cloned().collect();
         Ok((past, self.tx.subscribe()))
     }
@@ -405,6 +413,7 @@ mod tests {
         // History keeps 3 changes: revisions 4..=6; resuming from 3 works, from 2 is expired.
         assert_eq!(s.watch_from(3).ok().unwrap().0.len(), 3);
         assert_eq!(s.watch_from(2).err().unwrap().code, 410);
+        assert_eq!(s.watch_from(99).err().unwrap().code, 410);
         let d = s.commit(&key("a"), Expect::Revision(1), None).ok().unwrap();
         assert_eq!(d.kind, ChangeType::Deleted);
         assert_eq!(object_revision(&d.object), 7);
