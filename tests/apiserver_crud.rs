@@ -474,6 +474,17 @@ async fn paging_and_selectors() {
         ),
         400
     );
+    // deletecollection honours the selector.
+    api.delete_collection(
+        &DeleteParams::default(),
+        &ListParams::default().labels("tier=odd"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        api.list(&ListParams::default()).await.unwrap().items.len(),
+        5
+    );
     // An unknown continue token snapshot: 410 Expired.
     let bogus = base64_token(999_999);
     assert_eq!(

@@ -162,6 +162,18 @@ async fn recorder_events_readable_as_core_v1() {
         .await
         .unwrap();
     assert!(none.items.is_empty());
+    // The events.k8s.io/v1 view of the same store.
+    let v1: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(t.client.clone(), "default");
+    let list = v1
+        .list(&ListParams::default().fields("regarding.name=e"))
+        .await
+        .unwrap();
+    assert_eq!(list.items.len(), 1);
+    assert_eq!(list.items[0].note.as_deref(), Some("waiting for the host"));
+    assert_eq!(
+        list.items[0].reporting_controller.as_deref(),
+        Some("osprov")
+    );
     t.server.shutdown().await;
 }
 

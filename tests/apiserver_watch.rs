@@ -201,6 +201,8 @@ async fn runtime_watcher_relists_after_expiry() {
     let t = TestApi::start_with(|c| {
         c.watch_history = 3;
         c.token = Some("fixed-test-token".into());
+        // A restarted server makes a new CA; plain HTTP lets the old client reconnect.
+        c.tls = false;
     })
     .await;
     let addr = t.server.addr();
@@ -227,6 +229,7 @@ async fn runtime_watcher_relists_after_expiry() {
     config.data_dir = Some(dir.path().join("data"));
     config.watch_history = 3;
     config.token = Some("fixed-test-token".into());
+    config.tls = false;
     let server = osprov::apiserver::serve(config).await.unwrap();
     let fresh = osprs(&server.client().await.unwrap(), "default");
     for i in 0..6 {
@@ -275,4 +278,91 @@ async fn runtime_watcher_relists_after_expiry() {
         }
     }
     server.shutdown().await;
+}
+
+/// kube-runtime's metadata_watcher asks for PartialObjectMetadata lists and watch events.
+#[tokio::test]
+async fn metadata_watcher_gets_partial_objects() {
+    let t = TestApi::start().await;
+    let api: kube::Api<osprov::api::OSProvisioningRequest> =
+        kube::Api::namespaced(t.client.clone(), "default");
+    osprs(&t.client, "default")
+        .create(&PostParams::default(), &dyn_obj(ospr("m1", "h1", "ubuntu")))
+        .await
+        .unwrap();
+    let list = api.list_metadata(&ListParams::default()).await.unwrap();
+    assert_eq!(list.items[0].metadata.name.as_deref(), Some("m1"));
+    let meta: kube::Api<kube::core::PartialObjectMeta<osprov::api::OSProvisioningRequest>> =
+        kube::Api::namespaced(t.client.clone(), "default");
+    let mut events = watcher(meta, watcher::Config::default()).boxed();
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(10), events.try_next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let watcher::Event::InitApply(o) = ev {
+            assert_eq!(o.metadata.name.as_deref(), Some("m1"));
+            break;
+        }
+    }
+    osprs(&t.client, "default")
+        .create(&PostParams::default(), &dyn_obj(ospr("m2", "h1", "ubuntu")))
+        .await
+        .unwrap();
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(10), events.try_next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let watcher::Event::Apply(o) = ev {
+            assert_eq!(o.metadata.name.as_deref(), Some("m2"));
+            break;
+        }
+    }
+    t.server.shutdown().await;
+}
+
+/// Streaming lists (sendInitialEvents): the initial state ends with the initial-events-end
+/// bookmark, which kube-runtime turns into InitDone.
+#[tokio::test]
+async fn streaming_list_watcher() {
+    let t = TestApi::start().await;
+    let api = osprs(&t.client, "default");
+    for n in ["s1", "s2"] {
+        api.create(&PostParams::default(), &dyn_obj(ospr(n, "h1", "ubuntu")))
+            .await
+            .unwrap();
+    }
+    let mut events = watcher(api.clone(), watcher::Config::default().streaming_lists()).boxed();
+    let mut names = Vec::new();
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(10), events.try_next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        match ev {
+            watcher::Event::InitApply(o) => names.push(o.metadata.name.unwrap()),
+            watcher::Event::InitDone => break,
+            _ => {}
+        }
+    }
+    assert_eq!(names, vec!["s1", "s2"]);
+    api.create(&PostParams::default(), &dyn_obj(ospr("s3", "h1", "ubuntu")))
+        .await
+        .unwrap();
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(10), events.try_next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let watcher::Event::Apply(o) = ev {
+            assert_eq!(o.metadata.name.as_deref(), Some("s3"));
+            break;
+        }
+    }
+    t.server.shutdown().await;
 }

@@ -175,6 +175,39 @@ async fn discovery_apply_get_explain_delete() {
         "{}",
         out.stderr
     );
+    // Generator commands send protobuf bodies for Secrets and Namespaces.
+    let out = k.ok(&["create", "namespace", "lab"], None).await;
+    assert!(out.contains("namespace/lab created"), "{out}");
+    let out = k
+        .ok(
+            &[
+                "create",
+                "secret",
+                "generic",
+                "bmc",
+                "-n",
+                "lab",
+                "--from-literal=password=s3cret",
+            ],
+            None,
+        )
+        .await;
+    assert!(out.contains("secret/bmc created"), "{out}");
+    let out = k
+        .ok(
+            &[
+                "get",
+                "secret",
+                "bmc",
+                "-n",
+                "lab",
+                "-o",
+                "jsonpath={.type} {.data.password}",
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(out, "Opaque czNjcmV0");
     // delete waits until the object is gone.
     let out = k.ok(&["delete", "ospr", "web-1"], None).await;
     assert!(out.contains("deleted"), "{out}");
@@ -288,4 +321,75 @@ async fn watch_wait_and_describe() {
     let out = k.ok(&["get", "events"], None).await;
     assert!(out.contains("osprovisioningrequest/web-1"), "{out}");
     t.server.shutdown().await;
+}
+
+/// `osprov standalone` prints where it listens, writes a 0600 kubeconfig that kubectl can use,
+/// and records accesses to the access log file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_binary_serves_kubectl() {
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("osprov.kubeconfig");
+    let access = dir.path().join("access.json");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_osprov"))
+        .args(["standalone", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .arg("--access-log")
+        .arg(&access)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut printed = String::new();
+    while !printed.contains("kubectl --kubeconfig") {
+        let l = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        printed.push_str(&l);
+        printed.push('\n');
+    }
+    assert!(
+        printed.contains("listening on https://127.0.0.1:"),
+        "{printed}"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&kubeconfig).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let cache = tempfile::tempdir().unwrap();
+    let out = tokio::process::Command::new(KUBECTL)
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .arg("--cache-dir")
+        .arg(cache.path())
+        .args(["get", "osprov"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&access).unwrap()).unwrap();
+    let kubectl_ua = record
+        .as_object()
+        .unwrap()
+        .keys()
+        .find(|k| k.starts_with("kubectl"))
+        .cloned()
+        .unwrap();
+    assert!(record[&kubectl_ua]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["verb"] == "list" && e["group"] == "osprov.io"));
+    child.kill().await.unwrap();
 }

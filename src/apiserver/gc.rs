@@ -2,7 +2,8 @@
 //! ownerReferences point at uids that no longer exist is deleted, with background propagation.
 //! Objects with finalizers get a deletionTimestamp instead, as a DELETE would do. In Kubernetes
 //! this is the garbage-collector controller's job; osprov needs it so deleting an OSDispatcher
-//! removes its ManagedHosts.
+//! removes its ManagedHosts. Events older than an hour are removed too, as kube-apiserver's
+//! event TTL does, so a long-running standalone server does not grow without bound.
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,13 +24,48 @@ pub async fn run(state: Arc<State>, mut closing: tokio::sync::watch::Receiver<bo
         }
         // Let a burst of deletions settle before scanning.
         tokio::time::sleep(Duration::from_millis(50)).await;
-        while collect_once(&state) > 0 {}
+        let st = state.clone();
+        let pass = tokio::task::spawn_blocking(move || while collect_once(&st) > 0 {});
+        if let Err(e) = pass.await {
+            tracing::error!(error = %e, "garbage collection pass failed");
+        }
     }
+}
+
+/// Events live this long after their last occurrence (kube-apiserver's `--event-ttl` default).
+const EVENT_TTL: chrono::TimeDelta = chrono::TimeDelta::hours(1);
+
+fn event_expired(obj: &Value, now: chrono::DateTime<chrono::Utc>) -> bool {
+    let last = [
+        "/series/lastObservedTime",
+        "/lastTimestamp",
+        "/eventTime",
+        "/metadata/creationTimestamp",
+    ]
+    .iter()
+    .find_map(|p| obj.pointer(p).and_then(Value::as_str))
+    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+    last.is_some_and(|t| now - t.with_timezone(&chrono::Utc) > EVENT_TTL)
 }
 
 /// One pass; returns how many objects it deleted or marked.
 pub fn collect_once(state: &State) -> usize {
     let (_, objects) = state.store.snapshot();
+    let now_t = chrono::Utc::now();
+    let mut expired = 0;
+    for (key, obj) in objects.iter().filter(|(k, _)| k.0 == "events") {
+        if event_expired(obj, now_t)
+            && state
+                .store
+                .commit(key, Expect::Revision(object_revision(obj)), None)
+                .is_ok()
+        {
+            expired += 1;
+        }
+    }
+    if expired > 0 {
+        tracing::debug!(expired, "expired events removed");
+    }
     let uids: HashSet<&str> = objects
         .values()
         .filter_map(|o| meta(o).and_then(|m| m.get("uid")).and_then(Value::as_str))
@@ -76,4 +112,19 @@ pub fn collect_once(state: &State) -> usize {
         }
     }
     acted
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_expire_after_an_hour() {
+        let now = chrono::Utc::now();
+        let old = serde_json::json!({"eventTime": "2020-01-01T00:00:00.000000Z"});
+        let fresh = serde_json::json!({"eventTime": "2020-01-01T00:00:00.000000Z",
+            "series": {"count": 2, "lastObservedTime": now.to_rfc3339()}});
+        assert!(event_expired(&old, now));
+        assert!(!event_expired(&fresh, now));
+    }
 }

@@ -20,7 +20,7 @@ use super::access::Access;
 use super::error::{ApiError, ApiResult};
 use super::resources::{Registry, ResourceInfo};
 use super::store::Store;
-use super::{discovery, patch, reads, watch, writes};
+use super::{delete, discovery, patch, reads, watch, writes};
 
 pub struct State {
     pub registry: Registry,
@@ -75,6 +75,17 @@ pub struct Req {
 
 impl Req {
     /// Table output requested (E4)?
+    /// PartialObjectMetadata output requested (kube-runtime's metadata_watcher)?
+    pub fn wants_metadata(&self) -> bool {
+        self.headers
+            .get("accept")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|a| {
+                a.split(',')
+                    .next()
+                    .is_some_and(|first| first.contains("as=PartialObjectMetadata"))
+            })
+    }
     pub fn wants_table(&self) -> bool {
         self.headers
             .get("accept")
@@ -232,10 +243,23 @@ async fn dispatch(
         "get" => reads::get(&req),
         "list" => reads::list(&req),
         "watch" => watch::watch(req),
-        "create" => writes::create(&req, &body),
-        "update" => writes::update(&req, &body),
-        "patch" => patch::patch(&req, &body),
-        "delete" => writes::delete(&req, &body),
-        _ => writes::delete_collection(&req),
+        _ if req.state.store.persistent() => {
+            // Writes wait for the group commit to disk: keep them off the async workers.
+            let verb = verb.to_string();
+            tokio::task::spawn_blocking(move || write(&verb, &req, &body))
+                .await
+                .map_err(|e| ApiError::internal(e.to_string()))?
+        }
+        _ => write(verb, &req, &body),
+    }
+}
+
+fn write(verb: &str, req: &Req, body: &[u8]) -> ApiResult<Response> {
+    match verb {
+        "create" => writes::create(req, body),
+        "update" => writes::update(req, body),
+        "patch" => patch::patch(req, body),
+        "delete" => delete::delete(req, body),
+        _ => delete::delete_collection(req),
     }
 }

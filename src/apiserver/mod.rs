@@ -12,6 +12,7 @@ pub mod ssa;
 
 mod access;
 pub mod crdschema;
+mod delete;
 mod discovery;
 mod error;
 mod gc;
@@ -19,6 +20,7 @@ mod http;
 mod objects;
 mod patch;
 mod persist;
+mod protobuf;
 mod reads;
 mod resources;
 mod selector;
@@ -111,6 +113,17 @@ pub async fn serve(config: Config) -> Result<ApiServer, ApiServerError> {
     };
     let channel = config.watch_history.clamp(1024, 65_536);
     let store = store::Store::open(persist, config.watch_history, channel)?;
+    // Defaults of the current schemas apply to stored objects too (kube-apiserver defaults on read).
+    store.fix_up_loaded(|key, obj| {
+        if let Some(schema) = registry
+            .resources
+            .iter()
+            .find(|r| r.store_key == key.0)
+            .and_then(|r| r.schema.as_ref())
+        {
+            schema.apply_defaults(obj);
+        }
+    });
     ensure_namespace(&store, "default");
     ensure_namespace(&store, "kube-system");
     let token = config.token.clone().unwrap_or_else(|| {
@@ -176,13 +189,22 @@ impl ApiServer {
         self.addr
     }
 
+    /// The URL clients use; a wildcard listen address is reached through loopback.
     pub fn server_url(&self) -> String {
         let scheme = if self.ca_pem.is_some() {
             "https"
         } else {
             "http"
         };
-        format!("{scheme}://{}", self.addr)
+        let mut addr = self.addr;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(if addr.is_ipv4() {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            } else {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            });
+        }
+        format!("{scheme}://{addr}")
     }
 
     /// The CA that signed the server certificate (PEM), when serving TLS.

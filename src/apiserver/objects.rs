@@ -173,7 +173,7 @@ pub fn prepare_builtin(
                     }
                 }
             }
-            if obj.get("type").is_none_or(Value::is_null) {
+            if obj.get("type").is_none_or(|t| t.is_null() || t == "") {
                 obj["type"] = json!("Opaque");
             }
             if let Some(Value::Object(data)) = obj.get("data") {

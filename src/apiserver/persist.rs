@@ -1,9 +1,9 @@
 //! Durable storage of the embedded API in a redb database (`<data_dir>/osprov-api.redb`).
 //!
 //! Two tables: `objects` maps a storage key to the object's JSON exactly as served (uid and
-//! resourceVersion included), `meta` holds the global revision counter. The store calls `put`/
-//! `delete` inside its write lock, so the database always holds a prefix of the revision history and
-//! a restart resumes the counter where it stopped (A1).
+//! resourceVersion included), `meta` holds the global revision counter. The store calls
+//! `write_batch` for each group commit, in revision order, so the database always holds a prefix of
+//! the revision history and a restart resumes the counter where it stopped (A1).
 use std::path::Path;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -64,25 +64,27 @@ impl Persist {
         Ok((revision, out))
     }
 
-    /// Stores (or, with `None`, removes) one object together with the new revision counter.
-    pub fn write(
+    /// Stores (or, with `None`, removes) objects together with the new revision counter, in one
+    /// durable transaction.
+    pub fn write_batch(
         &self,
-        key: &Key,
-        value: Option<&Value>,
+        items: &[(&Key, Option<&Value>)],
         revision: u64,
     ) -> Result<(), ApiServerError> {
         let txn = self.db.begin_write()?;
         {
             let mut objects = txn.open_table(OBJECTS)?;
-            let k = db_key(key);
-            match value {
-                Some(v) => {
-                    let bytes =
-                        serde_json::to_vec(v).map_err(|e| ApiServerError::Data(e.to_string()))?;
-                    objects.insert(k.as_str(), bytes.as_slice())?;
-                }
-                None => {
-                    objects.remove(k.as_str())?;
+            for (key, value) in items {
+                let k = db_key(key);
+                match value {
+                    Some(v) => {
+                        let bytes = serde_json::to_vec(v)
+                            .map_err(|e| ApiServerError::Data(e.to_string()))?;
+                        objects.insert(k.as_str(), bytes.as_slice())?;
+                    }
+                    None => {
+                        objects.remove(k.as_str())?;
+                    }
                 }
             }
             let mut meta = txn.open_table(META)?;

@@ -50,8 +50,17 @@ pub fn not_found(req: &Req, name: &str) -> ApiError {
     )
 }
 
-/// Renders one object, as Table when asked.
+/// The PartialObjectMetadata form of an object.
+pub fn partial(obj: &Value) -> Value {
+    json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+           "metadata": obj.get("metadata").cloned().unwrap_or(json!({}))})
+}
+
+/// Renders one object, as Table or PartialObjectMetadata when asked.
 pub fn object_response(req: &Req, code: u16, obj: &Value) -> Response {
+    if req.wants_metadata() {
+        return json_response(code, &partial(obj));
+    }
     if req.wants_table() {
         let rv = obj
             .pointer("/metadata/resourceVersion")
@@ -212,6 +221,13 @@ pub fn list(req: &Req) -> ApiResult<Response> {
     let mut metadata = json!({"resourceVersion": rv});
     if let Some(c) = cont {
         metadata["continue"] = json!(c);
+    }
+    if req.wants_metadata() {
+        let items: Vec<Value> = items.iter().map(partial).collect();
+        return Ok(json_response(
+            200,
+            &json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": metadata, "items": items}),
+        ));
     }
     Ok(json_response(
         200,

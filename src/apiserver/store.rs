@@ -87,15 +87,37 @@ struct Inner {
     compacted: u64,
     /// Snapshots kept for continue tokens, newest last.
     snapshots: VecDeque<(u64, Objects)>,
+    /// Changes applied in memory but not yet durable (persistence on).
+    pending: Vec<Arc<Change>>,
+}
+
+impl Inner {
+    /// Appends a change to the history and sends it to watchers.
+    fn publish(&mut self, tx: &broadcast::Sender<Arc<Change>>, change: Arc<Change>) {
+        self.history.push_back(change.clone());
+        while self.history.len() > self.history_cap {
+            if let Some(old) = self.history.pop_front() {
+                self.compacted = old.rev;
+            }
+        }
+        // No receivers is fine.
+        let _ = tx.send(change);
+    }
 }
 
 pub struct Store {
     inner: Mutex<Inner>,
     tx: broadcast::Sender<Arc<Change>>,
     persist: Option<Persist>,
+    /// Serialises group commits; holds the highest durable revision.
+    flush_lock: Mutex<u64>,
+    /// Set when a commit to disk failed; all later writes fail with it.
+    failed: Mutex<Option<String>>,
 }
 
-const KEPT_SNAPSHOTS: usize = 16;
+/// Snapshots kept for continue tokens (structurally shared, so cheap); a token whose snapshot is
+/// gone gets 410 Expired and the client relists.
+const KEPT_SNAPSHOTS: usize = 64;
 
 pub fn object_revision(obj: &Value) -> u64 {
     obj.pointer("/metadata/resourceVersion")
@@ -129,14 +151,22 @@ impl Store {
                 history_cap: history_cap.max(1),
                 compacted: revision,
                 snapshots: VecDeque::new(),
+                pending: Vec::new(),
             }),
             tx,
             persist,
+            flush_lock: Mutex::new(revision),
+            failed: Mutex::new(None),
         })
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes go to disk (and block for the group commit).
+    pub fn persistent(&self) -> bool {
+        self.persist.is_some()
     }
 
     pub fn revision(&self) -> u64 {
@@ -151,6 +181,22 @@ impl Store {
     pub fn snapshot(&self) -> (u64, Objects) {
         let g = self.lock();
         (g.revision, g.objects.clone())
+    }
+
+    /// Rewrites loaded objects in place before serving (defaults of the current schemas, D2);
+    /// takes no revision and writes nothing to disk, like defaulting on read.
+    pub fn fix_up_loaded(&self, f: impl Fn(&Key, &mut Value)) {
+        let mut g = self.lock();
+        let keys: Vec<Key> = g.objects.keys().cloned().collect();
+        for k in keys {
+            if let Some(obj) = g.objects.get(&k) {
+                let mut v = (**obj).clone();
+                f(&k, &mut v);
+                if v != **obj {
+                    g.objects.insert(k, Arc::new(v));
+                }
+            }
+        }
     }
 
     /// Keeps `objects` (taken at `rev`) for continue tokens.
@@ -205,70 +251,101 @@ impl Store {
         value: Option<Value>,
         delete: bool,
     ) -> Result<Arc<Change>, Precondition> {
-        let mut g = self.lock();
-        let current = g.objects.get(key).cloned();
-        match (expect, &current) {
-            (Expect::Absent, Some(_)) => return Err(Precondition::Exists),
-            (Expect::Revision(_), None) => return Err(Precondition::Missing),
-            (Expect::Revision(rv), Some(cur)) if object_revision(cur) != rv => {
-                return Err(Precondition::Stale)
-            }
-            _ => {}
+        if let Some(e) = self
+            .failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            return Err(Precondition::Failed(e));
         }
-        let rev = g.revision + 1;
-        let (kind, mut obj) = match value {
-            Some(v) if delete => (ChangeType::Deleted, v),
-            Some(v) => (
-                if current.is_some() {
-                    ChangeType::Modified
-                } else {
-                    ChangeType::Added
+        let change = {
+            let mut g = self.lock();
+            let current = g.objects.get(key).cloned();
+            match (expect, &current) {
+                (Expect::Absent, Some(_)) => return Err(Precondition::Exists),
+                (Expect::Revision(_), None) => return Err(Precondition::Missing),
+                (Expect::Revision(rv), Some(cur)) if object_revision(cur) != rv => {
+                    return Err(Precondition::Stale)
+                }
+                _ => {}
+            }
+            let rev = g.revision + 1;
+            let (kind, mut obj) = match value {
+                Some(v) if delete => (ChangeType::Deleted, v),
+                Some(v) if current.is_some() => (ChangeType::Modified, v),
+                Some(v) => (ChangeType::Added, v),
+                None => match &current {
+                    Some(cur) => (ChangeType::Deleted, (**cur).clone()),
+                    None => return Err(Precondition::Missing),
                 },
-                v,
-            ),
-            None => match &current {
-                Some(cur) => (ChangeType::Deleted, (**cur).clone()),
-                None => return Err(Precondition::Missing),
-            },
-        };
-        if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
-            meta.insert("resourceVersion".into(), json!(rev.to_string()));
-        }
-        if let Some(p) = &self.persist {
-            let stored = if kind == ChangeType::Deleted {
-                None
-            } else {
-                Some(&obj)
             };
-            if let Err(e) = p.write(key, stored, rev) {
-                tracing::error!(error = %e, "persisting a write failed");
-                return Err(Precondition::Failed(e.to_string()));
+            if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+                meta.insert("resourceVersion".into(), json!(rev.to_string()));
             }
-        }
-        g.revision = rev;
-        let obj = Arc::new(obj);
-        if kind == ChangeType::Deleted {
-            g.objects.remove(key);
-        } else {
-            g.objects.insert(key.clone(), obj.clone());
-        }
-        let change = Arc::new(Change {
-            rev,
-            kind,
-            key: key.clone(),
-            object: obj,
-            prev: current,
-            json: OnceLock::new(),
-        });
-        g.history.push_back(change.clone());
-        while g.history.len() > g.history_cap {
-            if let Some(old) = g.history.pop_front() {
-                g.compacted = old.rev;
+            g.revision = rev;
+            let obj = Arc::new(obj);
+            if kind == ChangeType::Deleted {
+                g.objects.remove(key);
+            } else {
+                g.objects.insert(key.clone(), obj.clone());
             }
-        }
-        // No receivers is fine.
-        let _ = self.tx.send(change.clone());
+            let change = Arc::new(Change {
+                rev,
+                kind,
+                key: key.clone(),
+                object: obj,
+                prev: current,
+                json: OnceLock::new(),
+            });
+            if self.persist.is_none() {
+                g.publish(&self.tx, change.clone());
+                return Ok(change);
+            }
+            g.pending.push(change.clone());
+            change
+        };
+        self.flush(change.rev)?;
         Ok(change)
+    }
+
+    /// Group commit: makes every pending change up to at least `rev` durable in one redb
+    /// transaction, then publishes them (history and watchers) in revision order. Writers wait
+    /// here until their change is durable, so an acknowledged write is never lost and watchers
+    /// never see a change a crash could take back. A failed commit stops all further writes.
+    fn flush(&self, rev: u64) -> Result<(), Precondition> {
+        let Some(p) = &self.persist else {
+            return Ok(());
+        };
+        let mut durable = self.flush_lock.lock().unwrap_or_else(|e| e.into_inner());
+        if *durable >= rev {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.lock().pending);
+        let Some(last) = batch.last().map(|c| c.rev) else {
+            return Ok(());
+        };
+        let items: Vec<(&Key, Option<&Value>)> = batch
+            .iter()
+            .map(|c| {
+                (
+                    &c.key,
+                    (c.kind != ChangeType::Deleted).then_some(&*c.object),
+                )
+            })
+            .collect();
+        if let Err(e) = p.write_batch(&items, last) {
+            tracing::error!(error = %e, "persisting writes failed; refusing further writes");
+            let msg = format!("the persistent store failed: {e}");
+            *self.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(msg.clone());
+            return Err(Precondition::Failed(msg));
+        }
+        let mut g = self.lock();
+        for c in batch {
+            g.publish(&self.tx, c);
+        }
+        *durable = last;
+        Ok(())
     }
 
     /// Starts a watch after `rev`: the kept changes since then and a live receiver, atomically.
@@ -280,6 +357,14 @@ impl Store {
                 g.compacted + 1
             )));
         }
+        // A revision this store never reached comes from another incarnation (e.g. a wiped or
+        // in-memory store after a restart): resuming would silently skip changes, so relist.
+        if rev > g.revision {
+            return Err(ApiError::gone(format!(
+                "resource version {rev} is newer than this server's ({}); relist",
+                g.revision
+            )));
+        }
         let past = g.history.iter().filter(|c| c.rev > rev).cloned().collect();
         Ok((past, self.tx.subscribe()))
     }
@@ -288,5 +373,99 @@ impl Store {
     pub fn snapshot_and_subscribe(&self) -> (u64, Objects, broadcast::Receiver<Arc<Change>>) {
         let g = self.lock();
         (g.revision, g.objects.clone(), self.tx.subscribe())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(n: &str) -> Key {
+        ("things.x.io".into(), "default".into(), n.into())
+    }
+
+    fn obj(n: &str) -> Value {
+        json!({"metadata": {"name": n}})
+    }
+
+    #[test]
+    fn revisions_history_and_expiry() {
+        let s = Store::open(None, 3, 16).unwrap();
+        let a = s
+            .commit(&key("a"), Expect::Absent, Some(obj("a")))
+            .ok()
+            .unwrap();
+        assert_eq!(a.rev, 1);
+        assert_eq!(object_revision(&a.object), 1);
+        assert!(matches!(
+            s.commit(&key("a"), Expect::Absent, Some(obj("a"))),
+            Err(Precondition::Exists)
+        ));
+        assert!(matches!(
+            s.commit(&key("a"), Expect::Revision(7), Some(obj("a"))),
+            Err(Precondition::Stale)
+        ));
+        for i in 0..5 {
+            s.commit(&key(&format!("b{i}")), Expect::Absent, Some(obj("b")))
+                .ok()
+                .unwrap();
+        }
+        // History keeps 3 changes: revisions 4..=6; resuming from 3 works, from 2 is expired.
+        assert_eq!(s.watch_from(3).ok().unwrap().0.len(), 3);
+        assert_eq!(s.watch_from(2).err().unwrap().code, 410);
+        assert_eq!(s.watch_from(99).err().unwrap().code, 410);
+        let d = s.commit(&key("a"), Expect::Revision(1), None).ok().unwrap();
+        assert_eq!(d.kind, ChangeType::Deleted);
+        assert_eq!(object_revision(&d.object), 7);
+        assert!(s.get(&key("a")).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_slow_watcher_never_blocks_writers() {
+        let s = Store::open(None, 10, 16).unwrap();
+        let (_, mut rx) = s.watch_from(0).ok().unwrap();
+        let start = std::time::Instant::now();
+        for i in 0..1000 {
+            s.commit(&key(&format!("o{i}")), Expect::Absent, Some(obj("o")))
+                .ok()
+                .unwrap();
+        }
+        assert!(start.elapsed() < std::time::Duration::from_secs(5));
+        // The watcher that never read has lagged; the watch code turns this into a 410 ERROR.
+        assert!(matches!(
+            rx.recv().await,
+            Err(broadcast::error::RecvError::Lagged(_))
+        ));
+    }
+
+    #[test]
+    fn group_commit_is_durable_and_ordered() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            Arc::new(Store::open(Some(Persist::open(dir.path()).unwrap()), 100, 1024).unwrap());
+        let mut rx = store.watch_from(0).ok().unwrap().1;
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let s = store.clone();
+                std::thread::spawn(move || {
+                    for i in 0..25 {
+                        s.commit(&key(&format!("t{t}-{i}")), Expect::Absent, Some(obj("x")))
+                            .ok()
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        // Watchers got every change once, in revision order.
+        for want in 1..=100 {
+            assert_eq!(rx.try_recv().unwrap().rev, want);
+        }
+        drop(store);
+        let reopened = Store::open(Some(Persist::open(dir.path()).unwrap()), 100, 1024).unwrap();
+        assert_eq!(reopened.revision(), 100);
+        assert_eq!(reopened.snapshot().1.len(), 100);
     }
 }

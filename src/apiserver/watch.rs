@@ -17,7 +17,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::error::{ApiError, ApiResult};
 use super::http::Req;
-use super::reads::{include_object, range, view, Filter};
+use super::reads::{include_object, partial, range, view, Filter};
 use super::resources::{Builtin, ResourceInfo};
 use super::store::{Change, ChangeType};
 use super::table;
@@ -28,6 +28,7 @@ struct Watcher {
     table: bool,
     include_object: String,
     bookmarks: bool,
+    metadata_only: bool,
     tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
     /// The newest revision this watcher has seen (sent or filtered out).
     seen: u64,
@@ -42,6 +43,7 @@ fn line(kind: &str, object: &Value) -> Bytes {
 impl Watcher {
     fn plain(&self) -> bool {
         !self.table
+            && !self.metadata_only
             && self.info.builtin == Builtin::Custom
             && self.filter.labels.is_empty()
             && self.filter.fields.is_empty()
@@ -64,6 +66,9 @@ impl Watcher {
                 o.remove("metadata");
             }
             return line(kind, &t);
+        }
+        if self.metadata_only {
+            return line(kind, &partial(obj));
         }
         line(kind, obj)
     }
@@ -101,12 +106,13 @@ impl Watcher {
         Some(self.render(kind, &now))
     }
 
+    fn bookmark_object(&self) -> Value {
+        json!({"kind": self.info.kind, "apiVersion": self.info.api_version(),
+               "metadata": {"resourceVersion": self.seen.to_string()}})
+    }
+
     fn bookmark(&self) -> Bytes {
-        line(
-            "BOOKMARK",
-            &json!({"kind": self.info.kind, "apiVersion": self.info.api_version(),
-                    "metadata": {"resourceVersion": self.seen.to_string()}}),
-        )
+        line("BOOKMARK", &self.bookmark_object())
     }
 
     async fn send(&self, b: Bytes) -> bool {
@@ -137,6 +143,7 @@ pub fn watch(req: Req) -> ApiResult<Response> {
         info: req.info.clone(),
         filter,
         table: req.wants_table(),
+        metadata_only: req.wants_metadata(),
         include_object: include_object(&req).to_string(),
         bookmarks: req.query.flag("allowWatchBookmarks"),
         tx,
@@ -144,7 +151,9 @@ pub fn watch(req: Req) -> ApiResult<Response> {
     };
     let store = &req.state.store;
     let mut initial: Vec<Bytes> = Vec::new();
-    let sub = if rv == "0" {
+    // sendInitialEvents (streaming lists, B10): the current state, then a bookmark marking its end.
+    let streaming = req.query.flag("sendInitialEvents");
+    let sub = if rv == "0" || streaming {
         let (rev, objects, sub) = store.snapshot_and_subscribe();
         for (_, obj) in range(&objects, &w.info.store_key, &w.filter.namespace, None) {
             let v = view(&w.info, obj);
@@ -153,6 +162,11 @@ pub fn watch(req: Req) -> ApiResult<Response> {
             }
         }
         w.seen = rev;
+        if streaming {
+            let mut end = w.bookmark_object();
+            end["metadata"]["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+            initial.push(line("BOOKMARK", &end));
+        }
         Some(sub)
     } else {
         let rv: u64 = rv

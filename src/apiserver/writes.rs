@@ -16,7 +16,7 @@ use super::objects::{
     event_to_core, finalizers, is_terminating, meta, meta_mut, meta_str, name_errors, name_suffix,
     normalize_meta, now, owner_reference_errors, prepare_builtin, same_content, spec_part,
 };
-use super::reads::{json_response, key, not_found, object_response, range, view, Filter};
+use super::reads::{key, not_found, object_response, view};
 use super::resources::Builtin;
 use super::store::{object_revision, Expect, Precondition};
 
@@ -29,6 +29,25 @@ pub(super) fn parse_json(body: &[u8]) -> ApiResult<Value> {
         ));
     }
     Ok(v)
+}
+
+/// A JSON body, or YAML when the client says so.
+fn parse_body(req: &Req, body: &[u8]) -> ApiResult<Value> {
+    if req
+        .content_type()
+        .starts_with("application/vnd.kubernetes.protobuf")
+    {
+        return super::protobuf::decode(body);
+    }
+    if req.content_type().starts_with("application/yaml") {
+        let v: Value = serde_yaml::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?;
+        if !v.is_object() {
+            return Err(ApiError::bad_request("the request body must be an object"));
+        }
+        return Ok(v);
+    }
+    parse_json(body)
 }
 
 /// apiVersion and kind of a full object must match the endpoint.
@@ -54,7 +73,7 @@ pub(super) fn check_identity(req: &Req, obj: &Value) -> ApiResult<()> {
             )));
         }
     }
-    if let Some(ns) = meta_str(obj, "namespace") {
+    if let Some(ns) = meta_str(obj, "namespace").filter(|ns| !ns.is_empty()) {
         if req.info.namespaced && ns != req.namespace {
             return Err(ApiError::bad_request(
                 "the namespace of the provided object does not match the namespace sent on the request",
@@ -109,7 +128,7 @@ pub(super) fn cause(field: &str, message: &str) -> StatusCause {
     }
 }
 
-fn dry_run(req: &Req) -> bool {
+pub(super) fn dry_run(req: &Req) -> bool {
     req.query.get("dryRun") == Some("All")
 }
 
@@ -161,14 +180,40 @@ fn with_warnings(mut resp: Response, warnings: &[String]) -> Response {
     resp
 }
 
+/// Bodies must be JSON or YAML; protobuf only for the Secrets and Namespaces kubectl's generator
+/// commands send (see `protobuf`); anything else gets 415.
+pub(super) fn require_json(req: &Req) -> ApiResult<()> {
+    let ct = req
+        .content_type()
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim();
+    let builtin_protobuf = ct == "application/vnd.kubernetes.protobuf"
+        && matches!(req.info.builtin, Builtin::Secret | Builtin::Namespace);
+    if builtin_protobuf
+        || ct.is_empty()
+        || ct == "application/json"
+        || ct == "*/*"
+        || ct.ends_with("+json")
+        || ct == "application/yaml"
+    {
+        return Ok(());
+    }
+    Err(ApiError::unsupported_media(format!(
+        "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml; got {ct}"
+    )))
+}
+
 pub fn create(req: &Req, body: &[u8]) -> ApiResult<Response> {
-    let obj = parse_json(body)?;
+    require_json(req)?;
+    let obj = parse_body(req, body)?;
     check_type(req, &obj)?;
     check_identity(req, &obj)?;
     finish_create(req, obj, None)
 }
 
-fn set_meta(obj: &mut Value, field: &str, value: Value) {
+pub(super) fn set_meta(obj: &mut Value, field: &str, value: Value) {
     if let Some(m) = meta_mut(obj) {
         m.insert(field.into(), value);
     }
@@ -278,7 +323,8 @@ pub(super) fn finish_create(
 }
 
 pub fn update(req: &Req, body: &[u8]) -> ApiResult<Response> {
-    let obj = parse_json(body)?;
+    require_json(req)?;
+    let obj = parse_body(req, body)?;
     check_type(req, &obj)?;
     check_identity(req, &obj)?;
     let name = req.name.clone().unwrap_or_default();
@@ -447,158 +493,4 @@ pub(super) fn finish_update(
             &name,
         )),
     }
-}
-
-fn success_status(req: &Req, name: &str, uid: &str) -> Value {
-    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
-           "details": {"name": name, "group": req.info.group, "kind": req.info.plural, "uid": uid}})
-}
-
-pub fn delete(req: &Req, body: &[u8]) -> ApiResult<Response> {
-    let opts: Value = if body.iter().all(u8::is_ascii_whitespace) {
-        json!({})
-    } else {
-        parse_json(body)?
-    };
-    let name = req.name.clone().unwrap_or_default();
-    let info = &req.info;
-    let k = key(req, &name);
-    let old = req
-        .state
-        .store
-        .get(&k)
-        .ok_or_else(|| not_found(req, &name))?;
-    let uid = meta_str(&old, "uid").unwrap_or_default().to_string();
-    if let Some(want) = opts.pointer("/preconditions/uid").and_then(Value::as_str) {
-        if want != uid {
-            let why = format!(
-                "Precondition failed: UID in precondition: {want}, UID in object meta: {uid}"
-            );
-            return Err(ApiError::conflict(
-                &info.qualified(),
-                &info.group,
-                &info.plural,
-                &name,
-                &why,
-            ));
-        }
-    }
-    if let Some(want) = opts
-        .pointer("/preconditions/resourceVersion")
-        .and_then(Value::as_str)
-    {
-        if want.parse::<u64>().ok() != Some(object_revision(&old)) {
-            return Err(ApiError::modified(
-                &info.qualified(),
-                &info.group,
-                &info.plural,
-                &name,
-            ));
-        }
-    }
-    if info.builtin == Builtin::Namespace {
-        if matches!(name.as_str(), "default" | "kube-system") {
-            return Err(ApiError::forbidden(format!(
-                "namespaces \"{name}\" is forbidden: this namespace may not be deleted"
-            )));
-        }
-        delete_namespace_contents(req, &name);
-    }
-    if dry_run(req)
-        || opts
-            .get("dryRun")
-            .and_then(Value::as_array)
-            .is_some_and(|a| a.iter().any(|v| v == "All"))
-    {
-        return Ok(json_response(200, &success_status(req, &name, &uid)));
-    }
-    if !finalizers(&old).is_empty() {
-        if is_terminating(&old) {
-            return Ok(object_response(req, 200, &view(info, &old)));
-        }
-        let mut new = (*old).clone();
-        set_meta(&mut new, "deletionTimestamp", json!(now()));
-        set_meta(&mut new, "deletionGracePeriodSeconds", json!(0));
-        if info.builtin == Builtin::Custom {
-            let gen = meta(&old)
-                .and_then(|m| m.get("generation"))
-                .and_then(Value::as_i64)
-                .unwrap_or(1);
-            set_meta(&mut new, "generation", json!(gen + 1));
-        }
-        return match req
-            .state
-            .store
-            .commit(&k, Expect::Revision(object_revision(&old)), Some(new))
-        {
-            Ok(change) => Ok(object_response(req, 200, &view(info, &change.object))),
-            Err(Precondition::Failed(e)) => Err(ApiError::internal(e)),
-            Err(_) => Err(ApiError::modified(
-                &info.qualified(),
-                &info.group,
-                &info.plural,
-                &name,
-            )),
-        };
-    }
-    match req
-        .state
-        .store
-        .commit(&k, Expect::Revision(object_revision(&old)), None)
-    {
-        Ok(_) => {
-            req.state.gc_wake.notify_one();
-            Ok(json_response(200, &success_status(req, &name, &uid)))
-        }
-        Err(Precondition::Missing) => Err(not_found(req, &name)),
-        Err(Precondition::Failed(e)) => Err(ApiError::internal(e)),
-        Err(_) => Err(ApiError::modified(
-            &info.qualified(),
-            &info.group,
-            &info.plural,
-            &name,
-        )),
-    }
-}
-
-/// A namespace's objects go with it (the namespace controller's job in Kubernetes).
-fn delete_namespace_contents(req: &Req, ns: &str) {
-    let (_, objects) = req.state.store.snapshot();
-    for (k, obj) in objects.iter().filter(|(k, _)| k.1 == ns) {
-        let _ = req
-            .state
-            .store
-            .commit(k, Expect::Revision(object_revision(obj)), None);
-    }
-}
-
-pub fn delete_collection(req: &Req) -> ApiResult<Response> {
-    let filter = Filter::from_req(req)?;
-    let (_, objects) = req.state.store.snapshot();
-    let mut deleted = Vec::new();
-    for (k, obj) in range(&objects, &req.info.store_key, &filter.namespace, None) {
-        let v = view(&req.info, obj);
-        if !filter.matches(&v) {
-            continue;
-        }
-        let sub = Req {
-            state: req.state.clone(),
-            info: req.info.clone(),
-            namespace: k.1.clone(),
-            name: Some(k.2.clone()),
-            sub: None,
-            query: req.query.clone(),
-            headers: req.headers.clone(),
-            user_agent: req.user_agent.clone(),
-        };
-        if delete(&sub, b"").is_ok() {
-            deleted.push(v);
-        }
-    }
-    let rv = req.state.store.revision().to_string();
-    Ok(json_response(
-        200,
-        &json!({"kind": format!("{}List", req.info.kind), "apiVersion": req.info.api_version(),
-                "metadata": {"resourceVersion": rv}, "items": deleted}),
-    ))
 }

@@ -1,0 +1,168 @@
+//! DELETE and deletecollection (C4): finalizers turn a delete into setting deletionTimestamp
+//! (once; generation +1 for custom kinds); without finalizers the object goes at once and the
+//! answer is a Success Status. Deleting a namespace removes its objects (the namespace
+//! controller's job in Kubernetes); `default` and `kube-system` cannot be deleted.
+use axum::response::Response;
+use serde_json::{json, Value};
+
+use super::error::{ApiError, ApiResult};
+use super::http::Req;
+use super::objects::{finalizers, is_terminating, meta, meta_str, now};
+use super::reads::{json_response, key, not_found, object_response, range, view, Filter};
+use super::resources::Builtin;
+use super::store::{object_revision, Expect, Precondition};
+use super::writes::{dry_run, parse_json, set_meta};
+
+fn success_status(req: &Req, name: &str, uid: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+           "details": {"name": name, "group": req.info.group, "kind": req.info.plural, "uid": uid}})
+}
+
+pub fn delete(req: &Req, body: &[u8]) -> ApiResult<Response> {
+    let opts: Value = if body.iter().all(u8::is_ascii_whitespace) {
+        json!({})
+    } else {
+        parse_json(body)?
+    };
+    let name = req.name.clone().unwrap_or_default();
+    let info = &req.info;
+    let k = key(req, &name);
+    let old = req
+        .state
+        .store
+        .get(&k)
+        .ok_or_else(|| not_found(req, &name))?;
+    let uid = meta_str(&old, "uid").unwrap_or_default().to_string();
+    if let Some(want) = opts.pointer("/preconditions/uid").and_then(Value::as_str) {
+        if want != uid {
+            let why = format!(
+                "Precondition failed: UID in precondition: {want}, UID in object meta: {uid}"
+            );
+            return Err(ApiError::conflict(
+                &info.qualified(),
+                &info.group,
+                &info.plural,
+                &name,
+                &why,
+            ));
+        }
+    }
+    if let Some(want) = opts
+        .pointer("/preconditions/resourceVersion")
+        .and_then(Value::as_str)
+    {
+        if want.parse::<u64>().ok() != Some(object_revision(&old)) {
+            return Err(ApiError::modified(
+                &info.qualified(),
+                &info.group,
+                &info.plural,
+                &name,
+            ));
+        }
+    }
+    if info.builtin == Builtin::Namespace {
+        if matches!(name.as_str(), "default" | "kube-system") {
+            return Err(ApiError::forbidden(format!(
+                "namespaces \"{name}\" is forbidden: this namespace may not be deleted"
+            )));
+        }
+        delete_namespace_contents(req, &name);
+    }
+    if dry_run(req)
+        || opts
+            .get("dryRun")
+            .and_then(Value::as_array)
+            .is_some_and(|a| a.iter().any(|v| v == "All"))
+    {
+        return Ok(json_response(200, &success_status(req, &name, &uid)));
+    }
+    if !finalizers(&old).is_empty() {
+        if is_terminating(&old) {
+            return Ok(object_response(req, 200, &view(info, &old)));
+        }
+        let mut new = (*old).clone();
+        set_meta(&mut new, "deletionTimestamp", json!(now()));
+        set_meta(&mut new, "deletionGracePeriodSeconds", json!(0));
+        if info.builtin == Builtin::Custom {
+            let gen = meta(&old)
+                .and_then(|m| m.get("generation"))
+                .and_then(Value::as_i64)
+                .unwrap_or(1);
+            set_meta(&mut new, "generation", json!(gen + 1));
+        }
+        return match req
+            .state
+            .store
+            .commit(&k, Expect::Revision(object_revision(&old)), Some(new))
+        {
+            Ok(change) => Ok(object_response(req, 200, &view(info, &change.object))),
+            Err(Precondition::Failed(e)) => Err(ApiError::internal(e)),
+            Err(_) => Err(ApiError::modified(
+                &info.qualified(),
+                &info.group,
+                &info.plural,
+                &name,
+            )),
+        };
+    }
+    match req
+        .state
+        .store
+        .commit(&k, Expect::Revision(object_revision(&old)), None)
+    {
+        Ok(_) => {
+            req.state.gc_wake.notify_one();
+            Ok(json_response(200, &success_status(req, &name, &uid)))
+        }
+        Err(Precondition::Missing) => Err(not_found(req, &name)),
+        Err(Precondition::Failed(e)) => Err(ApiError::internal(e)),
+        Err(_) => Err(ApiError::modified(
+            &info.qualified(),
+            &info.group,
+            &info.plural,
+            &name,
+        )),
+    }
+}
+
+/// A namespace's objects go with it (the namespace controller's job in Kubernetes).
+fn delete_namespace_contents(req: &Req, ns: &str) {
+    let (_, objects) = req.state.store.snapshot();
+    for (k, obj) in objects.iter().filter(|(k, _)| k.1 == ns) {
+        let _ = req
+            .state
+            .store
+            .commit(k, Expect::Revision(object_revision(obj)), None);
+    }
+}
+
+pub fn delete_collection(req: &Req) -> ApiResult<Response> {
+    let filter = Filter::from_req(req)?;
+    let (_, objects) = req.state.store.snapshot();
+    let mut deleted = Vec::new();
+    for (k, obj) in range(&objects, &req.info.store_key, &filter.namespace, None) {
+        let v = view(&req.info, obj);
+        if !filter.matches(&v) {
+            continue;
+        }
+        let sub = Req {
+            state: req.state.clone(),
+            info: req.info.clone(),
+            namespace: k.1.clone(),
+            name: Some(k.2.clone()),
+            sub: None,
+            query: req.query.clone(),
+            headers: req.headers.clone(),
+            user_agent: req.user_agent.clone(),
+        };
+        if delete(&sub, b"").is_ok() {
+            deleted.push(v);
+        }
+    }
+    let rv = req.state.store.revision().to_string();
+    Ok(json_response(
+        200,
+        &json!({"kind": format!("{}List", req.info.kind), "apiVersion": req.info.api_version(),
+                "metadata": {"resourceVersion": rv}, "items": deleted}),
+    ))
+}
