@@ -347,6 +347,11 @@ async fn deleting_an_in_flight_request_cancels_and_releases_the_host() {
         )
         .await
         .expect("patch");
+    eventually(20, "dispatcher observed the new spec", || async {
+        let d = e.dispatchers.get("sim").await.ok()?;
+        (d.status?.observed_generation == d.metadata.generation).then_some(())
+    })
+    .await;
     create(&e.requests, &request("next", "sim-000", "rocky-9")).await;
     wait_phase(&e.requests, "next", Phase::Succeeded, 30).await;
     eventually(10, "holder cleared", || async {

@@ -27,12 +27,17 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tracing::{info, instrument};
 
-/// The controller over OSDispatchers, also woken by changes to their ManagedHosts.
+/// The controller over OSDispatchers, also woken by changes to their ManagedHosts (the scope's
+/// host watch). Bursts of host changes are debounced into one reconcile.
 pub fn controller(
     dispatchers: Api<OSDispatcher>,
-    hosts: Api<ManagedHost>,
+    hosts: impl futures::Stream<Item = Result<ManagedHost, watcher::Error>> + Send + 'static,
 ) -> Controller<OSDispatcher> {
-    Controller::new(dispatchers, watcher::Config::default()).owns(hosts, watcher::Config::default())
+    Controller::new(dispatchers, watcher::Config::default())
+        .owns_stream(hosts)
+        .with_config(
+            kube::runtime::controller::Config::default().debounce(Duration::from_millis(250)),
+        )
 }
 
 /// Run the controller until shutdown.
@@ -260,21 +265,26 @@ async fn sync_hosts(
     view: &crate::provisioner::inventory::DispatcherView,
     now: Timestamp,
 ) -> Result<Vec<String>, Error> {
-    // Only the hosts that matter to this dispatcher: its own, and any taking a name it reports.
-    // Shared (Arc) references: no deep copies of the store.
-    let existing: BTreeMap<String, Arc<ManagedHost>> = scope
+    // The hosts this dispatcher reports, looked up by name; the scan for its ManagedHosts the
+    // backend stopped reporting runs only when the host set changed or now and then.
+    let ns = key.namespace.as_str();
+    let mut existing: BTreeMap<String, Arc<ManagedHost>> = view
         .hosts
-        .state()
-        .into_iter()
-        .filter(|h| h.namespace().as_deref() == Some(key.namespace.as_str()))
-        .filter(|h| {
-            h.spec.dispatcher == key.name
-                || view
-                    .hosts
-                    .contains_key(h.metadata.name.as_deref().unwrap_or_default())
+        .keys()
+        .filter_map(|name| {
+            scope
+                .hosts
+                .get(&ObjectRef::new(name).within(ns))
+                .map(|h| (name.clone(), h))
         })
-        .map(|h| (h.name_any(), h))
         .collect();
+    if scope.full_host_scan_due(key, view, scope.shared.settings.host_grace) {
+        for h in scope.hosts.state() {
+            if h.namespace().as_deref() == Some(ns) && h.spec.dispatcher == key.name {
+                existing.entry(h.name_any()).or_insert(h);
+            }
+        }
+    }
     let holders: BTreeMap<String, String> = {
         let occ = scope.shared.occupancy();
         view.hosts

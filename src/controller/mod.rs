@@ -23,9 +23,9 @@ use crate::adapter::simulator::SimRegistry;
 use crate::adapter::AdapterError;
 use crate::api::{ManagedHost, OSDispatcher, OSProvisioningRequest};
 use crate::provisioner::inventory::Change;
-use crate::provisioner::occupancy::{HostKey, Occupancy};
+use crate::provisioner::occupancy::{DispKey, HostKey, Occupancy};
 use crate::provisioner::session::Engine;
-use futures::{FutureExt, StreamExt};
+use futures::FutureExt;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -159,9 +159,41 @@ pub struct Scope {
     pub dispatcher_trigger: mpsc::UnboundedSender<ObjectRef<OSDispatcher>>,
     /// The request store was read once to rebuild the occupancy book.
     pub seeded: std::sync::atomic::AtomicBool,
+    /// Per dispatcher: the host set (hashed) and time of the last full ManagedHost scan.
+    pub host_scans: Mutex<HashMap<DispKey, (u64, std::time::Instant)>>,
 }
 
 impl Scope {
+    /// Whether the dispatcher's ManagedHosts must be scanned for hosts the backend no longer
+    /// reports: the reported host set changed, or the last scan is older than the grace period
+    /// (at most 30 s). Records the scan when it is due.
+    pub fn full_host_scan_due(
+        &self,
+        key: &DispKey,
+        view: &crate::provisioner::inventory::DispatcherView,
+        grace: std::time::Duration,
+    ) -> bool {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        for name in view.hosts.keys() {
+            name.hash(&mut hasher);
+        }
+        let set = hasher.finish();
+        let now = std::time::Instant::now();
+        let mut scans = self.host_scans.lock().unwrap_or_else(|p| p.into_inner());
+        let due = match scans.get(key) {
+            Some((last_set, at)) => {
+                *last_set != set
+                    || now.duration_since(*at) >= grace.min(std::time::Duration::from_secs(30))
+            }
+            None => true,
+        };
+        if due {
+            scans.insert(key.clone(), (set, now));
+        }
+        due
+    }
+
     fn covers(&self, namespace: &str) -> bool {
         self.namespace.as_deref().is_none_or(|n| n == namespace)
     }
@@ -395,6 +427,10 @@ async fn reconcile(
 
 type Task = futures::future::BoxFuture<'static, ()>;
 
+fn strip_managed_fields<K: kube::Resource>(obj: &mut K) {
+    obj.meta_mut().managed_fields = None;
+}
+
 fn scope_tasks(
     shared: Arc<Shared>,
     namespace: Option<String>,
@@ -402,18 +438,27 @@ fn scope_tasks(
 ) -> (Arc<Scope>, Vec<Task>) {
     let client = shared.client.clone();
     let ns = namespace.as_deref();
+    // One watch and one store per kind. Stored copies drop managedFields: the controller never
+    // reads them and they are a large part of each object.
     let (host_store, host_writer) = reflector::store::<ManagedHost>();
-    let host_reflector = reflector(
-        host_writer,
-        watcher(api::<ManagedHost>(&client, ns), watcher::Config::default()),
+    let host_stream = watcher(api::<ManagedHost>(&client, ns), watcher::Config::default())
+        .default_backoff()
+        .modify(strip_managed_fields)
+        .reflect(host_writer)
+        .touched_objects();
+    let (request_store, request_writer) = reflector::store::<OSProvisioningRequest>();
+    let request_stream = watcher(
+        api::<OSProvisioningRequest>(&client, ns),
+        watcher::Config::default(),
     )
     .default_backoff()
-    .touched_objects()
-    .for_each(|_| async {});
+    .modify(strip_managed_fields)
+    .reflect(request_writer)
+    .touched_objects();
     let (request_trigger, request_rx) = mpsc::unbounded_channel();
     let (dispatcher_trigger, dispatcher_rx) = mpsc::unbounded_channel();
-    let request_controller = requests::controller(api(&client, ns));
-    let dispatcher_controller = dispatchers::controller(api(&client, ns), api(&client, ns));
+    let request_controller = requests::controller(request_stream, request_store);
+    let dispatcher_controller = dispatchers::controller(api(&client, ns), host_stream);
     let scope = Arc::new(Scope {
         shared,
         namespace,
@@ -423,9 +468,9 @@ fn scope_tasks(
         request_trigger,
         dispatcher_trigger,
         seeded: Default::default(),
+        host_scans: Mutex::new(HashMap::new()),
     });
     let tasks: Vec<Task> = vec![
-        host_reflector.boxed(),
         requests::run(
             request_controller,
             scope.clone(),

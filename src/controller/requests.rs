@@ -47,11 +47,14 @@ struct Job<'a> {
     op_id: Option<String>,
 }
 
-/// The controller over requests.
-pub fn controller(api: Api<Request>) -> Controller<Request> {
+/// The controller over requests, fed by the scope's request watch (which also fills `store`).
+pub fn controller(
+    requests: impl futures::Stream<Item = Result<Request, watcher::Error>> + Send + 'static,
+    store: kube::runtime::reflector::Store<Request>,
+) -> Controller<Request> {
     // A bounded number of reconciles at once keeps a burst of thousands of requests from
     // flooding the API server; each reconcile is short (no call waits for a provisioning).
-    Controller::new(api, watcher::Config::default())
+    Controller::for_stream(requests, store)
         .with_config(kube::runtime::controller::Config::default().concurrency(64))
 }
 

@@ -121,16 +121,28 @@ where
     }
 }
 
-/// Wait until request `name` reaches `phase`; returns the request.
+/// Wait until request `name` reaches `phase`; returns the request. On timeout the panic shows
+/// the request's last status.
 pub async fn wait_phase(
     api: &Api<OSProvisioningRequest>,
     name: &str,
     phase: Phase,
     secs: u64,
 ) -> OSProvisioningRequest {
-    eventually(secs, &format!("{name} to be {phase:?}"), || async {
-        let r = api.get(name).await.ok()?;
-        (r.status.as_ref()?.phase == Some(phase)).then_some(r)
-    })
-    .await
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let r = api.get(name).await.ok();
+        if let Some(r) = &r {
+            if r.status.as_ref().and_then(|s| s.phase) == Some(phase) {
+                return r.clone();
+            }
+        }
+        if tokio::time::Instant::now() > deadline {
+            let status = r
+                .and_then(|r| r.status)
+                .map(|s| serde_json::to_string(&s).unwrap_or_default());
+            panic!("timed out after {secs}s waiting for {name} to be {phase:?}; last status: {status:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
