@@ -7,16 +7,13 @@ mod support;
 
 use harness::*;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::ByteString;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams};
 use osprov::adapter::simulator::SimRegistry;
 use osprov::api::{
-    conditions, CredentialsSecretRef, ManagedHost, OSDispatcher, OSDispatcherSpec,
-    OSProvisioningRequest, Phase, RedfishImage, RedfishSpec, RedfishTls, SecretKeyRef,
+    conditions, ManagedHost, OSDispatcher, OSProvisioningRequest, Phase, RedfishSpec,
 };
 use osprov::controller::settings::{MetricsAddr, Settings};
 use redfish_support::*;
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,17 +29,6 @@ struct Rig {
     dispatchers: Api<OSDispatcher>,
     hosts: Api<ManagedHost>,
     secrets: Api<Secret>,
-}
-
-fn secret(name: &str, data: &[(&str, &str)]) -> Secret {
-    let mut s = Secret::default();
-    s.metadata.name = Some(name.into());
-    s.data = Some(
-        data.iter()
-            .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
-            .collect::<BTreeMap<_, _>>(),
-    );
-    s
 }
 
 impl Rig {
@@ -66,18 +52,7 @@ impl Rig {
             iso,
             ctl: None,
         };
-        let pp = PostParams::default();
-        rig.secrets
-            .create(
-                &pp,
-                &secret("bmc", &[("username", USER), ("password", password)]),
-            )
-            .await
-            .expect("credentials Secret");
-        rig.secrets
-            .create(&pp, &secret("bmc-ca", &[("ca.crt", &rig.emu.cert_pem)]))
-            .await
-            .expect("CA Secret");
+        create_bmc_secrets(&rig.secrets, &rig.emu, password).await;
         rig
     }
 
@@ -103,45 +78,11 @@ impl Rig {
     }
 
     fn spec(&self, with_ca: bool) -> RedfishSpec {
-        RedfishSpec {
-            endpoint: self.emu.endpoint(),
-            credentials_secret_ref: CredentialsSecretRef {
-                name: "bmc".into(),
-                username_key: None,
-                password_key: None,
-            },
-            tls: with_ca.then(|| RedfishTls {
-                ca_secret_ref: Some(SecretKeyRef {
-                    name: "bmc-ca".into(),
-                    key: None,
-                }),
-                insecure_skip_verify: false,
-            }),
-            images: vec![RedfishImage {
-                name: "ubuntu-24.04".into(),
-                url: self.iso.url("ubuntu-24.04"),
-                checksum: None,
-            }],
-            systems: vec![],
-            callback_timeout: None,
-            requests_per_second: Some(200),
-            max_connections: Some(8),
-        }
+        redfish_spec(&self.emu, &self.iso, with_ca)
     }
 
     async fn dispatcher(&self, spec: RedfishSpec) {
-        let d = OSDispatcher::new(
-            "bmc",
-            OSDispatcherSpec {
-                adapter: osprov::api::AdapterKind::Redfish,
-                provisioner: "osp".into(),
-                lookup_interval: Some("1s".into()),
-                max_concurrent: None,
-                simulator: None,
-                redfish: Some(spec),
-            },
-        );
-        create(&self.dispatchers, &d).await;
+        create(&self.dispatchers, &redfish_dispatcher("bmc", spec)).await;
     }
 
     async fn wait_hosts(&self, n: usize) -> Vec<ManagedHost> {
@@ -186,21 +127,7 @@ impl Rig {
 
     /// Wait until system `i` has the ISO inserted; return the callback URL the image carries.
     async fn wait_inserted(&self, i: usize) -> String {
-        let media = eventually(60, "media inserted", || async {
-            let m = self.media(i).await;
-            (m["Inserted"] == true).then_some(m)
-        })
-        .await;
-        let image = media["Image"].as_str().expect("Image").to_string();
-        assert!(image.starts_with(&self.iso.url("ubuntu-24.04")), "{image}");
-        let encoded = image
-            .split("osprov_callback=")
-            .nth(1)
-            .expect("callback in URL");
-        percent_encoding::percent_decode_str(encoded)
-            .decode_utf8()
-            .expect("utf8")
-            .to_string()
+        wait_inserted(&self.emu, &self.iso, i).await
     }
 
     fn resets(&self, i: usize) -> usize {
@@ -212,19 +139,6 @@ impl Rig {
         self.emu
             .count("POST", &system_uuid(i), "/Actions/VirtualMedia.InsertMedia")
     }
-}
-
-async fn post(url: &str, body: &str) -> u16 {
-    reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("client")
-        .post(url)
-        .body(body.to_string())
-        .send()
-        .await
-        .map(|r| r.status().as_u16())
-        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

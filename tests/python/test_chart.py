@@ -31,10 +31,6 @@ EVERYTHING = {
 }
 VARIANTS = {"default": {}, "ha": HA, "namespaced": NAMESPACED, "everything": EVERYTHING}
 
-# Settings the chart passes that the binary does not read yet, with the work that adds them.
-PENDING_ENV = {"OSPROV_CALLBACK_ADDR": "the Redfish adapter's callback server"}
-
-
 def container(docs):
     return one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
 
@@ -101,7 +97,8 @@ def test_default_deployment_is_locked_down():
     assert e["OSPROV_METRICS_ADDR"] == "0.0.0.0:9090"
     assert e["OSPROV_IDENTIFIER"] == "osp" and e["OSPROV_LOOKUP_INTERVAL"] == "10s"
     assert e["OSPROV_LEADER_ELECT"] == "true"
-    assert "OSPROV_NAMESPACES" not in e and "OSPROV_CALLBACK_ADDR" not in e
+    assert "OSPROV_NAMESPACES" not in e
+    assert "OSPROV_CALLBACK_ADDR" not in e and "OSPROV_CALLBACK_URL" not in e
     assert c["args"] == ["controller"]
     assert c["image"] == f"osprov/osprov:{helm.Chart.load(str(CHART)).metadata['appVersion']}"
     assert by_kind(docs, "PodDisruptionBudget") == []
@@ -118,7 +115,7 @@ def test_the_binary_reads_every_setting_the_chart_passes():
     assert "OSPROV_LEADER_ELECT" in known
     for variant in VARIANTS.values():
         for name in env(render(variant)):
-            if name.startswith("OSPROV_") and name not in PENDING_ENV:
+            if name.startswith("OSPROV_"):
                 assert name in known, f"the chart sets {name}, which osprov does not read"
 
 
@@ -172,7 +169,19 @@ def test_callback_service_only_when_enabled():
     assert svc["spec"]["ports"] == [{"name": "callback", "port": 443, "targetPort": "callback", "protocol": "TCP"}]
     ports = {p["name"]: p["containerPort"] for p in container(docs)["ports"]}
     assert ports["callback"] == 9443
-    assert env(docs)["OSPROV_CALLBACK_ADDR"] == "0.0.0.0:9443"
+    e = env(docs)
+    assert e["OSPROV_CALLBACK_ADDR"] == "0.0.0.0:9443"
+    # Images reach the Service (its port, not the container's) by its in-cluster name.
+    svc_name = svc["metadata"]["name"]
+    assert e["OSPROV_CALLBACK_URL"] == f"http://{svc_name}.{NAMESPACE}.svc:443"
+
+
+def test_callback_url_can_be_overridden():
+    url = "https://osprov-callback.lab.example.net:8443/"
+    e = env(render({"callback": {"enabled": True, "url": url}}))
+    assert e["OSPROV_CALLBACK_URL"] == url.rstrip("/")
+    assert e["OSPROV_CALLBACK_ADDR"] == "0.0.0.0:8443"
+    assert "OSPROV_CALLBACK_URL" not in env(render({"callback": {"url": url}}))
 
 
 def test_service_monitor():
@@ -193,6 +202,7 @@ def test_service_monitor():
     {"leaderElection": {"enabled": True, "leaseDuration": "1.5s"}},
     {"replicaCount": -1},
     {"watchNamespaces": ["Not A Namespace"]},
+    {"callback": {"enabled": True, "url": "osprov.example.net:8443"}},
     {"unknownKey": 1},
 ])
 def test_schema_rejects_bad_values(bad):

@@ -337,3 +337,128 @@ impl Drop for IsoServer {
 pub fn note(msg: &str) {
     let _ = writeln!(std::io::stderr(), "[redfish test] {msg}");
 }
+
+/// A Secret with `data` (keys to plain-text values).
+pub fn secret(name: &str, data: &[(&str, &str)]) -> k8s_openapi::api::core::v1::Secret {
+    let mut s = k8s_openapi::api::core::v1::Secret::default();
+    s.metadata.name = Some(name.into());
+    s.data = Some(
+        data.iter()
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    k8s_openapi::ByteString(v.as_bytes().to_vec()),
+                )
+            })
+            .collect(),
+    );
+    s
+}
+
+/// The credentials Secret `bmc` (USER / `password`) and the CA Secret `bmc-ca` (the emulator's
+/// certificate) that [`redfish_spec`] names, created in `secrets`' namespace.
+pub async fn create_bmc_secrets(
+    secrets: &kube::Api<k8s_openapi::api::core::v1::Secret>,
+    emu: &Emulator,
+    password: &str,
+) {
+    let pp = kube::api::PostParams::default();
+    secrets
+        .create(
+            &pp,
+            &secret("bmc", &[("username", USER), ("password", password)]),
+        )
+        .await
+        .expect("credentials Secret");
+    secrets
+        .create(&pp, &secret("bmc-ca", &[("ca.crt", &emu.cert_pem)]))
+        .await
+        .expect("CA Secret");
+}
+
+/// A Redfish dispatcher spec for `emu` with the Secrets of [`create_bmc_secrets`] (the CA one
+/// only when `with_ca`) and one image, `ubuntu-24.04`, served by `iso`.
+pub fn redfish_spec(emu: &Emulator, iso: &IsoServer, with_ca: bool) -> osprov::api::RedfishSpec {
+    use osprov::api::{CredentialsSecretRef, RedfishImage, RedfishSpec, RedfishTls, SecretKeyRef};
+    RedfishSpec {
+        endpoint: emu.endpoint(),
+        credentials_secret_ref: CredentialsSecretRef {
+            name: "bmc".into(),
+            username_key: None,
+            password_key: None,
+        },
+        tls: with_ca.then(|| RedfishTls {
+            ca_secret_ref: Some(SecretKeyRef {
+                name: "bmc-ca".into(),
+                key: None,
+            }),
+            insecure_skip_verify: false,
+        }),
+        images: vec![RedfishImage {
+            name: "ubuntu-24.04".into(),
+            url: iso.url("ubuntu-24.04"),
+            checksum: None,
+        }],
+        systems: vec![],
+        callback_timeout: None,
+        requests_per_second: Some(200),
+        max_connections: Some(8),
+    }
+}
+
+/// A Redfish OSDispatcher named `name` for provisioner `osp`.
+pub fn redfish_dispatcher(name: &str, spec: osprov::api::RedfishSpec) -> osprov::api::OSDispatcher {
+    osprov::api::OSDispatcher::new(
+        name,
+        osprov::api::OSDispatcherSpec {
+            adapter: osprov::api::AdapterKind::Redfish,
+            provisioner: "osp".into(),
+            lookup_interval: Some("1s".into()),
+            max_concurrent: None,
+            simulator: None,
+            redfish: Some(spec),
+        },
+    )
+}
+
+/// Wait until system `i` has the ISO from `iso` inserted; return the callback URL its image URL
+/// carries (what the installer would call).
+pub async fn wait_inserted(emu: &Emulator, iso: &IsoServer, i: usize) -> String {
+    let path = format!("/redfish/v1/Systems/{}/VirtualMedia/Cd", system_uuid(i));
+    let mut media = serde_json::Value::Null;
+    for _ in 0..600 {
+        media = emu.get(&path).await;
+        if media["Inserted"] == true {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        media["Inserted"], true,
+        "media not inserted in 60 s: {media}"
+    );
+    let image = media["Image"].as_str().expect("Image").to_string();
+    assert!(image.starts_with(&iso.url("ubuntu-24.04")), "{image}");
+    let encoded = image
+        .split("osprov_callback=")
+        .nth(1)
+        .expect("callback in URL");
+    percent_encoding::percent_decode_str(encoded)
+        .decode_utf8()
+        .expect("utf8")
+        .to_string()
+}
+
+/// POST `body` to `url` as the installer would; the HTTP status (0: no answer).
+pub async fn post(url: &str, body: &str) -> u16 {
+    reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client")
+        .post(url)
+        .body(body.to_string())
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}

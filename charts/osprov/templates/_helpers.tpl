@@ -58,8 +58,11 @@ rules with the API requests the controller really makes, both ways):
 - OSProvisioningRequests: watch them, add/remove the finalizer (patch), read and write status;
 - OSDispatchers: watch them, write status;
 - ManagedHosts: watch, create, delete, read one after a create race, write status;
-- events.k8s.io Events: create, and patch the series of a repeated event.
-Secrets are not granted yet: no adapter reads them so far.
+- events.k8s.io Events: create, and patch the series of a repeated event;
+- Secrets (Redfish adapter and callback endpoint): get the credentials and CA Secrets a
+  dispatcher names; create, get, update and list (by label) the per-operation Secrets
+  osprov-op-<key>. Never watch, patch or delete: the operation Secrets are owned by their
+  request and garbage-collected with it.
 */}}
 {{- define "osprov.rules" -}}
 - apiGroups: ["osprov.io"]
@@ -83,4 +86,17 @@ Secrets are not granted yet: no adapter reads them so far.
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "list", "create", "update"]
+{{- end }}
+
+{{/* The URL under which images reach the callback endpoint (OSPROV_CALLBACK_URL): callback.url,
+else the callback Service's in-cluster DNS name and port. */}}
+{{- define "osprov.callbackUrl" -}}
+{{- if .Values.callback.url }}
+{{- .Values.callback.url | trimSuffix "/" }}
+{{- else }}
+{{- printf "http://%s-callback.%s.svc:%d" (include "osprov.fullname" .) .Release.Namespace (int .Values.callback.service.port) }}
+{{- end }}
 {{- end }}
