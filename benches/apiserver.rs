@@ -54,7 +54,9 @@ where
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let objects = env("BENCH_OBJECTS", 10_000);
+    // `cargo bench` passes --bench; run as a test (`cargo test --all-targets`) it is a small smoke run.
+    let full = std::env::args().any(|a| a == "--bench");
+    let objects = env("BENCH_OBJECTS", if full { 10_000 } else { 200 });
     let watchers = env("BENCH_WATCHERS", 10);
     let concurrency = env("BENCH_CONCURRENCY", 32);
     let dir = tempfile::tempdir()?;
