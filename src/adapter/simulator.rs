@@ -102,7 +102,9 @@ fn host_name(prefix: &str, index: usize, count: usize) -> String {
 
 impl SimFleet {
     fn new(spec: &SimulatorSpec) -> Self {
-        let (events, _) = broadcast::channel(4096);
+        // A small ring: a subscriber that lags loses events and the next discovery catches it up,
+        // while a large ring would keep thousands of old events alive per fleet.
+        let (events, _) = broadcast::channel(256);
         SimFleet {
             state: Mutex::new(FleetState {
                 spec: spec.clone(),

@@ -96,7 +96,9 @@ impl Default for Engine {
 
 impl Engine {
     pub fn new() -> Self {
-        let (changes, _) = broadcast::channel(65_536);
+        // Bounded: a lagging reader gets a Lagged error and the controller then wakes every
+        // dispatcher, so nothing is lost; a huge ring would keep old changes alive.
+        let (changes, _) = broadcast::channel(8192);
         Engine {
             shared: Arc::new(Shared {
                 cache: RwLock::new(HashMap::new()),
