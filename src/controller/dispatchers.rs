@@ -11,7 +11,6 @@ use crate::api::{
 };
 use crate::provisioner::occupancy::{DispKey, HostKey};
 use crate::provisioner::session::SessionConfig;
-use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, PostParams};
@@ -24,7 +23,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::UnboundedReceiverStream;
 use tracing::{info, instrument};
 
 /// The controller over OSDispatchers, also woken by changes to their ManagedHosts (the scope's
@@ -47,16 +45,16 @@ pub async fn run(
     triggers: mpsc::UnboundedReceiver<ObjectRef<OSDispatcher>>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    controller
-        .reconcile_on(UnboundedReceiverStream::new(triggers))
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, scope)
-        .for_each(|_| async {})
-        .await;
-}
-
-fn error_policy(_d: Arc<OSDispatcher>, err: &Error, scope: Arc<Scope>) -> Action {
-    super::on_error("dispatcher", err, &scope, Duration::from_secs(5))
+    super::drive(
+        controller,
+        scope,
+        triggers,
+        shutdown,
+        "dispatcher",
+        Duration::from_secs(5),
+        reconcile,
+    )
+    .await;
 }
 
 /// Build the adapter a dispatcher's spec asks for. A Redfish dispatcher's Secrets were read by

@@ -126,6 +126,41 @@ pub fn on_error(
     kube::runtime::controller::Action::requeue(fallback)
 }
 
+/// Drive one controller until shutdown: its watch, the engine's triggers, the reconciler and the
+/// shared error policy (labelled `name` in metrics and logs, `fallback` requeue on errors).
+pub async fn drive<K, Fut>(
+    controller: kube::runtime::Controller<K>,
+    scope: Arc<Scope>,
+    triggers: mpsc::UnboundedReceiver<ObjectRef<K>>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+    name: &'static str,
+    fallback: std::time::Duration,
+    reconcile: impl FnMut(Arc<K>, Arc<Scope>) -> Fut,
+) where
+    K: Clone
+        + kube::Resource<DynamicType = ()>
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    Fut: futures::TryFuture<Ok = kube::runtime::controller::Action, Error = Error> + Send + 'static,
+{
+    use futures::StreamExt;
+    controller
+        .reconcile_on(tokio_stream::wrappers::UnboundedReceiverStream::new(
+            triggers,
+        ))
+        .graceful_shutdown_on(shutdown)
+        .run(
+            reconcile,
+            move |_obj, err, scope| on_error(name, err, &scope, fallback),
+            scope,
+        )
+        .for_each(|_| async {})
+        .await;
+}
+
 /// What every reconcile shares, whatever its namespace.
 pub struct Shared {
     pub client: Client,

@@ -16,7 +16,6 @@ use crate::provisioner::plan::{
     self, Action as Plan, Cleanup, OpObservation, RequestView, RetryPolicy, World,
 };
 use crate::provisioner::status::{cancelled_status, next_status};
-use futures::StreamExt;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::PostParams;
 use kube::runtime::controller::{Action, Controller};
@@ -30,7 +29,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::UnboundedReceiverStream;
 use tracing::{debug, info, instrument, warn};
 
 type Request = OSProvisioningRequest;
@@ -65,16 +63,11 @@ pub async fn run(
     triggers: mpsc::UnboundedReceiver<ObjectRef<Request>>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    controller
-        .reconcile_on(UnboundedReceiverStream::new(triggers))
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, scope)
-        .for_each(|_| async {})
-        .await;
-}
-
-fn error_policy(_r: Arc<Request>, err: &Error, scope: Arc<Scope>) -> Action {
-    super::on_error("request", err, &scope, scope.shared.settings.poll_interval)
+    let fallback = scope.shared.settings.poll_interval;
+    super::drive(
+        controller, scope, triggers, shutdown, "request", fallback, reconcile,
+    )
+    .await;
 }
 
 #[instrument(skip_all, fields(request = %req.name_any(), namespace = req.namespace().unwrap_or_default()))]
