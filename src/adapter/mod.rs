@@ -168,3 +168,17 @@ pub trait Adapter: Send + Sync {
     /// Stop an operation where the backend can.
     async fn cancel(&self, host_id: &str, token: &str) -> Result<CancelOutcome, AdapterError>;
 }
+
+/// A host as tests need it: on, idle, running `os`, offering images `a` and `b`.
+#[cfg(test)]
+pub fn test_host(name: &str, os: &str) -> HostInfo {
+    HostInfo {
+        id: format!("id-{name}"),
+        name: name.into(),
+        current_os: Some(os.into()),
+        available_os: vec!["a".into(), "b".into()],
+        power: PowerState::On,
+        provisioning: HostProvisioningState::Idle,
+        details: BTreeMap::new(),
+    }
+}

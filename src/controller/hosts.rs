@@ -146,19 +146,8 @@ pub fn diff(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{HostProvisioningState, PowerState};
 
-    fn host(name: &str, os: &str) -> HostInfo {
-        HostInfo {
-            id: format!("id-{name}"),
-            name: name.into(),
-            current_os: Some(os.into()),
-            available_os: vec!["a".into(), "b".into()],
-            power: PowerState::On,
-            provisioning: HostProvisioningState::Idle,
-            details: Default::default(),
-        }
-    }
+    use crate::adapter::test_host as host;
 
     fn t(s: i64) -> Timestamp {
         Timestamp::from_second(1_800_000_000 + s).unwrap_or(Timestamp::UNIX_EPOCH)

@@ -163,19 +163,8 @@ pub fn remove_host(key: &DispKey, view: &mut DispatcherView, id: &str) -> Vec<Ch
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::PowerState;
 
-    fn host(name: &str, os: &str) -> HostInfo {
-        HostInfo {
-            id: format!("id-{name}"),
-            name: name.into(),
-            current_os: Some(os.into()),
-            available_os: vec!["a".into(), "b".into()],
-            power: PowerState::On,
-            provisioning: HostProvisioningState::Idle,
-            details: Default::default(),
-        }
-    }
+    use crate::adapter::test_host as host;
 
     #[test]
     fn names_are_sanitised() {
