@@ -11,6 +11,7 @@
 //! health and metrics endpoint and the provisioning callback endpoint on standbys too.
 pub mod callback;
 pub mod dispatchers;
+pub mod events;
 pub mod hosts;
 pub mod leader;
 pub mod metrics;
@@ -27,7 +28,6 @@ use crate::provisioner::occupancy::{DispKey, HostKey, Occupancy};
 use crate::provisioner::session::Engine;
 use futures::FutureExt;
 use k8s_openapi::jiff::Timestamp;
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{reflector, watcher, WatchStreamExt};
 use kube::{Api, Client};
@@ -170,7 +170,7 @@ pub struct Shared {
     pub occupancy: Mutex<Occupancy>,
     /// When each (request uid, generation) was first looked at: "fresh" discoveries finish later.
     pub first_seen: Mutex<HashMap<(String, i64), Timestamp>>,
-    pub recorder: Recorder,
+    pub events: events::Publisher,
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
     /// Outcomes reported to the provisioning callback endpoint.
@@ -409,12 +409,15 @@ async fn reconcile(
         health,
         callbacks,
     } = endpoints;
-    let reporter = Reporter {
-        controller: format!("osprov-{}", settings.identifier),
-        instance: instance.or_else(|| std::env::var("POD_NAME").ok()),
+    let controller_name = format!("osprov-{}", settings.identifier);
+    let reporter = events::Reporter {
+        instance: instance
+            .or_else(|| std::env::var("POD_NAME").ok())
+            .unwrap_or_else(|| controller_name.clone()),
+        controller: controller_name,
     };
     let shared = Arc::new(Shared {
-        recorder: Recorder::new(client.clone(), reporter),
+        events: events::Publisher::new(client.clone(), reporter),
         client: client.clone(),
         engine: Arc::new(Engine::new()),
         sims,

@@ -7,6 +7,7 @@
 //! recorded is only ever resumed with the same token. Deletion goes through kube-runtime's
 //! finalizer helper: an in-flight operation is cancelled where the backend can, and the host is
 //! always released.
+use super::events::{EventType, Note};
 use super::world::{self, is_terminal, Located};
 use super::{Error, Scope};
 use crate::adapter::{AdapterError, OperationState};
@@ -19,7 +20,6 @@ use crate::provisioner::status::{cancelled_status, next_status};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::PostParams;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType};
 use kube::runtime::finalizer::{finalizer, Event as Finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
@@ -449,20 +449,16 @@ async fn publish(scope: &Scope, req: &Request, st: &OSProvisioningRequestStatus)
         Some(Phase::Failed | Phase::Rejected) => EventType::Warning,
         _ => EventType::Normal,
     };
-    let ev = Event {
+    let note = Note {
         type_,
         reason: st.reason.clone().unwrap_or_else(|| phase.to_string()),
-        note: Some(format!(
-            "{phase}: {}",
-            st.message.clone().unwrap_or_default()
-        )),
+        note: format!("{phase}: {}", st.message.as_deref().unwrap_or_default()),
         action: phase.to_string(),
-        secondary: None,
     };
     if let Err(e) = scope
         .shared
-        .recorder
-        .publish(&ev, &req.object_ref(&()))
+        .events
+        .publish(&req.object_ref(&()), &note)
         .await
     {
         debug!(error = %e, "could not publish event");
