@@ -15,6 +15,8 @@ apt_install() {
     fi
 }
 
+# A C toolchain builds jemalloc (tikv-jemalloc-sys).
+command -v cc >/dev/null 2>&1 && command -v make >/dev/null 2>&1 || apt_install gcc make
 # kubectl for the kubectl end-to-end tests.
 command -v kubectl >/dev/null 2>&1 || apt_install kubernetes-client
 
