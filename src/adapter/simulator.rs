@@ -78,9 +78,37 @@ struct SimOp {
     state: OperationState,
 }
 
+/// One simulated host: only what changes. Its name, catalogue and details follow from the fleet's
+/// spec and the host's index, and are put together when a [`HostInfo`] is asked for, so a fleet
+/// of thousands of hosts holds a few bytes per host.
+struct SimHost {
+    index: usize,
+    current_os: Option<String>,
+    power: PowerState,
+    provisioning: HostProvisioningState,
+}
+
+impl SimHost {
+    fn info(&self, id: &str, spec: &SimulatorSpec) -> HostInfo {
+        HostInfo {
+            id: id.to_string(),
+            name: id.to_string(),
+            current_os: self.current_os.clone(),
+            available_os: spec.os_images.clone(),
+            power: self.power,
+            provisioning: self.provisioning,
+            details: BTreeMap::from([
+                ("manufacturer".to_string(), "osprov simulator".to_string()),
+                ("serial".to_string(), format!("SIM{:06}", self.index)),
+            ]),
+        }
+    }
+}
+
 struct FleetState {
     spec: SimulatorSpec,
-    hosts: BTreeMap<String, HostInfo>,
+    /// host id → host
+    hosts: BTreeMap<String, SimHost>,
     /// token → operation
     ops: HashMap<String, SimOp>,
     /// host → token of the running operation
@@ -127,29 +155,27 @@ impl SimFleet {
         let mut st = self.lock();
         st.spec = spec.clone();
         let count = usize::try_from(spec.hosts).unwrap_or(0);
-        let wanted: Vec<String> = (0..count)
-            .map(|i| host_name(&spec.host_prefix, i, count))
+        let wanted: BTreeMap<String, usize> = (0..count)
+            .map(|i| (host_name(&spec.host_prefix, i, count), i))
             .collect();
-        st.hosts.retain(|id, _| wanted.contains(id));
+        st.hosts.retain(|id, _| wanted.contains_key(id));
         let initial = spec
             .initial_os
             .clone()
             .or_else(|| spec.os_images.first().cloned());
-        for (i, id) in wanted.iter().enumerate() {
-            let host = st.hosts.entry(id.clone()).or_insert_with(|| HostInfo {
-                id: id.clone(),
-                name: id.clone(),
+        for (id, index) in wanted {
+            st.hosts.entry(id).or_insert_with(|| SimHost {
+                index,
                 current_os: initial.clone(),
-                available_os: Vec::new(),
                 power: PowerState::On,
                 provisioning: HostProvisioningState::Idle,
-                details: BTreeMap::from([
-                    ("manufacturer".to_string(), "osprov simulator".to_string()),
-                    ("serial".to_string(), format!("SIM{i:06}")),
-                ]),
             });
-            host.available_os = spec.os_images.clone();
         }
+    }
+
+    /// A host's facts as the backend reports them.
+    fn host_info(st: &FleetState, id: &str) -> Option<HostInfo> {
+        st.hosts.get(id).map(|h| h.info(id, &st.spec))
     }
 
     /// Counters so far.
@@ -159,7 +185,7 @@ impl SimFleet {
 
     /// A host's current facts.
     pub fn host(&self, id: &str) -> Option<HostInfo> {
-        self.lock().hosts.get(id).cloned()
+        Self::host_info(&self.lock(), id)
     }
 
     /// Make the backend reachable or not without touching the dispatcher spec.
@@ -234,7 +260,7 @@ impl SimFleet {
             host.current_os = if fail { None } else { Some(os) };
             host.power = PowerState::On;
         }
-        let host = st.hosts.get(&host_id).cloned();
+        let host = SimFleet::host_info(&st, &host_id);
         self.emit(
             &st,
             BackendEvent::OperationChanged {
@@ -277,7 +303,11 @@ impl Adapter for SimulatorAdapter {
         SimFleet::check_reachable(&st)?;
         st.stats.discoveries += 1;
         Ok(Inventory {
-            hosts: st.hosts.values().cloned().collect(),
+            hosts: st
+                .hosts
+                .iter()
+                .map(|(id, h)| h.info(id, &st.spec))
+                .collect(),
         })
     }
 
@@ -300,11 +330,10 @@ impl Adapter for SimulatorAdapter {
                 state: op.state.clone(),
             });
         }
-        let host = st
-            .hosts
-            .get(host_id)
-            .ok_or_else(|| AdapterError::UnknownHost(host_id.to_string()))?;
-        if !host.available_os.iter().any(|o| o == os) {
+        if !st.hosts.contains_key(host_id) {
+            return Err(AdapterError::UnknownHost(host_id.to_string()));
+        }
+        if !st.spec.os_images.iter().any(|o| o == os) {
             return Err(AdapterError::UnknownOs {
                 host: host_id.to_string(),
                 os: os.to_string(),
@@ -339,7 +368,7 @@ impl Adapter for SimulatorAdapter {
         if let Some(host) = st.hosts.get_mut(host_id) {
             host.provisioning = HostProvisioningState::Provisioning;
         }
-        let host = st.hosts.get(host_id).cloned();
+        let host = SimFleet::host_info(&st, host_id);
         if let Some(host) = host {
             fleet.emit(&st, BackendEvent::HostChanged(host));
         }
@@ -390,7 +419,7 @@ impl Adapter for SimulatorAdapter {
             host.provisioning = HostProvisioningState::Idle;
             host.current_os = None;
         }
-        let host = st.hosts.get(&host_id).cloned();
+        let host = SimFleet::host_info(&st, &host_id);
         fleet.emit(
             &st,
             BackendEvent::OperationChanged {
