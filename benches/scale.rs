@@ -5,7 +5,10 @@
 //! controller` binary in a child process (so its peak RSS is its own), talking to the API over
 //! HTTP. Reports: time to discover and sync every ManagedHost, time for all requests to succeed,
 //! request→dispatch latency (request created → `status.operation.started`, recorded just before the
-//! backend call) p50/p99, and the controller's peak RSS (VmHWM).
+//! backend call) p50/p99, and the controller's peak RSS (VmHWM) until the ManagedHosts mirror the
+//! new OS. Then a restart: a new controller process over everything (its simulated fleets start
+//! again, so every ManagedHost changes back), the time to re-sync every ManagedHost and that
+//! process's peak RSS; no finished request may change.
 //!
 //! `cargo bench --bench scale` runs the full size (10,000 hosts over 100 dispatchers); run without
 //! `--bench` (as `cargo test --all-targets` does) it runs a small smoke size and checks the result.
@@ -119,19 +122,22 @@ async fn main() {
     // OSPROV_BENCH_METRICS=127.0.0.1:9393 exposes the controller's metrics while it runs.
     let log_level = std::env::var("OSPROV_BENCH_LOG").unwrap_or_else(|_| "warn".into());
     let metrics_addr = std::env::var("OSPROV_BENCH_METRICS").unwrap_or_else(|_| "off".into());
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_osprov"))
-        .args([
-            "controller",
-            "--metrics-addr",
-            &metrics_addr,
-            "--log-level",
-            &log_level,
-            "--poll-interval",
-            "1s",
-        ])
-        .env("KUBECONFIG", &kubeconfig)
-        .spawn()
-        .expect("controller starts");
+    let spawn = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_osprov"))
+            .args([
+                "controller",
+                "--metrics-addr",
+                &metrics_addr,
+                "--log-level",
+                &log_level,
+                "--poll-interval",
+                "1s",
+            ])
+            .env("KUBECONFIG", &kubeconfig)
+            .spawn()
+            .expect("controller starts")
+    };
+    let mut child = spawn();
     let pid = child.id();
 
     let dispatchers: Api<OSDispatcher> = Api::namespaced(client.clone(), "default");
@@ -208,7 +214,6 @@ async fn main() {
     })
     .await;
     let converge_total = first_create.elapsed();
-    let rss = peak_rss_kib(pid);
     let list = requests
         .list(&ListParams::default())
         .await
@@ -222,8 +227,58 @@ async fn main() {
             Some(started.duration_since(*created).as_secs_f64())
         })
         .collect();
+    // The ManagedHosts mirror the new OS (the backend's events reach the host sync).
+    let mirrored = |os: &'static str| {
+        let host_store = host_store.clone();
+        move || {
+            let list = host_store.state();
+            let ok = list.len() == total
+                && list
+                    .iter()
+                    .all(|h| h.status.as_ref().and_then(|s| s.current_os.as_deref()) == Some(os));
+            async move { ok }
+        }
+    };
+    wait_until(
+        Duration::from_secs(300),
+        "ManagedHosts showing the new OS",
+        mirrored("debian-12"),
+    )
+    .await;
+    let rss = peak_rss_kib(pid);
     let _ = child.kill();
     let _ = child.wait();
+
+    // Restart over everything: a new controller process reads 10,000 ManagedHosts and 10,000
+    // finished requests. The simulated fleets live in the controller process, so they start
+    // again with their initial OS and every ManagedHost is rewritten; no finished request may
+    // move (no second reprovision for a request).
+    let mut child = spawn();
+    let pid = child.id();
+    let resync = wait_until(
+        Duration::from_secs(600),
+        "ManagedHosts re-synced",
+        mirrored("ubuntu-24.04"),
+    )
+    .await;
+    // One more lookup interval, so the restarted controller has looked at every request too.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let restart_rss = peak_rss_kib(pid);
+    let _ = child.kill();
+    let _ = child.wait();
+    let moved = requests
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .items
+        .into_iter()
+        .filter(|r| {
+            let before = list.iter().find(|b| b.metadata.name == r.metadata.name);
+            before.and_then(|b| b.status.as_ref().map(|s| (s.phase, s.operation.clone())))
+                != r.status.as_ref().map(|s| (s.phase, s.operation.clone()))
+        })
+        .count();
+
     latencies.sort_by(|a, b| a.total_cmp(b));
     println!("| metric | value |");
     println!("|---|---|");
@@ -253,6 +308,17 @@ async fn main() {
         rss.map(|k| (k / 1024).to_string())
             .unwrap_or_else(|| "n/a".into())
     );
+    println!(
+        "| restart: re-discover and re-sync all ManagedHosts | {:.2} s |",
+        resync.as_secs_f64()
+    );
+    println!(
+        "| restarted controller peak RSS | {} MiB |",
+        restart_rss
+            .map(|k| (k / 1024).to_string())
+            .unwrap_or_else(|| "n/a".into())
+    );
+    assert_eq!(moved, 0, "finished requests changed after the restart");
     assert_eq!(
         latencies.len(),
         total,

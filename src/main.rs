@@ -57,6 +57,7 @@ enum Command {
 /// bodies come and go on every worker thread. glibc's per-thread arenas fragment under that mix:
 /// in the 10,000-host scale benchmark the peak RSS was about 50 MiB above the live heap with
 /// glibc (148 MiB) and 113 MiB with jemalloc, same code, same work (README, Benchmarks).
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

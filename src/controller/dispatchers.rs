@@ -25,8 +25,13 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tracing::{info, instrument};
 
+/// Dispatcher reconciles running at once.
+pub const CONCURRENCY: u16 = 16;
+
 /// The controller over OSDispatchers, also woken by changes to their ManagedHosts (the scope's
-/// host watch). Bursts of host changes are debounced into one reconcile.
+/// host watch). Bursts of host changes are debounced into one reconcile. At most
+/// [`CONCURRENCY`] dispatchers reconcile at once: each reconcile holds its inventory's ManagedHost
+/// writes, so a start-up over many dispatchers would otherwise hold all of them at the same time.
 pub fn controller(
     dispatchers: Api<OSDispatcher>,
     hosts: impl futures::Stream<Item = Result<ManagedHost, watcher::Error>> + Send + 'static,
@@ -34,7 +39,9 @@ pub fn controller(
     Controller::new(dispatchers, watcher::Config::default())
         .owns_stream(hosts)
         .with_config(
-            kube::runtime::controller::Config::default().debounce(Duration::from_millis(250)),
+            kube::runtime::controller::Config::default()
+                .debounce(Duration::from_millis(250))
+                .concurrency(CONCURRENCY),
         )
 }
 
