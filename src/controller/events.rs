@@ -9,8 +9,9 @@
 //! (the Event's name and namespace, the count, the time it was first published) is kept, for a
 //! bounded number of recent keys ([`SeriesCache`], two generations, O(1) per publish).
 //!
-//! The note is part of the key because `events.k8s.io/v1` treats `note` as immutable: a repeat
-//! with another note is a new Event, as client-go's event broadcaster would also create.
+//! The note is part of the key because `events.k8s.io/v1` treats `note` as immutable: a series
+//! update cannot change it, so a repeat with another note is published as a new Event rather
+//! than counted under a note that no longer says what happened.
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::events::v1::{Event, EventSeries};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
