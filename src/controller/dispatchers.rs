@@ -64,6 +64,42 @@ pub async fn run(
     .await;
 }
 
+/// Release the sessions of dispatchers that no longer exist. A controller never reconciles an
+/// object that is gone (and a relist after a watch gap reports no deletions at all), so without
+/// this sweep a deleted dispatcher's backend would be polled, with its credentials, forever.
+/// Requests in flight on it then wait with `DispatcherUnavailable`; a dispatcher re-created under
+/// the same name resumes them from their recorded tokens.
+pub async fn release_deleted(
+    scope: Arc<Scope>,
+    every: Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let sweep = async {
+        if scope.dispatchers.wait_until_ready().await.is_err() {
+            return;
+        }
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            for key in scope.shared.engine.keys() {
+                let gone = scope.covers(&key.namespace)
+                    && scope
+                        .dispatchers
+                        .get(&ObjectRef::new(&key.name).within(&key.namespace))
+                        .is_none();
+                if gone {
+                    info!(dispatcher = %key, "OSDispatcher deleted; releasing its session");
+                    scope.shared.engine.remove(&key);
+                }
+            }
+        }
+    };
+    tokio::select! {
+        _ = sweep => {}
+        _ = shutdown => {}
+    }
+}
+
 /// Build the adapter a dispatcher's spec asks for. A Redfish dispatcher's Secrets were read by
 /// [`super::redfish::inputs`] first (their versions are part of the session fingerprint).
 pub fn build_adapter(

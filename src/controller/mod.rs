@@ -520,9 +520,11 @@ fn scope_tasks(
             dispatcher_controller,
             scope.clone(),
             dispatcher_rx,
-            shutdown,
+            shutdown.clone(),
         )
         .boxed(),
+        dispatchers::release_deleted(scope.clone(), std::time::Duration::from_secs(2), shutdown)
+            .boxed(),
     ];
     (scope, tasks)
 }

@@ -1,0 +1,86 @@
+//! An OSDispatcher deleted while one of its hosts is being reprovisioned: the outcome is unknown
+//! to osprov, so the request waits with `DispatcherUnavailable` (it is neither failed nor started
+//! again); a dispatcher re-created under the same name resumes it from the recorded token with no
+//! second reprovision, and deleting a request whose dispatcher is gone still releases it.
+mod harness;
+mod support;
+
+use harness::*;
+use kube::api::{Api, DeleteParams};
+use osprov::adapter::simulator::SimRegistry;
+use osprov::api::{ManagedHost, OSDispatcher, OSProvisioningRequest, Phase};
+use std::sync::Arc;
+use support::TestApi;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_dispatcher_leaves_requests_waiting_and_a_new_one_resumes_them() {
+    let api = TestApi::start().await;
+    let c = api.client.clone();
+    let requests: Api<OSProvisioningRequest> = Api::namespaced(c.clone(), "default");
+    let dispatchers: Api<OSDispatcher> = Api::namespaced(c.clone(), "default");
+    let hosts: Api<ManagedHost> = Api::namespaced(c.clone(), "default");
+    let sims = Arc::new(SimRegistry::default());
+    let _ctl = RunningController::start(c.clone(), fast_settings(), sims.clone());
+
+    let spec = sim(2, 3000);
+    create(&dispatchers, &sim_dispatcher("sim", spec.clone())).await;
+    eventually(20, "2 ManagedHosts", || async {
+        let l = hosts.list(&Default::default()).await.ok()?;
+        (l.items.len() == 2 && l.items.iter().all(|h| h.status.is_some())).then_some(())
+    })
+    .await;
+    create(&requests, &request("r", "sim-000", "debian-12")).await;
+    wait_phase(&requests, "r", Phase::Provisioning, 20).await;
+
+    dispatchers
+        .delete("sim", &DeleteParams::default())
+        .await
+        .expect("delete dispatcher");
+    // Its ManagedHosts go with it (owner references); the request waits, saying why.
+    eventually(20, "ManagedHosts garbage-collected", || async {
+        hosts
+            .list(&Default::default())
+            .await
+            .ok()?
+            .items
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    let waiting = eventually(20, "request waiting for its dispatcher", || async {
+        let st = requests.get("r").await.ok()?.status?;
+        (st.reason.as_deref() == Some("DispatcherUnavailable")).then_some(st)
+    })
+    .await;
+    assert_eq!(waiting.phase, Some(Phase::Provisioning));
+    let token = waiting.operation.as_ref().expect("operation").token.clone();
+
+    // The same dispatcher again: the recorded operation is looked up, not started again.
+    create(&dispatchers, &sim_dispatcher("sim", spec)).await;
+    wait_phase(&requests, "r", Phase::Succeeded, 30).await;
+    let stats = sims.get("default/sim").expect("fleet").stats();
+    assert_eq!(stats.started(), 1, "{stats:?}");
+    assert_eq!(stats.reprovision_calls.get(&token), Some(&1), "{stats:?}");
+
+    // In flight again, the dispatcher deleted again, then the request deleted: it is released
+    // without a dispatcher to cancel through.
+    create(&requests, &request("s", "sim-001", "rocky-9")).await;
+    wait_phase(&requests, "s", Phase::Provisioning, 20).await;
+    dispatchers
+        .delete("sim", &DeleteParams::default())
+        .await
+        .expect("delete dispatcher");
+    eventually(20, "request waiting for its dispatcher", || async {
+        let st = requests.get("s").await.ok()?.status?;
+        (st.reason.as_deref() == Some("DispatcherUnavailable")).then_some(())
+    })
+    .await;
+    requests
+        .delete("s", &DeleteParams::default())
+        .await
+        .expect("delete request");
+    eventually(20, "request released and gone", || async {
+        requests.get_opt("s").await.ok()?.is_none().then_some(())
+    })
+    .await;
+}
