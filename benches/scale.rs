@@ -266,6 +266,19 @@ async fn main() {
     let restart_rss = peak_rss_kib(pid);
     let _ = child.kill();
     let _ = child.wait();
+    let before: HashMap<_, _> = list
+        .iter()
+        .map(|r| {
+            let st = r.status.as_ref();
+            (
+                r.metadata.name.clone(),
+                (
+                    st.and_then(|s| s.phase),
+                    st.and_then(|s| s.operation.clone()),
+                ),
+            )
+        })
+        .collect();
     let moved = requests
         .list(&ListParams::default())
         .await
@@ -273,9 +286,12 @@ async fn main() {
         .items
         .into_iter()
         .filter(|r| {
-            let before = list.iter().find(|b| b.metadata.name == r.metadata.name);
-            before.and_then(|b| b.status.as_ref().map(|s| (s.phase, s.operation.clone())))
-                != r.status.as_ref().map(|s| (s.phase, s.operation.clone()))
+            let st = r.status.as_ref();
+            before.get(&r.metadata.name)
+                != Some(&(
+                    st.and_then(|s| s.phase),
+                    st.and_then(|s| s.operation.clone()),
+                ))
         })
         .count();
 

@@ -3,6 +3,7 @@
 //! again); a dispatcher re-created under the same name resumes it from the recorded token with no
 //! second reprovision, and deleting a request whose dispatcher is gone still releases it.
 mod harness;
+mod replica;
 mod support;
 
 use harness::*;
@@ -20,7 +21,17 @@ async fn a_deleted_dispatcher_leaves_requests_waiting_and_a_new_one_resumes_them
     let dispatchers: Api<OSDispatcher> = Api::namespaced(c.clone(), "default");
     let hosts: Api<ManagedHost> = Api::namespaced(c.clone(), "default");
     let sims = Arc::new(SimRegistry::default());
-    let _ctl = RunningController::start(c.clone(), fast_settings(), sims.clone());
+    let metrics = replica::free_addr();
+    let mut settings = fast_settings();
+    settings.metrics_addr = osprov::controller::settings::MetricsAddr(Some(metrics));
+    let _ctl = RunningController::start(c.clone(), settings, sims.clone());
+    // The dispatcher's metric series, as Prometheus would scrape them.
+    let series = || async {
+        let (_, body) = replica::http_get(metrics, "/metrics").await;
+        body.lines()
+            .filter(|l| l.contains("dispatcher=\"default/sim\""))
+            .count()
+    };
 
     let spec = sim(2, 3000);
     create(&dispatchers, &sim_dispatcher("sim", spec.clone())).await;
@@ -29,6 +40,7 @@ async fn a_deleted_dispatcher_leaves_requests_waiting_and_a_new_one_resumes_them
         (l.items.len() == 2 && l.items.iter().all(|h| h.status.is_some())).then_some(())
     })
     .await;
+    assert!(series().await > 0, "the dispatcher has metric series");
     create(&requests, &request("r", "sim-000", "debian-12")).await;
     wait_phase(&requests, "r", Phase::Provisioning, 20).await;
 
@@ -54,6 +66,11 @@ async fn a_deleted_dispatcher_leaves_requests_waiting_and_a_new_one_resumes_them
     .await;
     assert_eq!(waiting.phase, Some(Phase::Provisioning));
     let token = waiting.operation.as_ref().expect("operation").token.clone();
+    // Released: no metric series is left behind for it.
+    eventually(10, "the dispatcher's metric series removed", || async {
+        (series().await == 0).then_some(())
+    })
+    .await;
 
     // The same dispatcher again: the recorded operation is looked up, not started again.
     create(&dispatchers, &sim_dispatcher("sim", spec)).await;

@@ -294,6 +294,14 @@ pub enum DispatcherState {
 }
 
 impl DispatcherState {
+    /// Every state, in lifecycle order.
+    pub const ALL: [DispatcherState; 4] = [
+        DispatcherState::Connecting,
+        DispatcherState::Ready,
+        DispatcherState::Degraded,
+        DispatcherState::Unreachable,
+    ];
+
     /// The name used in status.
     pub fn as_str(self) -> &'static str {
         match self {

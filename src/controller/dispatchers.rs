@@ -89,7 +89,7 @@ pub async fn release_deleted(
                         .is_none();
                 if gone {
                     info!(dispatcher = %key, "OSDispatcher deleted; releasing its session");
-                    scope.shared.engine.remove(&key);
+                    release(&scope, &key);
                 }
             }
         }
@@ -97,6 +97,30 @@ pub async fn release_deleted(
     tokio::select! {
         _ = sweep => {}
         _ = shutdown => {}
+    }
+}
+
+/// Stop talking to a dispatcher and forget what was kept for it: its session and inventory, its
+/// metric series, its host-scan record.
+fn release(scope: &Scope, key: &DispKey) {
+    let shared = &scope.shared;
+    shared.engine.remove(key);
+    scope
+        .host_scans
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(key);
+    let m = &shared.metrics;
+    let dispatcher = key.to_string();
+    m.hosts.remove(&super::metrics::DispatcherLabel {
+        dispatcher: dispatcher.clone(),
+    });
+    for state in DispatcherState::ALL {
+        m.dispatcher_state
+            .remove(&super::metrics::DispatcherStateLabel {
+                dispatcher: dispatcher.clone(),
+                state: state.as_str().into(),
+            });
     }
 }
 
@@ -156,7 +180,7 @@ async fn reconcile(d: Arc<OSDispatcher>, scope: Arc<Scope>) -> Result<Action, Er
         // Another provisioner's dispatcher, or going away: stop talking to it.
         if shared.engine.adapter(&key).is_some() || shared.engine.view(&key).is_some() {
             info!(provisioner = %d.spec.provisioner, "releasing dispatcher");
-            shared.engine.remove(&key);
+            release(&scope, &key);
         }
         return Ok(Action::await_change());
     }
@@ -254,12 +278,7 @@ async fn reconcile(d: Arc<OSDispatcher>, scope: Arc<Scope>) -> Result<Action, Er
     m.hosts
         .get_or_create(&dlabel)
         .set(i64::try_from(view.hosts.len()).unwrap_or(i64::MAX));
-    for state in [
-        DispatcherState::Connecting,
-        DispatcherState::Ready,
-        DispatcherState::Degraded,
-        DispatcherState::Unreachable,
-    ] {
+    for state in DispatcherState::ALL {
         let l = super::metrics::DispatcherStateLabel {
             dispatcher: key.to_string(),
             state: state.as_str().into(),

@@ -6,7 +6,7 @@
 //! controller's heap (about 70 MiB in the scale benchmark) and the sweep made each publish
 //! O(events). Here a repeat is recognised by a 64-bit hash of what makes two events the same
 //! (type, action, reason, note, regarding object, reporter), and only what a series update needs
-//! (the Event's name and namespace, the count, the time it was first published) is kept, for a
+//! (the Event's name and namespace, the count, the time it last occurred) is kept, for a
 //! bounded number of recent keys ([`SeriesCache`], two generations, O(1) per publish).
 //!
 //! The note is part of the key because `events.k8s.io/v1` treats `note` as immutable: a series
@@ -21,8 +21,9 @@ use kube::{Api, Client};
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::Mutex;
+use tracing::debug;
 
-/// How long a published Event can still be continued as a series (client-go uses six minutes).
+/// How long after its last occurrence an Event can still be continued as a series.
 const SERIES_WINDOW: SignedDuration = SignedDuration::from_mins(6);
 /// How many distinct recent events are remembered for series (two generations of half each).
 const SERIES_KEYS: usize = 4096;
@@ -66,7 +67,8 @@ pub struct Reporter {
 pub struct Seen {
     pub name: String,
     pub namespace: String,
-    pub first: Timestamp,
+    /// When it was last published or counted.
+    pub last: Timestamp,
     pub count: i32,
 }
 
@@ -89,22 +91,22 @@ impl SeriesCache {
         }
     }
 
-    /// The Event to continue for `key` at `now`, if one was published within the series window.
-    /// Counts the repeat.
+    /// The Event to continue for `key` at `now`, if it last occurred within the series window,
+    /// with the repeat counted. The count is kept only once [`SeriesCache::insert`] is called
+    /// with it (after the API accepted the update): the entry is taken out meanwhile.
     pub fn repeat(&mut self, key: u64, now: Timestamp) -> Option<Seen> {
         let seen = match self.current.remove(&key) {
             Some(s) => s,
             None => self.previous.remove(&key)?,
         };
-        if seen.first + SERIES_WINDOW <= now {
+        if seen.last + SERIES_WINDOW <= now {
             return None;
         }
-        let seen = Seen {
+        Some(Seen {
             count: seen.count.saturating_add(1),
+            last: now,
             ..seen
-        };
-        self.insert(key, seen.clone());
-        Some(seen)
+        })
     }
 
     /// Remember a newly published Event.
@@ -164,13 +166,28 @@ pub fn new_event(
         event_time: Some(MicroTime(now)),
         action: Some(note.action.clone()),
         reason: Some(note.reason.clone()),
-        note: Some(note.note.clone()),
+        note: Some(truncate(&note.note, NOTE_MAX).to_string()),
         type_: Some(note.type_.as_str().to_string()),
         regarding: Some(regarding.clone()),
         reporting_controller: Some(reporter.controller.clone()),
         reporting_instance: Some(reporter.instance.clone()),
         ..Default::default()
     }
+}
+
+/// The longest `note` events.k8s.io/v1 accepts, in bytes.
+const NOTE_MAX: usize = 1024;
+
+/// `s` cut to at most `max` bytes, at a character boundary.
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 /// Events about cluster-scoped objects go to `default`, as client-go does.
@@ -224,10 +241,13 @@ impl Publisher {
                 .patch(&seen.name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
             {
-                Ok(_) => return Ok(()),
-                // Deleted meanwhile (TTL, an admin): start over with a new Event.
-                Err(kube::Error::Api(e)) if e.code == 404 => {}
-                Err(e) => return Err(e),
+                Ok(_) => {
+                    self.recent().insert(key, seen);
+                    return Ok(());
+                }
+                // Deleted meanwhile (TTL, an admin), or the update failed: publish it anew
+                // rather than lose it.
+                Err(e) => debug!(error = %e, event = %seen.name, "series update failed"),
             }
         }
         let event = new_event(&self.reporter, regarding, note, now);
@@ -239,7 +259,7 @@ impl Publisher {
             Seen {
                 name: created.metadata.name.unwrap_or_default(),
                 namespace,
-                first: now,
+                last: now,
                 count: 1,
             },
         );
@@ -251,11 +271,11 @@ impl Publisher {
 mod tests {
     use super::*;
 
-    fn seen(name: &str, first: Timestamp) -> Seen {
+    fn seen(name: &str, last: Timestamp) -> Seen {
         Seen {
             name: name.into(),
             namespace: "default".into(),
-            first,
+            last,
             count: 1,
         }
     }
@@ -270,6 +290,7 @@ mod tests {
             .repeat(1, t0 + SignedDuration::from_secs(5))
             .expect("repeat");
         assert_eq!((r.name.as_str(), r.count), ("a", 2));
+        c.insert(1, r);
         let r = c
             .repeat(1, t0 + SignedDuration::from_secs(6))
             .expect("repeat");
@@ -277,13 +298,40 @@ mod tests {
     }
 
     #[test]
-    fn a_repeat_after_the_window_is_a_new_event() {
+    fn the_window_runs_from_the_last_occurrence() {
         let mut c = SeriesCache::new(8);
         let t0 = Timestamp::now();
         c.insert(1, seen("a", t0));
-        assert_eq!(c.repeat(1, t0 + SERIES_WINDOW), None);
+        // Repeating every five minutes keeps one series going past the first six minutes.
+        let mut t = t0;
+        for count in 2..=4 {
+            t += SignedDuration::from_mins(5);
+            let r = c.repeat(1, t).expect("repeat");
+            assert_eq!(r.count, count);
+            c.insert(1, r);
+        }
+        assert_eq!(c.repeat(1, t + SERIES_WINDOW), None);
         // And it is forgotten.
         assert!(c.is_empty());
+    }
+
+    #[test]
+    fn a_repeat_not_confirmed_is_not_counted() {
+        let mut c = SeriesCache::new(8);
+        let t0 = Timestamp::now();
+        c.insert(1, seen("a", t0));
+        // The update failed and the event was published anew: the new Event starts at 1.
+        assert_eq!(c.repeat(1, t0).map(|s| s.count), Some(2));
+        assert_eq!(c.repeat(1, t0), None);
+    }
+
+    #[test]
+    fn notes_are_cut_to_what_the_api_accepts() {
+        assert_eq!(truncate("short", NOTE_MAX), "short");
+        let long = "é".repeat(600); // 1200 bytes
+        let cut = truncate(&long, NOTE_MAX);
+        assert!(cut.len() <= NOTE_MAX && cut.len() >= NOTE_MAX - 1);
+        assert!(long.starts_with(cut));
     }
 
     #[test]
@@ -306,7 +354,8 @@ mod tests {
         c.insert(1, seen("a", t0));
         c.insert(2, seen("b", t0));
         c.insert(3, seen("c", t0)); // retires {1, 2}
-        assert!(c.repeat(1, t0).is_some()); // back into the current generation
+        let r = c.repeat(1, t0).expect("repeat");
+        c.insert(1, r); // back into the current generation
         c.insert(4, seen("d", t0)); // retires {3, 1}
         c.insert(5, seen("e", t0));
         assert!(c.repeat(1, t0).is_some());
