@@ -111,16 +111,19 @@ fn release(scope: &Scope, key: &DispKey) {
         .unwrap_or_else(|p| p.into_inner())
         .remove(key);
     let m = &shared.metrics;
-    let dispatcher = key.to_string();
     m.hosts.remove(&super::metrics::DispatcherLabel {
-        dispatcher: dispatcher.clone(),
+        dispatcher: key.to_string(),
     });
     for state in DispatcherState::ALL {
-        m.dispatcher_state
-            .remove(&super::metrics::DispatcherStateLabel {
-                dispatcher: dispatcher.clone(),
-                state: state.as_str().into(),
-            });
+        m.dispatcher_state.remove(&state_label(key, state));
+    }
+}
+
+/// The metric labels of one dispatcher state.
+fn state_label(key: &DispKey, state: DispatcherState) -> super::metrics::DispatcherStateLabel {
+    super::metrics::DispatcherStateLabel {
+        dispatcher: key.to_string(),
+        state: state.as_str().into(),
     }
 }
 
@@ -279,12 +282,8 @@ async fn reconcile(d: Arc<OSDispatcher>, scope: Arc<Scope>) -> Result<Action, Er
         .get_or_create(&dlabel)
         .set(i64::try_from(view.hosts.len()).unwrap_or(i64::MAX));
     for state in DispatcherState::ALL {
-        let l = super::metrics::DispatcherStateLabel {
-            dispatcher: key.to_string(),
-            state: state.as_str().into(),
-        };
         m.dispatcher_state
-            .get_or_create(&l)
+            .get_or_create(&state_label(&key, state))
             .set(i64::from(state == view.state));
     }
     m.durations

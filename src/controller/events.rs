@@ -44,7 +44,7 @@ impl EventType {
 }
 
 /// One event to publish about an object.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Note {
     pub type_: EventType,
     /// What happened, in CamelCase (for requests: the phase reached).
@@ -136,17 +136,8 @@ pub fn series_key(reporter: &Reporter, regarding: &ObjectReference, note: &Note)
     regarding.namespace.hash(&mut h);
     regarding.name.hash(&mut h);
     regarding.uid.hash(&mut h);
-    note.hash_into(&mut h);
+    note.hash(&mut h);
     h.finish()
-}
-
-impl Note {
-    fn hash_into(&self, h: &mut impl Hasher) {
-        self.type_.hash(h);
-        self.action.hash(h);
-        self.reason.hash(h);
-        self.note.hash(h);
-    }
 }
 
 /// A new Event object for `note` about `regarding` (named like client-go: `<object>.<hex time>`).
