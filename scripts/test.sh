@@ -17,8 +17,11 @@ apt_install() {
 
 # A C toolchain builds jemalloc (tikv-jemalloc-sys).
 command -v cc >/dev/null 2>&1 && command -v make >/dev/null 2>&1 || apt_install gcc make
-# kubectl for the kubectl end-to-end tests.
-command -v kubectl >/dev/null 2>&1 || apt_install kubernetes-client
+# The real Kubernetes tools (kube-apiserver, etcd, kube-controller-manager, kubectl, helm), built
+# from their Go modules at the versions in tests/k8s/pins.env and cached under target/k8s-tools/.
+OSPROV_K8S_TOOLS=$(bash scripts/k8s-tools.sh)
+export OSPROV_K8S_TOOLS
+export PATH="$OSPROV_K8S_TOOLS:$PATH"
 
 # Python tools (sushy-tools, the Helm SDK, pytest…) in a venv under target/.
 VENV=${OSPROV_VENV:-$ROOT/target/venv}

@@ -139,7 +139,7 @@ fn write_crds(dir: Option<PathBuf>) -> anyhow::Result<()> {
             for crd in osprov::api::crds() {
                 std::fs::write(
                     dir.join(osprov::api::crd_file_name(&crd)),
-                    serde_yaml::to_string(&crd)?,
+                    osprov::api::crd_yaml(&crd)?,
                 )?;
             }
         }

@@ -18,7 +18,7 @@ fn check_dir(dir: &std::path::Path) {
                 path.display()
             )
         });
-        let generated = serde_yaml::to_string(&crd).expect("CRD serialises");
+        let generated = osprov::api::crd_yaml(&crd).expect("CRD serialises");
         assert_eq!(
             committed,
             generated,

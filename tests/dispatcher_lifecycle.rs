@@ -1,36 +1,37 @@
 //! An OSDispatcher deleted while one of its hosts is being reprovisioned: the outcome is unknown
 //! to osprov, so the request waits with `DispatcherUnavailable` (it is neither failed nor started
 //! again); a dispatcher re-created under the same name resumes it from the recorded token with no
-//! second reprovision, and deleting a request whose dispatcher is gone still releases it.
+//! second reprovision, and deleting a request whose dispatcher is gone still releases it. On both
+//! API backends: on the real one, kube-controller-manager's garbage collector removes the hosts.
+mod cluster;
 mod harness;
 mod replica;
 mod support;
 
+use cluster::TestCluster;
 use harness::*;
 use kube::api::{Api, DeleteParams};
 use osprov::adapter::simulator::SimRegistry;
 use osprov::api::{ManagedHost, OSDispatcher, OSProvisioningRequest, Phase};
 use std::sync::Arc;
-use support::TestApi;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_deleted_dispatcher_leaves_requests_waiting_and_a_new_one_resumes_them() {
-    let api = TestApi::start().await;
-    let c = api.client.clone();
-    let requests: Api<OSProvisioningRequest> = Api::namespaced(c.clone(), "default");
-    let dispatchers: Api<OSDispatcher> = Api::namespaced(c.clone(), "default");
-    let hosts: Api<ManagedHost> = Api::namespaced(c.clone(), "default");
+on_both_backends!(a_deleted_dispatcher_leaves_requests_waiting_and_a_new_one_resumes_them);
+
+async fn a_deleted_dispatcher_leaves_requests_waiting_and_a_new_one_resumes_them(t: TestCluster) {
+    let c = t.client.clone();
+    let requests: Api<OSProvisioningRequest> = t.api();
+    let dispatchers: Api<OSDispatcher> = t.api();
+    let hosts: Api<ManagedHost> = t.api();
     let sims = Arc::new(SimRegistry::default());
     let metrics = replica::free_addr();
-    let mut settings = fast_settings();
+    let mut settings = fast_settings_in(&t.ns);
     settings.metrics_addr = osprov::controller::settings::MetricsAddr(Some(metrics));
     let _ctl = RunningController::start(c.clone(), settings, sims.clone());
     // The dispatcher's metric series, as Prometheus would scrape them.
+    let label = format!("dispatcher=\"{}\"", t.key("sim"));
     let series = || async {
         let (_, body) = replica::http_get(metrics, "/metrics").await;
-        body.lines()
-            .filter(|l| l.contains("dispatcher=\"default/sim\""))
-            .count()
+        body.lines().filter(|l| l.contains(&label)).count()
     };
 
     let spec = sim(2, 3000);
@@ -75,7 +76,7 @@ async fn a_deleted_dispatcher_leaves_requests_waiting_and_a_new_one_resumes_them
     // The same dispatcher again: the recorded operation is looked up, not started again.
     create(&dispatchers, &sim_dispatcher("sim", spec)).await;
     wait_phase(&requests, "r", Phase::Succeeded, 30).await;
-    let stats = sims.get("default/sim").expect("fleet").stats();
+    let stats = sims.get(&t.key("sim")).expect("fleet").stats();
     assert_eq!(stats.started(), 1, "{stats:?}");
     assert_eq!(stats.reprovision_calls.get(&token), Some(&1), "{stats:?}");
 

@@ -1,6 +1,7 @@
-//! The controller's Event publisher against the embedded API over HTTP: a repeat within the series
+//! The controller's Event publisher over HTTP, on the embedded API and the real kube-apiserver: a repeat within the series
 //! window updates one Event's `series`, another note is another Event, and both read back through
 //! events.k8s.io/v1 and core/v1 as kubectl describe would show them.
+mod cluster;
 mod support;
 
 use k8s_openapi::api::core::v1::Event as CoreEvent;
@@ -11,11 +12,11 @@ use osprov::api::OSProvisioningRequest;
 use osprov::controller::events::{EventType, Note, Publisher, Reporter};
 use support::*;
 
-#[tokio::test]
-async fn repeats_become_a_series_and_other_notes_new_events() {
-    let t = TestApi::start().await;
-    let api: Api<OSProvisioningRequest> = Api::namespaced(t.client.clone(), "default");
-    osprs(&t.client, "default")
+on_both_backends!(repeats_become_a_series_and_other_notes_new_events);
+
+async fn repeats_become_a_series_and_other_notes_new_events(t: cluster::TestCluster) {
+    let api: Api<OSProvisioningRequest> = t.api();
+    osprs(&t.client, &t.ns)
         .create(&PostParams::default(), &dyn_obj(ospr("e", "h1", "ubuntu")))
         .await
         .unwrap();
@@ -45,7 +46,7 @@ async fn repeats_become_a_series_and_other_notes_new_events() {
     };
     publisher.publish(&reference, &failed).await.unwrap();
 
-    let v1: Api<Event> = Api::namespaced(t.client.clone(), "default");
+    let v1: Api<Event> = t.api();
     let mut list = v1
         .list(&ListParams::default().fields("regarding.name=e"))
         .await
@@ -68,7 +69,7 @@ async fn repeats_become_a_series_and_other_notes_new_events() {
     );
 
     // What `kubectl describe` reads.
-    let core: Api<CoreEvent> = Api::namespaced(t.client.clone(), "default");
+    let core: Api<CoreEvent> = t.api();
     let warnings = core
         .list(&ListParams::default().fields("involvedObject.name=e,type=Warning"))
         .await
@@ -89,5 +90,4 @@ async fn repeats_become_a_series_and_other_notes_new_events() {
         .items;
     assert_eq!(again.len(), 1, "{again:?}");
     assert!(again[0].series.is_none());
-    t.server.shutdown().await;
 }

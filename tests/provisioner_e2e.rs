@@ -1,8 +1,11 @@
-//! End-to-end: the real controller on the embedded API (real kube client over HTTP) with the
-//! simulator. Each test starts its own API server, fleet registry and controller.
+//! End-to-end: the real controller (real kube client over HTTP) with the simulator, on both API
+//! backends: the embedded API and the real kube-apiserver (`cluster/`). Each test has its own
+//! namespace, fleet registry and controller watching only that namespace.
+mod cluster;
 mod harness;
 mod support;
 
+use cluster::TestCluster;
 use harness::*;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::ResourceExt;
@@ -13,36 +16,35 @@ use osprov::api::{
 };
 use std::sync::Arc;
 use std::time::Duration;
-use support::TestApi;
 
 struct Env {
-    api: TestApi,
+    c: TestCluster,
     sims: Arc<SimRegistry>,
     requests: Api<OSProvisioningRequest>,
     dispatchers: Api<OSDispatcher>,
     hosts: Api<ManagedHost>,
 }
 
-async fn env() -> Env {
-    let api = TestApi::start().await;
-    let c = api.client.clone();
+async fn env(c: TestCluster) -> Env {
     Env {
-        requests: Api::namespaced(c.clone(), "default"),
-        dispatchers: Api::namespaced(c.clone(), "default"),
-        hosts: Api::namespaced(c, "default"),
-        api,
+        requests: c.api(),
+        dispatchers: c.api(),
+        hosts: c.api(),
+        c,
         sims: Arc::new(SimRegistry::default()),
     }
 }
 
 impl Env {
     fn controller(&self) -> RunningController {
-        RunningController::start(self.api.client.clone(), fast_settings(), self.sims.clone())
+        RunningController::start(
+            self.c.client.clone(),
+            fast_settings_in(&self.c.ns),
+            self.sims.clone(),
+        )
     }
     fn fleet(&self, name: &str) -> Arc<osprov::adapter::simulator::SimFleet> {
-        self.sims
-            .get(&format!("default/{name}"))
-            .expect("fleet exists")
+        self.sims.get(&self.c.key(name)).expect("fleet exists")
     }
     async fn wait_hosts(&self, n: usize) {
         eventually(20, &format!("{n} ManagedHosts"), || async {
@@ -53,9 +55,26 @@ impl Env {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn requests_converge_and_hosts_are_mirrored() {
-    let e = env().await;
+on_both_backends!(
+    requests_converge_and_hosts_are_mirrored,
+    unknown_host_and_os_are_rejected_with_reasons,
+    already_running_os_succeeds_without_reprovision,
+    two_requests_for_one_host_run_one_after_the_other,
+    max_concurrent_is_never_exceeded,
+    injected_failures_retry_then_succeed_or_end_failed,
+    backend_outage_marks_dispatcher_unreachable_then_requests_finish,
+    restart_mid_provisioning_never_reprovisions_twice,
+    deleting_an_in_flight_request_cancels_and_releases_the_host,
+    lookup_interval_sets_discovery_frequency,
+    other_provisioners_dispatchers_are_left_alone,
+    a_new_os_in_the_backend_is_found_by_an_on_demand_discovery,
+    a_host_gone_from_the_backend_is_marked_then_removed,
+    changing_the_os_converges_again_with_a_new_generation,
+    requests_for_another_provisioners_hosts_are_not_touched,
+);
+
+async fn requests_converge_and_hosts_are_mirrored(c: TestCluster) {
+    let e = env(c).await;
     let _ctl = e.controller();
     create(&e.dispatchers, &sim_dispatcher("sim", sim(4, 50))).await;
     e.wait_hosts(4).await;
@@ -100,9 +119,8 @@ async fn requests_converge_and_hosts_are_mirrored() {
     assert!(st.os_catalogue.contains(&"rocky-9".to_string()));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unknown_host_and_os_are_rejected_with_reasons() {
-    let e = env().await;
+async fn unknown_host_and_os_are_rejected_with_reasons(c: TestCluster) {
+    let e = env(c).await;
     let _ctl = e.controller();
     create(&e.dispatchers, &sim_dispatcher("sim", sim(2, 0))).await;
     e.wait_hosts(2).await;
@@ -129,9 +147,8 @@ async fn unknown_host_and_os_are_rejected_with_reasons() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn already_running_os_succeeds_without_reprovision() {
-    let e = env().await;
+async fn already_running_os_succeeds_without_reprovision(c: TestCluster) {
+    let e = env(c).await;
     let _ctl = e.controller();
     create(&e.dispatchers, &sim_dispatcher("sim", sim(1, 0))).await;
     e.wait_hosts(1).await;
@@ -144,9 +161,8 @@ async fn already_running_os_succeeds_without_reprovision() {
     assert_eq!(e.fleet("sim").stats().reprovision_calls.len(), 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_requests_for_one_host_run_one_after_the_other() {
-    let e = env().await;
+async fn two_requests_for_one_host_run_one_after_the_other(c: TestCluster) {
+    let e = env(c).await;
     let _ctl = e.controller();
     create(&e.dispatchers, &sim_dispatcher("sim", sim(1, 2500))).await;
     e.wait_hosts(1).await;
@@ -183,9 +199,8 @@ async fn two_requests_for_one_host_run_one_after_the_other() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn max_concurrent_is_never_exceeded() {
-    let e = env().await;
+async fn max_concurrent_is_never_exceeded(c: TestCluster) {
+    let e = env(c).await;
     let _ctl = e.controller();
     let mut d = sim_dispatcher("sim", sim(6, 200));
     d.spec.max_concurrent = Some(2);
@@ -211,9 +226,8 @@ async fn max_concurrent_is_never_exceeded() {
     assert_eq!(stats.max_in_flight, 2, "the limit is used, not undershot");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn injected_failures_retry_then_succeed_or_end_failed() {
-    let e = env().await;
+async fn injected_failures_retry_then_succeed_or_end_failed(c: TestCluster) {
+    let e = env(c).await;
     let _ctl = e.controller();
     let mut s = sim(2, 20);
     s.failures = Some(SimulatorFailures {
@@ -250,9 +264,8 @@ async fn injected_failures_retry_then_succeed_or_end_failed() {
     assert!(!conditions::is_true(&st.conditions, "Provisioned"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn backend_outage_marks_dispatcher_unreachable_then_requests_finish() {
-    let e = env().await;
+async fn backend_outage_marks_dispatcher_unreachable_then_requests_finish(c: TestCluster) {
+    let e = env(c).await;
     let _ctl = e.controller();
     create(&e.dispatchers, &sim_dispatcher("sim", sim(2, 400))).await;
     e.wait_hosts(2).await;
@@ -279,9 +292,8 @@ async fn backend_outage_marks_dispatcher_unreachable_then_requests_finish() {
         .all(|n| *n == 1));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restart_mid_provisioning_never_reprovisions_twice() {
-    let e = env().await;
+async fn restart_mid_provisioning_never_reprovisions_twice(c: TestCluster) {
+    let e = env(c).await;
     let ctl = e.controller();
     create(&e.dispatchers, &sim_dispatcher("sim", sim(3, 1500))).await;
     e.wait_hosts(3).await;
@@ -310,9 +322,8 @@ async fn restart_mid_provisioning_never_reprovisions_twice() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deleting_an_in_flight_request_cancels_and_releases_the_host() {
-    let e = env().await;
+async fn deleting_an_in_flight_request_cancels_and_releases_the_host(c: TestCluster) {
+    let e = env(c).await;
     let _ctl = e.controller();
     create(&e.dispatchers, &sim_dispatcher("sim", sim(1, 60_000))).await;
     e.wait_hosts(1).await;
@@ -361,9 +372,8 @@ async fn deleting_an_in_flight_request_cancels_and_releases_the_host() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lookup_interval_sets_discovery_frequency() {
-    let e = env().await;
+async fn lookup_interval_sets_discovery_frequency(c: TestCluster) {
+    let e = env(c).await;
     let _ctl = e.controller();
     let mut fast = sim_dispatcher("fast", sim(1, 0));
     fast.spec.lookup_interval = Some("100ms".into());
@@ -396,9 +406,8 @@ async fn lookup_interval_sets_discovery_frequency() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn other_provisioners_dispatchers_are_left_alone() {
-    let e = env().await;
+async fn other_provisioners_dispatchers_are_left_alone(c: TestCluster) {
+    let e = env(c).await;
     let _ctl = e.controller();
     let mut theirs = sim_dispatcher("theirs", sim(2, 0));
     theirs.spec.provisioner = "other".into();
@@ -415,7 +424,7 @@ async fn other_provisioners_dispatchers_are_left_alone() {
     e.wait_hosts(1).await;
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert!(
-        e.sims.get("default/theirs").is_none(),
+        e.sims.get(&e.c.key("theirs")).is_none(),
         "no session was opened for another provisioner's dispatcher"
     );
     assert!(e
@@ -436,9 +445,8 @@ async fn other_provisioners_dispatchers_are_left_alone() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_new_os_in_the_backend_is_found_by_an_on_demand_discovery() {
-    let e = env().await;
+async fn a_new_os_in_the_backend_is_found_by_an_on_demand_discovery(c: TestCluster) {
+    let e = env(c).await;
     let _ctl = e.controller();
     let mut d = sim_dispatcher("slow", sim(1, 0));
     d.spec.lookup_interval = Some("1h".into());
@@ -448,7 +456,7 @@ async fn a_new_os_in_the_backend_is_found_by_an_on_demand_discovery() {
     // The backend starts offering an image without osprov being told.
     let mut changed = sim(1, 0);
     changed.os_images.push("freebsd-14".into());
-    e.sims.fleet("default/slow", &changed);
+    e.sims.fleet(&e.c.key("slow"), &changed);
     create(&e.requests, &request("bsd", "sim-000", "freebsd-14")).await;
     wait_phase(&e.requests, "bsd", Phase::Succeeded, 20).await;
     assert!(
@@ -457,9 +465,8 @@ async fn a_new_os_in_the_backend_is_found_by_an_on_demand_discovery() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_host_gone_from_the_backend_is_marked_then_removed() {
-    let e = env().await;
+async fn a_host_gone_from_the_backend_is_marked_then_removed(c: TestCluster) {
+    let e = env(c).await;
     let _ctl = e.controller();
     create(&e.dispatchers, &sim_dispatcher("sim", sim(2, 0))).await;
     e.wait_hosts(2).await;
@@ -490,9 +497,8 @@ async fn a_host_gone_from_the_backend_is_marked_then_removed() {
     assert!(e.hosts.get_opt("sim-000").await.expect("get").is_some());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn changing_the_os_converges_again_with_a_new_generation() {
-    let e = env().await;
+async fn changing_the_os_converges_again_with_a_new_generation(c: TestCluster) {
+    let e = env(c).await;
     let _ctl = e.controller();
     create(&e.dispatchers, &sim_dispatcher("sim", sim(1, 20))).await;
     e.wait_hosts(1).await;
@@ -545,16 +551,15 @@ async fn changing_the_os_converges_again_with_a_new_generation() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn requests_for_another_provisioners_hosts_are_not_touched() {
-    let e = env().await;
+async fn requests_for_another_provisioners_hosts_are_not_touched(c: TestCluster) {
+    let e = env(c).await;
     let _ctl = e.controller();
     // Another provisioner ("blue") runs its own controller against the same API.
     let blue = RunningController::start(
-        e.api.client.clone(),
+        e.c.client.clone(),
         osprov::controller::settings::Settings {
             identifier: "blue".into(),
-            ..fast_settings()
+            ..fast_settings_in(&e.c.ns)
         },
         e.sims.clone(),
     );

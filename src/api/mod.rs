@@ -11,6 +11,7 @@ pub mod conditions;
 mod dispatcher;
 mod host;
 mod request;
+pub mod yaml;
 
 pub use dispatcher::*;
 pub use host::*;
@@ -40,13 +41,18 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
 }
 
 /// Render the CRDs as one multi-document YAML stream (what `osprov crds` prints and `crds/` holds).
-pub fn crds_yaml() -> Result<String, serde_yaml::Error> {
+pub fn crds_yaml() -> Result<String, yaml::YamlError> {
     let mut out = String::new();
     for crd in crds() {
         out.push_str("---\n");
-        out.push_str(&serde_yaml::to_string(&crd)?);
+        out.push_str(&crd_yaml(&crd)?);
     }
     Ok(out)
+}
+
+/// One CRD as YAML that kubectl and Helm (YAML 1.1 readers) parse as written (see [`yaml`]).
+pub fn crd_yaml(crd: &CustomResourceDefinition) -> Result<String, yaml::YamlError> {
+    yaml::to_portable_yaml(crd)
 }
 
 /// File name under `crds/` for one CRD.

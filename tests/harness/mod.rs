@@ -26,6 +26,25 @@ pub fn fast_settings() -> Settings {
     }
 }
 
+/// `fast_settings()` for a controller that watches only `ns` (a test's own namespace).
+pub fn fast_settings_in(ns: &str) -> Settings {
+    Settings {
+        namespaces: vec![ns.to_string()],
+        ..fast_settings()
+    }
+}
+
+/// The controller's logs in test output, filtered by `OSPROV_TEST_LOG` (e.g. `osprov=debug`);
+/// silent when it is unset.
+pub fn init_test_logging() {
+    if let Ok(filter) = std::env::var("OSPROV_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 /// A running controller; dropping or stopping it ends every task it started.
 pub struct RunningController {
     task: Option<tokio::task::JoinHandle<()>>,
@@ -33,6 +52,7 @@ pub struct RunningController {
 
 impl RunningController {
     pub fn start(client: kube::Client, settings: Settings, sims: Arc<SimRegistry>) -> Self {
+        init_test_logging();
         let task = tokio::spawn(async move {
             if let Err(e) =
                 osprov::controller::run(client, settings, sims, futures::future::pending()).await

@@ -1,0 +1,109 @@
+//! YAML for the generated CRDs that every YAML reader parses the same way.
+//!
+//! `serde_yaml` writes YAML 1.2, where `On`, `Off`, `yes` or `n` are plain strings, so it leaves
+//! them unquoted. Kubernetes' own tooling (kubectl, Helm: sigs.k8s.io/yaml over go-yaml) reads
+//! YAML 1.1, where those words are booleans: `enum: [On, Off]` became `[true, false]` on a real
+//! kube-apiserver and every ManagedHost status write was refused. serde_yaml has no knob for
+//! scalar styles, so its output is post-processed here: a plain scalar that is a YAML 1.1
+//! boolean word is single-quoted. The result is re-parsed and compared with the input, so the
+//! rewrite can never change what a YAML 1.2 reader sees.
+use serde::Serialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum YamlError {
+    #[error("serialising to YAML: {0}")]
+    Serialize(#[from] serde_yaml::Error),
+    #[error("quoting YAML 1.1 booleans changed the document (a bug in osprov)")]
+    RoundTrip,
+}
+
+/// Words YAML 1.1 reads as booleans that YAML 1.2 (serde_yaml) leaves plain.
+fn yaml11_bool(s: &str) -> bool {
+    matches!(
+        s,
+        "y" | "Y"
+            | "yes"
+            | "Yes"
+            | "YES"
+            | "n"
+            | "N"
+            | "no"
+            | "No"
+            | "NO"
+            | "on"
+            | "On"
+            | "ON"
+            | "off"
+            | "Off"
+            | "OFF"
+    )
+}
+
+/// Quotes the plain scalar at the end of one line (`- On`, `key: Off`) if it needs it.
+fn quote_line(line: &str) -> String {
+    let (head, value) = match line.trim_start().strip_prefix("- ") {
+        Some(v) => (&line[..line.len() - v.len()], v),
+        None => match line.rsplit_once(": ") {
+            Some((k, v)) => (&line[..k.len() + 2], v),
+            None => return line.to_string(),
+        },
+    };
+    if yaml11_bool(value) {
+        format!("{head}'{value}'")
+    } else {
+        line.to_string()
+    }
+}
+
+/// `value` as YAML that YAML 1.1 and YAML 1.2 readers parse identically.
+pub fn to_portable_yaml<T: Serialize>(value: &T) -> Result<String, YamlError> {
+    let plain = serde_yaml::to_string(value)?;
+    let mut out = String::with_capacity(plain.len() + 64);
+    for line in plain.lines() {
+        out.push_str(&quote_line(line));
+        out.push('\n');
+    }
+    let before: serde_yaml::Value = serde_yaml::from_str(&plain)?;
+    let after: serde_yaml::Value = serde_yaml::from_str(&out)?;
+    if before != after {
+        return Err(YamlError::RoundTrip);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn yaml11_booleans_are_quoted_and_nothing_else_changes() {
+        let doc = serde_json::json!({
+            "enum": ["On", "Off", "Unknown", null],
+            "flag": "yes",
+            "text": "Power is On",
+            "multi": "line one\nOn\n",
+            "n": 3,
+            "real": true,
+        });
+        let y = to_portable_yaml(&doc).expect("yaml");
+        assert!(y.contains("- 'On'\n") && y.contains("- 'Off'\n"), "{y}");
+        assert!(y.contains("flag: 'yes'\n"), "{y}");
+        assert!(
+            y.contains("- Unknown\n") && y.contains("text: Power is On\n"),
+            "{y}"
+        );
+        let back: serde_json::Value = serde_yaml::from_str(&y).expect("parses");
+        assert_eq!(back, doc);
+    }
+
+    #[test]
+    fn the_crds_carry_no_plain_yaml11_booleans() {
+        for crd in crate::api::crds() {
+            let y = to_portable_yaml(&crd).expect("yaml");
+            for line in y.lines() {
+                let last = line.rsplit([' ', '-']).next().unwrap_or("");
+                assert!(!yaml11_bool(last), "unquoted YAML 1.1 boolean: {line}");
+            }
+        }
+    }
+}
