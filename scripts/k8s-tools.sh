@@ -17,6 +17,10 @@ command -v go >/dev/null 2>&1 || { echo "k8s-tools: Go is needed (go1.26 or newe
 key=$(cat "$K8S/pins.env" "$K8S"/*/go.mod "$K8S"/*/go.sum "$0" | sha256sum | cut -c1-12)
 BIN=$ROOT/target/k8s-tools/$key/bin
 mkdir -p "$BIN"
+# Builds for other pins are stale: keep only this one.
+for old in "$ROOT"/target/k8s-tools/*; do
+    [ "$old" = "$ROOT/target/k8s-tools/$key" ] || rm -rf "$old"
+done
 
 export CGO_ENABLED=0 GOFLAGS=-mod=readonly
 

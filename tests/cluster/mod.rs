@@ -122,6 +122,11 @@ impl TestCluster {
         self.embedded.as_ref()
     }
 
+    /// The real control plane (its tools, logs and audit log), on the real backend.
+    pub fn plane(&self) -> Option<&'static real::Plane> {
+        (self.backend == Backend::Real).then(real::plane)
+    }
+
     /// A scratch directory that lives as long as the test.
     pub fn dir(&self) -> &Path {
         self.dir.path()

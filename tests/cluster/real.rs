@@ -30,6 +30,9 @@ pub struct Plane {
     pub bin: PathBuf,
     /// The control plane's working directory (logs, certificates).
     pub dir: PathBuf,
+    /// kube-apiserver's audit log (JSON lines, level Metadata for every request: who did what
+    /// and the response code); None on a developer's own cluster.
+    pub audit_log: Option<PathBuf>,
 }
 
 static PLANE: OnceLock<Result<Plane, String>> = OnceLock::new();
@@ -73,6 +76,7 @@ fn start_once() -> Result<Plane, String> {
             kubeconfig,
             bin,
             dir,
+            audit_log: None,
         };
         apply_crds(&plane)?;
         return Ok(plane);
@@ -131,6 +135,11 @@ fn boot(bin: PathBuf, children: &mut Vec<Child>) -> Result<Plane, String> {
         ],
     )?);
     let p = |f: &str| dir.join(f).display().to_string();
+    std::fs::write(
+        dir.join("audit-policy.yaml"),
+        "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n- level: Metadata\n",
+    )
+    .map_err(|e| e.to_string())?;
     children.push(spawn(
         &bin.join("kube-apiserver"),
         &dir.join("kube-apiserver.log"),
@@ -148,6 +157,9 @@ fn boot(bin: PathBuf, children: &mut Vec<Child>) -> Result<Plane, String> {
             &format!("--service-account-key-file={}", p("sa.pub")),
             &format!("--service-account-signing-key-file={}", p("sa.key")),
             "--service-cluster-ip-range=10.96.0.0/24",
+            &format!("--audit-policy-file={}", p("audit-policy.yaml")),
+            &format!("--audit-log-path={}", p("audit.log")),
+            "--audit-log-mode=blocking",
             "--profiling=false",
             "--v=0",
         ],
@@ -158,6 +170,7 @@ fn boot(bin: PathBuf, children: &mut Vec<Child>) -> Result<Plane, String> {
     let plane = Plane {
         kubeconfig,
         bin,
+        audit_log: Some(dir.join("audit.log")),
         dir: dir.clone(),
     };
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -218,6 +231,18 @@ fn spawn(program: &Path, log: &Path, args: &[&str]) -> Result<Child, String> {
     }
     cmd.spawn()
         .map_err(|e| format!("{}: {e}", program.display()))
+}
+
+/// The audit events kube-apiserver has written so far (one JSON object per request).
+pub fn audit_events(plane: &Plane) -> Vec<serde_json::Value> {
+    let Some(path) = &plane.audit_log else {
+        return Vec::new();
+    };
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
 }
 
 fn tail(path: &Path) -> String {
