@@ -1,11 +1,13 @@
-//! Leader election on the embedded API: two real controller replicas share one simulated
+//! Leader election on both API backends (embedded and the real kube-apiserver): two real controller replicas share one simulated
 //! backend; only the lease holder reconciles, a standby takes over once the lease has expired
 //! (or at once after a clean release), a leader that cannot renew stops, and no request is
 //! reprovisioned twice across a handover. Standbys serve /healthz and /readyz as healthy.
+mod cluster;
 mod harness;
 mod replica;
 mod support;
 
+use cluster::{proxy::Proxy, TestCluster};
 use harness::*;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
@@ -14,7 +16,6 @@ use osprov::api::{ManagedHost, OSDispatcher, OSProvisioningRequest, Phase};
 use replica::*;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::TestApi;
 
 const LEASE: &str = "osprov-osp";
 
@@ -33,32 +34,37 @@ async fn wait_leading(r: &Replica, secs: u64) {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn only_the_leader_reconciles_and_a_standby_takes_over_after_expiry() {
-    let api = TestApi::start().await;
+on_both_backends!(
+    only_the_leader_reconciles_and_a_standby_takes_over_after_expiry,
+    a_clean_shutdown_releases_the_lease_for_an_immediate_handover,
+    a_leader_whose_lease_is_taken_stops_reconciling,
+    a_leader_cut_off_from_the_api_stops_before_its_lease_expires,
+);
+
+async fn only_the_leader_reconciles_and_a_standby_takes_over_after_expiry(t: TestCluster) {
     let sims = Arc::new(SimRegistry::default());
-    let leases: Api<Lease> = Api::namespaced(api.client.clone(), "default");
-    let requests: Api<OSProvisioningRequest> = Api::namespaced(api.client.clone(), "default");
-    let dispatchers: Api<OSDispatcher> = Api::namespaced(api.client.clone(), "default");
-    let hosts: Api<ManagedHost> = Api::namespaced(api.client.clone(), "default");
+    let leases: Api<Lease> = t.api();
+    let requests: Api<OSProvisioningRequest> = t.api();
+    let dispatchers: Api<OSDispatcher> = t.api();
+    let hosts: Api<ManagedHost> = t.api();
 
     let a = Replica::start(
         "a",
-        client_as(&api.server, "replica-a").await,
-        fast_settings(),
-        Some(election("a")),
+        t.client_as("replica-a").await,
+        fast_settings_in(&t.ns),
+        Some(election_in("a", &t.ns)),
         sims.clone(),
     );
     wait_leading(&a, 10).await;
     let b_addr = free_addr();
     let b = Replica::start(
         "b",
-        client_as(&api.server, "replica-b").await,
+        t.client_as("replica-b").await,
         osprov::controller::settings::Settings {
             metrics_addr: osprov::controller::settings::MetricsAddr(Some(b_addr)),
-            ..fast_settings()
+            ..fast_settings_in(&t.ns)
         },
-        Some(election("b")),
+        Some(election_in("b", &t.ns)),
         sims.clone(),
     );
 
@@ -82,13 +88,12 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over_after_expiry() {
     // The standby holds back: no reconcile, only the lease, and it is a ready standby.
     assert!(a.leading() && !b.leading());
     assert_eq!(holder(&lease(&leases).await).as_deref(), Some("a"));
-    let record = access_record(&api.client).await;
     assert_eq!(
-        resources_used(&record, "replica-b"),
+        t.resources_used("replica-b").await,
         [("coordination.k8s.io".to_string(), "leases".to_string())],
-        "the standby touched only its lease: {record}"
+        "the standby touched only its lease"
     );
-    assert!(resources_used(&record, "replica-a").contains(&(
+    assert!(t.resources_used("replica-a").await.contains(&(
         "osprov.io".to_string(),
         "osprovisioningrequests".to_string()
     )));
@@ -130,7 +135,7 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over_after_expiry() {
     for i in 0..3 {
         wait_phase(&requests, &format!("r{i}"), Phase::Succeeded, 30).await;
     }
-    let stats = sims.get("default/sim").expect("fleet").stats();
+    let stats = sims.get(&t.key("sim")).expect("fleet").stats();
     assert_eq!(stats.started(), 3);
     assert!(
         stats.reprovision_calls.values().all(|n| *n == 1),
@@ -141,28 +146,26 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over_after_expiry() {
     drop(b);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_clean_shutdown_releases_the_lease_for_an_immediate_handover() {
-    let api = TestApi::start().await;
+async fn a_clean_shutdown_releases_the_lease_for_an_immediate_handover(t: TestCluster) {
     let sims = Arc::new(SimRegistry::default());
-    let leases: Api<Lease> = Api::namespaced(api.client.clone(), "default");
+    let leases: Api<Lease> = t.api();
     let slow = |id: &str| osprov::controller::leader::LeaderConfig {
         lease_duration: Duration::from_secs(10),
         renew_deadline: Duration::from_secs(5),
-        ..election(id)
+        ..election_in(id, &t.ns)
     };
     let a = Replica::start(
         "a",
-        client_as(&api.server, "replica-a").await,
-        fast_settings(),
+        t.client_as("replica-a").await,
+        fast_settings_in(&t.ns),
         Some(slow("a")),
         sims.clone(),
     );
     wait_leading(&a, 10).await;
     let b = Replica::start(
         "b",
-        client_as(&api.server, "replica-b").await,
-        fast_settings(),
+        t.client_as("replica-b").await,
+        fast_settings_in(&t.ns),
         Some(slow("b")),
         sims.clone(),
     );
@@ -182,16 +185,14 @@ async fn a_clean_shutdown_releases_the_lease_for_an_immediate_handover() {
     assert_eq!(spec.lease_transitions, Some(1));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_leader_whose_lease_is_taken_stops_reconciling() {
-    let api = TestApi::start().await;
+async fn a_leader_whose_lease_is_taken_stops_reconciling(t: TestCluster) {
     let sims = Arc::new(SimRegistry::default());
-    let leases: Api<Lease> = Api::namespaced(api.client.clone(), "default");
+    let leases: Api<Lease> = t.api();
     let mut a = Replica::start(
         "a",
-        client_as(&api.server, "replica-a").await,
-        fast_settings(),
-        Some(election("a")),
+        t.client_as("replica-a").await,
+        fast_settings_in(&t.ns),
+        Some(election_in("a", &t.ns)),
         sims.clone(),
     );
     wait_leading(&a, 10).await;
@@ -222,19 +223,18 @@ async fn a_leader_whose_lease_is_taken_stops_reconciling() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_leader_cut_off_from_the_api_stops_before_its_lease_expires() {
-    let api = TestApi::start().await;
+async fn a_leader_cut_off_from_the_api_stops_before_its_lease_expires(t: TestCluster) {
     let sims = Arc::new(SimRegistry::default());
+    let proxy = Proxy::start(t.api_addr()).await;
     let mut a = Replica::start(
         "a",
-        client_as(&api.server, "replica-a").await,
-        fast_settings(),
-        Some(election("a")),
+        t.client_via(&proxy, "replica-a").await,
+        fast_settings_in(&t.ns),
+        Some(election_in("a", &t.ns)),
         sims,
     );
     wait_leading(&a, 10).await;
-    let _dir = api.stop().await;
+    proxy.cut();
     let cut = Instant::now();
     let result = tokio::time::timeout(Duration::from_secs(5), a.wait())
         .await

@@ -7,6 +7,7 @@
 //! [`on_both_backends!`] turns `async fn name(c: TestCluster)` into the tests `name::embedded`
 //! and `name::real`.
 #![allow(dead_code)]
+pub mod proxy;
 pub mod real;
 
 use std::path::{Path, PathBuf};
@@ -115,6 +116,90 @@ impl TestCluster {
     /// A new admin client whose requests carry `User-Agent: <agent>`.
     pub async fn client_as(&self, agent: &str) -> kube::Client {
         client_for(&self.kubeconfig, Some(agent)).await
+    }
+
+    /// The API server's address (host:port of the kubeconfig's server URL).
+    pub fn api_addr(&self) -> std::net::SocketAddr {
+        let text = std::fs::read_to_string(&self.kubeconfig).expect("kubeconfig");
+        let doc: serde_yaml::Value = serde_yaml::from_str(&text).expect("kubeconfig YAML");
+        let server = doc["clusters"][0]["cluster"]["server"]
+            .as_str()
+            .expect("server URL");
+        let hostport = server
+            .trim_start_matches("https://")
+            .trim_start_matches("http://")
+            .trim_end_matches('/');
+        hostport.parse().expect("server is host:port")
+    }
+
+    /// A client (User-Agent `agent`) that reaches the API only through `proxy`.
+    pub async fn client_via(&self, proxy: &proxy::Proxy, agent: &str) -> kube::Client {
+        let text = std::fs::read_to_string(&self.kubeconfig).expect("kubeconfig");
+        let mut doc: serde_yaml::Value = serde_yaml::from_str(&text).expect("kubeconfig YAML");
+        doc["clusters"][0]["cluster"]["server"] =
+            serde_yaml::Value::String(format!("https://{}", proxy.addr));
+        let path = self
+            .dir
+            .path()
+            .join(format!("via-{}.kubeconfig", proxy.addr.port()));
+        std::fs::write(&path, serde_yaml::to_string(&doc).expect("yaml")).expect("kubeconfig");
+        client_for(&path, Some(agent)).await
+    }
+
+    /// The (API group, resource) pairs that clients with User-Agent `agent` used in this test's
+    /// namespace, sorted: from the embedded API's access record, or kube-apiserver's audit log.
+    pub async fn resources_used(&self, agent: &str) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = match self.backend {
+            Backend::Embedded => {
+                let req = http::Request::get("/debug/osprov/access")
+                    .body(Vec::new())
+                    .expect("request");
+                let record: serde_json::Value =
+                    self.client.request(req).await.expect("access record");
+                record[agent]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .map(|e| {
+                                (
+                                    e["group"].as_str().unwrap_or("").to_string(),
+                                    e["resource"].as_str().unwrap_or("").to_string(),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            }
+            Backend::Real => {
+                let plane = real::plane();
+                let ns_path = format!("/namespaces/{}/", self.ns);
+                real::audit_events(plane)
+                    .iter()
+                    .filter(|e| e["userAgent"].as_str() == Some(agent))
+                    .filter(|e| {
+                        e["objectRef"]["namespace"].as_str() == Some(self.ns.as_str())
+                            || e["requestURI"]
+                                .as_str()
+                                .is_some_and(|u| u.contains(&ns_path))
+                    })
+                    .map(|e| {
+                        (
+                            e["objectRef"]["apiGroup"]
+                                .as_str()
+                                .unwrap_or("")
+                                .to_string(),
+                            e["objectRef"]["resource"]
+                                .as_str()
+                                .unwrap_or("")
+                                .to_string(),
+                        )
+                    })
+                    .collect()
+            }
+        };
+        out.sort();
+        out.dedup();
+        out
     }
 
     /// The embedded server, for the few checks only it can answer (its access record).

@@ -27,9 +27,14 @@ pub async fn client_as(server: &osprov::apiserver::ApiServer, agent: &str) -> ku
 
 /// Election timings for tests: 2 s lease, 1 s renew deadline, 200 ms retry period.
 pub fn election(identity: &str) -> LeaderConfig {
+    election_in(identity, "default")
+}
+
+/// `election` with the Lease in namespace `ns`.
+pub fn election_in(identity: &str, ns: &str) -> LeaderConfig {
     LeaderConfig {
         lease_name: osprov::controller::leader::lease_name("osp"),
-        namespace: "default".into(),
+        namespace: ns.into(),
         identity: identity.into(),
         lease_duration: Duration::from_secs(2),
         renew_deadline: Duration::from_secs(1),
