@@ -1,7 +1,7 @@
 //! Scale benchmark of the provisioner (issue 3): N simulated hosts over D dispatchers, then N
 //! requests with 0 s simulated provisioning, to convergence.
 //!
-//! The "cluster" is the embedded API in this process; the controller is the real `osprov
+//! The controller is the real `osprov
 //! controller` binary in a child process (so its peak RSS is its own), talking to the API over
 //! HTTP. Reports: time to discover and sync every ManagedHost, time for all requests to succeed,
 //! request→dispatch latency (request created → `status.operation.started`, recorded just before the
@@ -9,6 +9,11 @@
 //! new OS. Then a restart: a new controller process over everything (its simulated fleets start
 //! again, so every ManagedHost changes back), the time to re-sync every ManagedHost and that
 //! process's peak RSS; no finished request may change.
+//!
+//! Both API servers are measured in one run (`OSPROV_BENCH_API=embedded|real|both`, default
+//! both): the embedded API in this process, and the real kube-apiserver on etcd started on
+//! loopback by the test harness's control plane (tests/cluster/real.rs). The table also gives the
+//! API server's writes per second during convergence (growth of its revision).
 //!
 //! `cargo bench --bench scale` runs the full size (10,000 hosts over 100 dispatchers); run without
 //! `--bench` (as `cargo test --all-targets` does) it runs a small smoke size and checks the result.
@@ -21,7 +26,67 @@ use osprov::api::{
     Phase, SimulatorSpec,
 };
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
+
+#[allow(dead_code)]
+#[path = "../tests/cluster/real.rs"]
+mod real;
+
+#[derive(Clone, Copy)]
+enum Backend {
+    Embedded,
+    Real,
+}
+
+/// The API server a run measures: the embedded API in this process, or the real control plane
+/// (kube-apiserver + etcd, built from their Go modules; see tests/cluster/real.rs).
+struct Cluster {
+    kubeconfig: PathBuf,
+    client: kube::Client,
+    embedded: Option<osprov::apiserver::ApiServer>,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    async fn start(backend: Backend) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        match backend {
+            Backend::Embedded => {
+                let mut config = osprov::apiserver::Config::new(osprov::api::crds());
+                config.watch_history = 200_000;
+                let server = osprov::apiserver::serve(config)
+                    .await
+                    .expect("embedded API");
+                let kubeconfig = dir.path().join("kubeconfig");
+                server.write_kubeconfig(&kubeconfig).expect("kubeconfig");
+                let client = server.client().await.expect("client");
+                Cluster {
+                    kubeconfig,
+                    client,
+                    embedded: Some(server),
+                    _dir: dir,
+                }
+            }
+            Backend::Real => {
+                let plane = tokio::task::spawn_blocking(real::plane)
+                    .await
+                    .expect("control plane");
+                let kc =
+                    kube::config::Kubeconfig::read_from(&plane.kubeconfig).expect("kubeconfig");
+                let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                    .await
+                    .expect("config");
+                Cluster {
+                    kubeconfig: plane.kubeconfig.clone(),
+                    client: kube::Client::try_from(config).expect("client"),
+                    embedded: None,
+                    _dir: dir,
+                }
+            }
+        }
+    }
+}
 
 struct Size {
     dispatchers: usize,
@@ -109,15 +174,101 @@ async fn main() {
         size.hosts_per_dispatcher = h;
     }
     let total = size.dispatchers * size.hosts_per_dispatcher;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = osprov::apiserver::Config::new(osprov::api::crds());
-    config.watch_history = 200_000;
-    let server = osprov::apiserver::serve(config)
+    // OSPROV_BENCH_API=embedded|real|both (default both): the API server(s) to measure, one
+    // after the other in this run.
+    let which = std::env::var("OSPROV_BENCH_API").unwrap_or_else(|_| "both".into());
+    let backends: Vec<Backend> = match which.as_str() {
+        "embedded" => vec![Backend::Embedded],
+        "real" => vec![Backend::Real],
+        "both" => vec![Backend::Embedded, Backend::Real],
+        other => panic!("OSPROV_BENCH_API={other}: expected embedded, real or both"),
+    };
+    let mut results = Vec::new();
+    for b in &backends {
+        results.push(run(*b, &size).await);
+    }
+    let col =
+        |f: &dyn Fn(&Results) -> String| results.iter().map(f).collect::<Vec<_>>().join(" | ");
+    let secs = |d: Duration| format!("{:.2} s", d.as_secs_f64());
+    let mib = |m: Option<u64>| {
+        m.map(|m| format!("{m} MiB"))
+            .unwrap_or_else(|| "n/a".into())
+    };
+    let names: Vec<&str> = backends
+        .iter()
+        .map(|b| match b {
+            Backend::Embedded => "embedded API",
+            Backend::Real => "kube-apiserver + etcd",
+        })
+        .collect();
+    println!("| metric | {} |", names.join(" | "));
+    println!("|---|{}", "---|".repeat(names.len()));
+    println!(
+        "| hosts / dispatchers | {} |",
+        col(&|_| format!("{total} / {}", size.dispatchers))
+    );
+    println!(
+        "| discover + sync all ManagedHosts | {} |",
+        col(&|r| secs(r.sync))
+    );
+    println!(
+        "| {total} requests to Succeeded (after the last create) | {} |",
+        col(&|r| secs(r.converge))
+    );
+    println!(
+        "| from the first create to the last success | {} |",
+        col(&|r| secs(r.converge_total))
+    );
+    println!(
+        "| request→dispatch p50 / p99 | {} |",
+        col(&|r| format!("{:.3} s / {:.3} s", r.p50, r.p99))
+    );
+    println!(
+        "| API writes per second during convergence | {} |",
+        col(&|r| format!("{:.0}", r.writes_per_s))
+    );
+    println!("| controller peak RSS | {} |", col(&|r| mib(r.rss_mib)));
+    println!(
+        "| restart: re-discover and re-sync all ManagedHosts | {} |",
+        col(&|r| secs(r.resync))
+    );
+    println!(
+        "| restarted controller peak RSS | {} |",
+        col(&|r| mib(r.restart_rss_mib))
+    );
+}
+
+struct Results {
+    sync: Duration,
+    converge: Duration,
+    converge_total: Duration,
+    p50: f64,
+    p99: f64,
+    rss_mib: Option<u64>,
+    resync: Duration,
+    restart_rss_mib: Option<u64>,
+    writes_per_s: f64,
+}
+
+/// The API server's current revision (a quorum list's resourceVersion): both the embedded API
+/// and etcd count every write with it, so its growth is the number of writes.
+async fn revision<K>(api: &Api<K>) -> u64
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.list_metadata(&ListParams::default().limit(1))
         .await
-        .expect("embedded API");
-    let kubeconfig = dir.path().join("kubeconfig");
-    server.write_kubeconfig(&kubeconfig).expect("kubeconfig");
-    let client = server.client().await.expect("client");
+        .expect("list")
+        .metadata
+        .resource_version
+        .and_then(|v| v.parse().ok())
+        .expect("numeric resourceVersion")
+}
+
+async fn run(backend: Backend, size: &Size) -> Results {
+    let total = size.dispatchers * size.hosts_per_dispatcher;
+    let api = Cluster::start(backend).await;
+    let (kubeconfig, client) = (api.kubeconfig.clone(), api.client.clone());
 
     // OSPROV_BENCH_METRICS=127.0.0.1:9393 exposes the controller's metrics while it runs.
     let log_level = std::env::var("OSPROV_BENCH_LOG").unwrap_or_else(|_| "warn".into());
@@ -174,6 +325,7 @@ async fn main() {
     })
     .await;
     let first_create = Instant::now();
+    let revision_at_first_create = revision(&requests).await;
 
     // Requests, created 16 at a time; remember when each was created (wall clock).
     let created_at: HashMap<String, Timestamp> = {
@@ -214,6 +366,7 @@ async fn main() {
     })
     .await;
     let converge_total = first_create.elapsed();
+    let writes = revision(&requests).await - revision_at_first_create;
     let list = requests
         .list(&ListParams::default())
         .await
@@ -296,49 +449,24 @@ async fn main() {
         .count();
 
     latencies.sort_by(|a, b| a.total_cmp(b));
-    println!("| metric | value |");
-    println!("|---|---|");
-    println!("| hosts / dispatchers | {total} / {} |", size.dispatchers);
-    println!(
-        "| discover + sync all ManagedHosts | {:.2} s |",
-        sync.as_secs_f64()
-    );
-    println!(
-        "| {total} requests to Succeeded (after the last create) | {:.2} s |",
-        converge.as_secs_f64()
-    );
-    println!(
-        "| from the first create to the last success | {:.2} s |",
-        converge_total.as_secs_f64()
-    );
-    println!(
-        "| request→dispatch p50 | {:.3} s |",
-        percentile(&latencies, 0.5)
-    );
-    println!(
-        "| request→dispatch p99 | {:.3} s |",
-        percentile(&latencies, 0.99)
-    );
-    println!(
-        "| controller peak RSS | {} MiB |",
-        rss.map(|k| (k / 1024).to_string())
-            .unwrap_or_else(|| "n/a".into())
-    );
-    println!(
-        "| restart: re-discover and re-sync all ManagedHosts | {:.2} s |",
-        resync.as_secs_f64()
-    );
-    println!(
-        "| restarted controller peak RSS | {} MiB |",
-        restart_rss
-            .map(|k| (k / 1024).to_string())
-            .unwrap_or_else(|| "n/a".into())
-    );
     assert_eq!(moved, 0, "finished requests changed after the restart");
     assert_eq!(
         latencies.len(),
         total,
         "every request has a recorded dispatch"
     );
-    server.shutdown().await;
+    if let Some(server) = api.embedded {
+        server.shutdown().await;
+    }
+    Results {
+        sync,
+        converge,
+        converge_total,
+        p50: percentile(&latencies, 0.5),
+        p99: percentile(&latencies, 0.99),
+        rss_mib: rss.map(|k| k / 1024),
+        resync,
+        restart_rss_mib: restart_rss.map(|k| k / 1024),
+        writes_per_s: writes as f64 / converge_total.as_secs_f64(),
+    }
 }
