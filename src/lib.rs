@@ -5,6 +5,7 @@
 pub mod adapter;
 pub mod api;
 pub mod apiserver;
+pub mod cli;
 pub mod controller;
 pub mod provisioner;
 pub mod standalone;

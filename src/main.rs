@@ -2,7 +2,9 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser, Subcommand};
 use osprov::controller::settings::{init_logging, Settings};
 
 /// The User-Agent of the controller's requests.
@@ -43,6 +45,10 @@ enum Command {
         #[command(flatten)]
         settings: Settings,
     },
+    #[command(flatten)]
+    Cli(osprov::cli::Command),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completion { shell: clap_complete::Shell },
     /// Run the controller against a Kubernetes API (kubeconfig or in-cluster configuration).
     Controller {
         #[command(flatten)]
@@ -61,9 +67,13 @@ enum Command {
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    match cli.command {
+fn main() -> ExitCode {
+    let result = match Cli::parse().command {
+        Command::Cli(cmd) => return run_cli(cmd),
+        Command::Completion { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "osprov", &mut std::io::stdout());
+            Ok(())
+        }
         Command::Crds { dir } => write_crds(dir),
         Command::Standalone {
             listen,
@@ -73,39 +83,68 @@ fn main() -> anyhow::Result<()> {
             sim_hosts,
             settings,
         } => {
-            init_logging(&settings.log_level, settings.log_format);
             let opts = osprov::apiserver::standalone::ApiOptions {
                 listen,
                 data_dir,
                 kubeconfig,
                 access_log,
             };
-            tokio::runtime::Runtime::new()?.block_on(async {
-                osprov::standalone::run(&opts, settings, sim_hosts, shutdown_signal()).await?;
-                Ok(())
-            })
+            standalone(opts, settings, sim_hosts)
         }
-        Command::Controller { settings, election } => {
-            init_logging(&settings.log_level, settings.log_format);
-            tokio::runtime::Runtime::new()?.block_on(async {
-                let mut config = kube::Config::infer().await?;
-                // Name ourselves in the API server's audit log (kube-rs sends no User-Agent).
-                config.headers.push((
-                    http::header::USER_AGENT,
-                    http::HeaderValue::from_static(USER_AGENT),
-                ));
-                let runtime = osprov::controller::Runtime {
-                    election: election.config(&settings.identifier, &config.default_namespace)?,
-                    ..Default::default()
-                };
-                let client = kube::Client::try_from(config)?;
-                let sims = std::sync::Arc::new(osprov::adapter::simulator::SimRegistry::default());
-                osprov::controller::run_with(client, settings, sims, runtime, shutdown_signal())
-                    .await?;
-                Ok(())
-            })
+        Command::Controller { settings, election } => controller(settings, election),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
         }
     }
+}
+
+fn run_cli(cmd: osprov::cli::Command) -> ExitCode {
+    match tokio::runtime::Runtime::new() {
+        Ok(rt) => osprov::cli::report(rt.block_on(osprov::cli::run(cmd))),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn standalone(
+    opts: osprov::apiserver::standalone::ApiOptions,
+    settings: Settings,
+    sim_hosts: i32,
+) -> anyhow::Result<()> {
+    init_logging(&settings.log_level, settings.log_format);
+    tokio::runtime::Runtime::new()?.block_on(async {
+        osprov::standalone::run(&opts, settings, sim_hosts, shutdown_signal()).await?;
+        Ok(())
+    })
+}
+
+fn controller(
+    settings: Settings,
+    election: osprov::controller::leader::ElectionArgs,
+) -> anyhow::Result<()> {
+    init_logging(&settings.log_level, settings.log_format);
+    tokio::runtime::Runtime::new()?.block_on(async {
+        let mut config = kube::Config::infer().await?;
+        // Name ourselves in the API server's audit log (kube-rs sends no User-Agent).
+        config.headers.push((
+            http::header::USER_AGENT,
+            http::HeaderValue::from_static(USER_AGENT),
+        ));
+        let runtime = osprov::controller::Runtime {
+            election: election.config(&settings.identifier, &config.default_namespace)?,
+            ..Default::default()
+        };
+        let client = kube::Client::try_from(config)?;
+        let sims = std::sync::Arc::new(osprov::adapter::simulator::SimRegistry::default());
+        osprov::controller::run_with(client, settings, sims, runtime, shutdown_signal()).await?;
+        Ok(())
+    })
 }
 
 /// Resolves on SIGINT or SIGTERM.

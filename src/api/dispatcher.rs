@@ -275,6 +275,10 @@ pub struct OSDispatcherStatus {
     /// When the last successful discovery finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_discovery: Option<Time>,
+    /// The value of the `osprov.io/discover` annotation whose discovery has finished: a client
+    /// that sets the annotation to a fresh value waits until this field shows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_discovery_request: Option<String>,
     /// The generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,

@@ -85,6 +85,17 @@ pub enum PowerState {
     Unknown,
 }
 
+impl PowerState {
+    /// The name used in status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PowerState::On => "On",
+            PowerState::Off => "Off",
+            PowerState::Unknown => "Unknown",
+        }
+    }
+}
+
 /// Provisioning state of a host as the backend reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum HostProvisioningState {

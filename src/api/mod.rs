@@ -28,6 +28,10 @@ pub const VERSION: &str = "v1alpha1";
 pub const REQUEST_FINALIZER: &str = "osprov.io/cancel-on-delete";
 /// Label on ManagedHosts naming the dispatcher that discovered them.
 pub const DISPATCHER_LABEL: &str = "osprov.io/dispatcher";
+/// Annotation on an OSDispatcher asking for a discovery now: set it to a new value (e.g. a
+/// timestamp) and the controller discovers, then records the value in
+/// `status.lastDiscoveryRequest` (`osprov discover`, and `osprov os list` when nothing is known).
+pub const DISCOVER_ANNOTATION: &str = "osprov.io/discover";
 /// Label on ManagedHosts and requests naming the provisioner identifier responsible for them.
 pub const PROVISIONER_LABEL: &str = "osprov.io/provisioner";
 

@@ -110,6 +110,11 @@ fn release(scope: &Scope, key: &DispKey) {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .remove(key);
+    scope
+        .discovery_asks
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(key);
     let m = &shared.metrics;
     m.hosts.remove(&super::metrics::DispatcherLabel {
         dispatcher: key.to_string(),
@@ -225,6 +230,10 @@ async fn reconcile(d: Arc<OSDispatcher>, scope: Arc<Scope>) -> Result<Action, Er
     status.host_count = Some(i32::try_from(view.hosts.len()).unwrap_or(i32::MAX));
     status.os_catalogue = view.catalogue();
     status.last_discovery = view.last_discovery.map(Time);
+    let asked = discovery_ask(&scope, &d, &key, &status, view.last_discovery);
+    if let Some(value) = &asked {
+        status.last_discovery_request = value.clone();
+    }
     status.observed_generation = generation;
     let ready = if view.state == DispatcherState::Ready {
         conditions::TRUE
@@ -289,10 +298,52 @@ async fn reconcile(d: Arc<OSDispatcher>, scope: Arc<Scope>) -> Result<Action, Er
     m.durations
         .get_or_create(&label)
         .observe(started.elapsed().as_secs_f64());
+    if matches!(asked, Some(None)) {
+        // A discovery asked for through the annotation is running: look again soon.
+        return Ok(Action::requeue(Duration::from_millis(200)));
+    }
     // Hosts missing from the backend are removed after the grace period; look again then.
     Ok(Action::requeue(
         shared.settings.host_grace.min(Duration::from_secs(300)),
     ))
+}
+
+/// Performs the decision about the `osprov.io/discover` annotation: None when nothing is asked,
+/// Some(None) while the discovery runs, Some(Some(value)) when `value` is answered.
+fn discovery_ask(
+    scope: &Scope,
+    d: &OSDispatcher,
+    key: &DispKey,
+    status: &OSDispatcherStatus,
+    last_discovery: Option<Timestamp>,
+) -> Option<Option<String>> {
+    use super::discovery_request::{decide, Ask};
+    let wanted = d.annotations().get(crate::api::DISCOVER_ANNOTATION);
+    let mut asks = scope
+        .discovery_asks
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let pending = asks.get(key).map(|(v, at)| (v.as_str(), *at));
+    match decide(
+        wanted.map(String::as_str),
+        status.last_discovery_request.as_deref(),
+        pending,
+        last_discovery,
+    ) {
+        Ask::Nothing => None,
+        Ask::Trigger => {
+            let value = wanted.cloned().unwrap_or_default();
+            info!(request = %value, "discovery asked for through the annotation");
+            asks.insert(key.clone(), (value, Timestamp::now()));
+            scope.shared.engine.discover_now(key);
+            Some(None)
+        }
+        Ask::Waiting => Some(None),
+        Ask::Answer(value) => {
+            asks.remove(key);
+            Some(Some(value))
+        }
+    }
 }
 
 async fn write_status(

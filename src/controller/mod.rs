@@ -10,6 +10,7 @@
 //! shutdown future resolves; [`run_with`] does the same behind leader election, serving the
 //! health and metrics endpoint and the provisioning callback endpoint on standbys too.
 pub mod callback;
+pub mod discovery_request;
 pub mod dispatchers;
 pub mod events;
 pub mod hosts;
@@ -196,6 +197,8 @@ pub struct Scope {
     pub seeded: std::sync::atomic::AtomicBool,
     /// Per dispatcher: the host set (hashed) and time of the last full ManagedHost scan.
     pub host_scans: Mutex<HashMap<DispKey, (u64, std::time::Instant)>>,
+    /// Discoveries started for an `osprov.io/discover` annotation value, and when.
+    pub discovery_asks: Mutex<HashMap<DispKey, (String, k8s_openapi::jiff::Timestamp)>>,
 }
 
 impl Scope {
@@ -507,6 +510,7 @@ fn scope_tasks(
         dispatcher_trigger,
         seeded: Default::default(),
         host_scans: Mutex::new(HashMap::new()),
+        discovery_asks: Mutex::new(HashMap::new()),
     });
     let tasks: Vec<Task> = vec![
         requests::run(

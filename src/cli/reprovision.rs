@@ -1,0 +1,407 @@
+//! `osprov reprovision`: one host (`HOST OS`), or a fleet wave (`--selector LABELS OS`) that keeps
+//! at most `--max-unavailable` hosts reprovisioning at once, stops at the first failure unless
+//! `--continue-on-error`, and resumes where it stopped when run again (its requests carry a label
+//! derived from namespace, selector and OS, and names derived from host and OS).
+//!
+//! The command only creates OSProvisioningRequests and reads them back: the controller does the
+//! work, with all its safety rules. Progress is a bar or spinner (indicatif) in a terminal, and
+//! plain lines, one per change, when the output is piped. Following is done by reading the
+//! objects three times a second, a negligible load for an interactive command.
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use kube::api::{ListParams, PostParams};
+use kube::ResourceExt;
+
+use super::query::{discover, not_managed};
+use super::{CliError, Target};
+use crate::api::{
+    ManagedHost, OSProvisioningRequest, OSProvisioningRequestSpec, OSProvisioningRequestStatus,
+    Phase, DISPATCHER_LABEL,
+};
+
+/// Label on the requests of one wave.
+pub const WAVE_LABEL: &str = "osprov.io/wave";
+const POLL: Duration = Duration::from_millis(300);
+
+/// A request name for `host` → `os`: a DNS-1123 subdomain (lower case, `[a-z0-9.-]`, at most 253
+/// characters, alphanumeric at both ends).
+pub fn request_name(host: &str, os: &str, suffix: Option<&str>) -> String {
+    let mut raw = format!("{host}-{os}");
+    if let Some(s) = suffix {
+        raw.push('-');
+        raw.push_str(s);
+    }
+    let mapped: String = raw
+        .to_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let trimmed: String = mapped.chars().take(253).collect();
+    let name = trimmed.trim_matches(|c: char| !c.is_ascii_alphanumeric());
+    if name.is_empty() {
+        "reprovision".into()
+    } else {
+        name.to_string()
+    }
+}
+
+/// The wave's id: FNV-1a of namespace, selector and OS, so the same command finds its requests
+/// again (std's hasher is not stable across Rust releases; this is eight lines).
+pub fn wave_id(namespace: &str, selector: &str, os: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in format!("{namespace}\0{selector}\0{os}").bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("w{:08x}", h as u32)
+}
+
+fn is_done(st: Option<&OSProvisioningRequestStatus>) -> Option<bool> {
+    match st.and_then(|s| s.phase) {
+        Some(Phase::Succeeded) => Some(true),
+        Some(Phase::Failed | Phase::Rejected | Phase::Cancelled) => Some(false),
+        _ => None,
+    }
+}
+
+/// The host's catalogue has `os`; asks for a discovery once before refusing.
+async fn check_available(
+    t: &Target,
+    host: &str,
+    os: &str,
+    timeout: Duration,
+) -> Result<(), CliError> {
+    let api = t.namespaced::<ManagedHost>();
+    let get = || async {
+        api.get_opt(host)
+            .await?
+            .ok_or_else(|| not_managed(host, &t.namespace))
+    };
+    let mh = get().await?;
+    let has = |mh: &ManagedHost| {
+        mh.status
+            .as_ref()
+            .is_some_and(|s| s.available_os.iter().any(|o| o == os))
+    };
+    if has(&mh) {
+        return Ok(());
+    }
+    if let Some(d) = mh.labels().get(DISPATCHER_LABEL) {
+        discover(t, d, Some(timeout.min(Duration::from_secs(60)))).await?;
+    }
+    let mh = get().await?;
+    if has(&mh) {
+        return Ok(());
+    }
+    let known = mh
+        .status
+        .map(|s| s.available_os.join(", "))
+        .unwrap_or_default();
+    Err(CliError::Refused(format!(
+        "OS {os} is not in the catalogue of host {host} (after a fresh discovery); it offers: {known}"
+    )))
+}
+
+/// Creates `name` for host → os, or adopts it when it exists with the same spec.
+async fn ensure_request(
+    t: &Target,
+    name: &str,
+    host: &str,
+    os: &str,
+    labels: BTreeMap<String, String>,
+) -> Result<bool, CliError> {
+    let api = t.namespaced::<OSProvisioningRequest>();
+    if let Some(existing) = api.get_opt(name).await? {
+        if existing.spec.host == host && existing.spec.os == os {
+            return Ok(false);
+        }
+        return Err(CliError::Refused(format!(
+            "request {name} already exists for {} → {}; choose another --name",
+            existing.spec.host, existing.spec.os
+        )));
+    }
+    let mut r = OSProvisioningRequest::new(
+        name,
+        OSProvisioningRequestSpec {
+            host: host.into(),
+            os: os.into(),
+            dispatcher: None,
+            max_attempts: None,
+        },
+    );
+    r.metadata.labels = Some(labels);
+    api.create(&PostParams::default(), &r).await?;
+    Ok(true)
+}
+
+/// Progress on a terminal (indicatif) or as plain lines.
+struct Progress {
+    bar: Option<ProgressBar>,
+    last: String,
+}
+
+impl Progress {
+    fn new(len: Option<u64>) -> Progress {
+        let bar = std::io::stdout().is_terminal().then(|| {
+            let bar = match len {
+                Some(n) => ProgressBar::new(n).with_style(
+                    ProgressStyle::with_template("{bar:30} {pos}/{len} {elapsed} {msg}")
+                        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                ),
+                None => ProgressBar::new_spinner(),
+            };
+            bar.enable_steady_tick(Duration::from_millis(120));
+            bar
+        });
+        Progress {
+            bar,
+            last: String::new(),
+        }
+    }
+
+    fn update(&mut self, pos: u64, line: String, elapsed: Duration) {
+        match &self.bar {
+            Some(bar) => {
+                bar.set_position(pos);
+                bar.set_message(line);
+            }
+            None if line != self.last => {
+                println!("{:>5}s  {line}", elapsed.as_secs());
+                self.last = line;
+            }
+            None => {}
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+fn describe(st: Option<&OSProvisioningRequestStatus>) -> String {
+    let Some(st) = st else {
+        return "Pending (not picked up yet)".into();
+    };
+    format!(
+        "{} {} attempt {}",
+        st.phase.map(Phase::as_str).unwrap_or("Pending"),
+        st.reason.as_deref().unwrap_or("-"),
+        st.attempts.unwrap_or(0)
+    )
+}
+
+/// `osprov reprovision HOST OS`.
+pub async fn single(
+    t: &Target,
+    host: &str,
+    os: &str,
+    name: Option<&str>,
+    wait: bool,
+    timeout: Duration,
+) -> Result<String, CliError> {
+    check_available(t, host, os, timeout).await?;
+    let name = name
+        .map(str::to_string)
+        .unwrap_or_else(|| request_name(host, os, None));
+    let created = ensure_request(t, &name, host, os, BTreeMap::new()).await?;
+    let verb = if created {
+        "created"
+    } else {
+        "exists, following it"
+    };
+    if !wait {
+        return Ok(format!("osprovisioningrequest.osprov.io/{name} {verb}\n"));
+    }
+    eprintln!("osprovisioningrequest.osprov.io/{name} {verb}");
+    let api = t.namespaced::<OSProvisioningRequest>();
+    let started = Instant::now();
+    let mut progress = Progress::new(None);
+    loop {
+        let r = api.get(&name).await?;
+        let st = r.status.as_ref();
+        progress.update(0, describe(st), started.elapsed());
+        match is_done(st) {
+            Some(true) => {
+                progress.finish();
+                return Ok(format!(
+                    "{name}: Succeeded ({}) in {}s\n",
+                    st.and_then(|s| s.reason.as_deref())
+                        .unwrap_or("Provisioned"),
+                    started.elapsed().as_secs()
+                ));
+            }
+            Some(false) => {
+                progress.finish();
+                let st = st.cloned().unwrap_or_default();
+                return Err(CliError::Failed(format!(
+                    "{name}: {} ({}): {}",
+                    st.phase.map(Phase::as_str).unwrap_or("Failed"),
+                    st.reason.unwrap_or_default(),
+                    st.message.unwrap_or_default()
+                )));
+            }
+            None if started.elapsed() > timeout => {
+                progress.finish();
+                return Err(CliError::Timeout(
+                    timeout,
+                    format!("{name}: {}", describe(st)),
+                ));
+            }
+            None => tokio::time::sleep(POLL).await,
+        }
+    }
+}
+
+/// The options of a wave.
+pub struct Wave<'a> {
+    pub selector: &'a str,
+    pub os: &'a str,
+    pub max_unavailable: usize,
+    pub continue_on_error: bool,
+    pub timeout: Duration,
+}
+
+/// `osprov reprovision --selector LABELS OS --max-unavailable N`.
+pub async fn wave(t: &Target, w: &Wave<'_>) -> Result<String, CliError> {
+    let mut hosts: Vec<String> = t
+        .namespaced::<ManagedHost>()
+        .list(&ListParams::default().labels(w.selector))
+        .await?
+        .items
+        .iter()
+        .map(|h| h.name_any())
+        .collect();
+    hosts.sort();
+    if hosts.is_empty() {
+        return Err(CliError::Refused(format!(
+            "no ManagedHost in namespace {} matches {}",
+            t.namespace, w.selector
+        )));
+    }
+    for h in &hosts {
+        check_available(t, h, w.os, w.timeout).await?;
+    }
+    let id = wave_id(&t.namespace, w.selector, w.os);
+    let labels = BTreeMap::from([(WAVE_LABEL.to_string(), id.clone())]);
+    let api = t.namespaced::<OSProvisioningRequest>();
+    let lp = ListParams::default().labels(&format!("{WAVE_LABEL}={id}"));
+    eprintln!(
+        "wave {id}: {} hosts, at most {} at a time",
+        hosts.len(),
+        w.max_unavailable
+    );
+    let started = Instant::now();
+    let mut progress = Progress::new(Some(hosts.len() as u64));
+    loop {
+        let mine: BTreeMap<String, Option<bool>> = api
+            .list(&lp)
+            .await?
+            .items
+            .iter()
+            .map(|r| (r.spec.host.clone(), is_done(r.status.as_ref())))
+            .collect();
+        let succeeded = mine.values().filter(|d| **d == Some(true)).count();
+        let failed: Vec<&String> = mine
+            .iter()
+            .filter(|(_, d)| **d == Some(false))
+            .map(|(h, _)| h)
+            .collect();
+        let mut in_flight = mine.values().filter(|d| d.is_none()).count();
+        let stopping = !failed.is_empty() && !w.continue_on_error;
+        if !stopping {
+            for h in hosts.iter().filter(|h| !mine.contains_key(*h)) {
+                if in_flight >= w.max_unavailable {
+                    break;
+                }
+                let name = request_name(h, w.os, Some(&id));
+                ensure_request(t, &name, h, w.os, labels.clone()).await?;
+                in_flight += 1;
+            }
+        }
+        let finished = succeeded + failed.len();
+        progress.update(
+            finished as u64,
+            format!(
+                "{succeeded} succeeded, {in_flight} in flight, {} failed",
+                failed.len()
+            ),
+            started.elapsed(),
+        );
+        let all_done = finished == hosts.len();
+        if in_flight == 0 && (all_done || stopping) {
+            progress.finish();
+            if failed.is_empty() {
+                return Ok(format!(
+                    "wave {id}: {succeeded}/{} hosts run {} ({}s)\n",
+                    hosts.len(),
+                    w.os,
+                    started.elapsed().as_secs()
+                ));
+            }
+            let list: Vec<&str> = failed.iter().map(|s| s.as_str()).collect();
+            return Err(CliError::Failed(format!(
+                "wave {id}: {succeeded} succeeded, failed on {}{}",
+                list.join(", "),
+                if stopping {
+                    "; stopped (run again to resume, or --continue-on-error)"
+                } else {
+                    ""
+                }
+            )));
+        }
+        if started.elapsed() > w.timeout {
+            progress.finish();
+            return Err(CliError::Timeout(
+                w.timeout,
+                format!(
+                    "wave {id}: {succeeded}/{} done, {in_flight} in flight",
+                    hosts.len()
+                ),
+            ));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_dns_subdomains() {
+        assert_eq!(
+            request_name("sim-000", "debian-12", None),
+            "sim-000-debian-12"
+        );
+        assert_eq!(
+            request_name("Node_1", "Ubuntu 24.04", None),
+            "node-1-ubuntu-24.04"
+        );
+        assert_eq!(request_name("-x", "y-", Some("w1")), "x-y--w1");
+        assert_eq!(request_name("a", &"b".repeat(400), None).len(), 253);
+    }
+
+    #[test]
+    fn wave_ids_are_stable_and_distinct() {
+        assert_eq!(
+            wave_id("ns", "role=web", "debian-12"),
+            wave_id("ns", "role=web", "debian-12")
+        );
+        assert_ne!(
+            wave_id("ns", "role=web", "debian-12"),
+            wave_id("ns", "role=db", "debian-12")
+        );
+        assert_eq!(wave_id("a", "b", "c").len(), 9);
+    }
+}
