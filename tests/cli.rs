@@ -123,6 +123,15 @@ async fn hosts_os_list_discover_and_status(c: TestCluster) {
     );
     let ns_flag = ok(c, &["hosts", "-n", &c.ns]).await;
     assert_eq!(ns_flag, table);
+    let all = ok(c, &["hosts", "-A"]).await;
+    assert!(all.starts_with("NAMESPACE "), "{all}");
+    assert!(all.contains(&format!("{}   sim-002", c.ns)), "{all}");
+    let completion = std::process::Command::new(env!("CARGO_BIN_EXE_osprov"))
+        .args(["completion", "bash"])
+        .output()
+        .expect("completion");
+    assert!(completion.status.success());
+    assert!(String::from_utf8_lossy(&completion.stdout).contains("_osprov()"));
 
     let os = ok(c, &["os", "list", "--host", "sim-001"]).await;
     assert!(os.starts_with("HOST      OS             CURRENT\n"), "{os}");
