@@ -1,18 +1,19 @@
 //! The real `osprov` binary, configured exactly as the Helm chart configures it (the container's
 //! args and environment rendered by the Helm SDK, downward-API fields filled in), against the
-//! embedded API: it leads through the Lease, reconciles, serves /healthz, /readyz and /metrics on
+//! embedded API and the real kube-apiserver: it leads through the Lease, reconciles, serves /healthz, /readyz and /metrics on
 //! the chart's port, names itself in the User-Agent, and releases the Lease on SIGTERM.
+mod cluster;
 mod harness;
 mod replica;
 mod support;
 
+use cluster::TestCluster;
 use harness::*;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
 use osprov::api::{ManagedHost, OSDispatcher};
 use replica::*;
 use std::process::{Child, Command, Stdio};
-use support::TestApi;
 
 struct Process(Child);
 
@@ -24,13 +25,13 @@ impl Drop for Process {
 }
 
 /// Start `osprov` with the chart's args and env for `values`, the pod named `pod`.
-fn start_as_chart(api: &TestApi, values: serde_json::Value, pod: &str) -> (Process, u16) {
+fn start_as_chart(c: &TestCluster, values: serde_json::Value, pod: &str) -> (Process, u16) {
     let rendered = chart_query("chart_env.py", &values);
     let args: Vec<String> = serde_json::from_value(rendered["args"].clone()).expect("args");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_osprov"));
     cmd.args(&args)
         .env_clear()
-        .env("KUBECONFIG", &api.kubeconfig)
+        .env("KUBECONFIG", &c.kubeconfig)
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     let mut port = 0;
@@ -39,7 +40,7 @@ fn start_as_chart(api: &TestApi, values: serde_json::Value, pod: &str) -> (Proce
             serde_json::Value::String(s) => s.clone(),
             other => match other["fieldRef"]["fieldPath"].as_str() {
                 Some("metadata.name") => pod.to_string(),
-                Some("metadata.namespace") => "default".to_string(),
+                Some("metadata.namespace") => c.ns.clone(),
                 f => panic!("unexpected valueFrom {f:?} for {name}"),
             },
         };
@@ -60,16 +61,19 @@ fn start_as_chart(api: &TestApi, values: serde_json::Value, pod: &str) -> (Proce
     (Process(cmd.spawn().expect("osprov starts")), local.port())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_binary_runs_as_the_chart_configures_it() {
-    let api = TestApi::start().await;
+on_both_backends!(the_binary_runs_as_the_chart_configures_it);
+
+async fn the_binary_runs_as_the_chart_configures_it(c: TestCluster) {
     let (mut proc, port) = start_as_chart(
-        &api,
-        serde_json::json!({"leaderElection": {"leaseDuration": "4s", "renewDeadline": "2s", "retryPeriod": "500ms"}}),
+        &c,
+        serde_json::json!({
+            "watchNamespaces": [c.ns],
+            "leaderElection": {"leaseDuration": "4s", "renewDeadline": "2s", "retryPeriod": "500ms"},
+        }),
         "osprov-7d9f-abcde",
     );
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let leases: Api<Lease> = Api::namespaced(api.client.clone(), "default");
+    let leases: Api<Lease> = c.api();
     eventually(20, "the binary to lead", || async {
         let l = leases.get_opt("osprov-osp").await.ok()??;
         (l.spec?.holder_identity.as_deref() == Some("osprov-7d9f-abcde")).then_some(())
@@ -86,8 +90,8 @@ async fn the_binary_runs_as_the_chart_configures_it() {
     assert_eq!(http_get(addr, "/healthz").await.0, 200);
 
     // It reconciles.
-    let dispatchers: Api<OSDispatcher> = Api::namespaced(api.client.clone(), "default");
-    let hosts: Api<ManagedHost> = Api::namespaced(api.client.clone(), "default");
+    let dispatchers: Api<OSDispatcher> = c.api();
+    let hosts: Api<ManagedHost> = c.api();
     create(&dispatchers, &sim_dispatcher("sim", sim(2, 0))).await;
     eventually(20, "2 ManagedHosts", || async {
         (hosts.list(&Default::default()).await.ok()?.items.len() == 2).then_some(())
@@ -97,10 +101,9 @@ async fn the_binary_runs_as_the_chart_configures_it() {
     assert!(metrics.contains("osprov_leader 1"), "{metrics}");
 
     // It names itself, and uses nothing beyond its own kinds, events and the lease.
-    let record = access_record(&api.client).await;
     let agent = concat!("osprov-controller/", env!("CARGO_PKG_VERSION"));
-    let used = resources_used(&record, agent);
-    assert!(!used.is_empty(), "no requests under {agent}: {record}");
+    let used = c.resources_used(agent).await;
+    assert!(!used.is_empty(), "no requests under {agent}");
     for (group, _) in &used {
         assert!(
             ["osprov.io", "events.k8s.io", "coordination.k8s.io"].contains(&group.as_str()),

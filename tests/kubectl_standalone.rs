@@ -1,6 +1,10 @@
 //! kubectl end to end on `osprov standalone` (the README's main job): the real binary, the real
-//! kubectl. `kubectl apply -f examples/` then `kubectl wait --for=condition=Provisioned ospr --all`
-//! succeeds and `kubectl get mhost` lists the hosts with their OS.
+//! kubectl (v1.36.3, built by `scripts/k8s-tools.sh`). `kubectl apply -f examples/` then
+//! `kubectl wait --for=condition=Provisioned ospr --all` succeeds and `kubectl get mhost` lists
+//! the hosts with their OS. `standalone` is the embedded API, so these run on it only.
+mod cluster;
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -55,7 +59,7 @@ impl Standalone {
     }
 
     fn kubectl(&self, args: &[&str]) -> Output {
-        Command::new("kubectl")
+        Command::new(cluster::tool("kubectl"))
             .arg("--kubeconfig")
             .arg(self.kubeconfig())
             .arg("--cache-dir")

@@ -1,13 +1,17 @@
-//! End-to-end: the real controller on the embedded API with Redfish dispatchers pointed at a real
-//! sushy-tools emulator (fake driver, basic auth, TLS). Each test starts its own API server,
-//! emulator, ISO server and controller.
+//! End-to-end: the real controller with Redfish dispatchers pointed at a real sushy-tools emulator
+//! (fake driver, basic auth, TLS), on both API backends: the embedded API and the real
+//! kube-apiserver (`cluster/`). Each test has its own namespace (where the BMC Secrets and the
+//! controller's operation Secrets live), emulator, ISO server and a controller watching only that
+//! namespace.
+mod cluster;
 mod harness;
 mod redfish_support;
 mod support;
 
+use cluster::TestCluster;
 use harness::*;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use osprov::adapter::simulator::SimRegistry;
 use osprov::api::{
     conditions, ManagedHost, OSDispatcher, OSProvisioningRequest, Phase, RedfishSpec,
@@ -17,10 +21,16 @@ use redfish_support::*;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use support::TestApi;
+
+on_both_backends!(
+    discovers_and_reprovisions_through_virtual_media_and_callback,
+    wrong_credentials_degrade_the_dispatcher_without_a_retry_storm,
+    an_untrusted_certificate_is_a_clear_tls_error,
+    bmc_and_controller_restarts_mid_way_do_not_repeat_the_insert_and_reset,
+);
 
 struct Rig {
-    api: TestApi,
+    c: TestCluster,
     emu: Emulator,
     iso: IsoServer,
     callback: SocketAddr,
@@ -32,22 +42,20 @@ struct Rig {
 }
 
 impl Rig {
-    async fn start(systems: usize, password: &str) -> Rig {
+    async fn start(c: TestCluster, systems: usize, password: &str) -> Rig {
         osprov::controller::settings::init_logging(
             &std::env::var("OSPROV_TEST_LOG").unwrap_or_else(|_| "warn".into()),
             osprov::controller::settings::LogFormat::Text,
         );
-        let api = TestApi::start().await;
         let emu = Emulator::start(systems).await;
         let iso = IsoServer::start().await;
-        let c = api.client.clone();
         let rig = Rig {
-            requests: Api::namespaced(c.clone(), "default"),
-            dispatchers: Api::namespaced(c.clone(), "default"),
-            hosts: Api::namespaced(c.clone(), "default"),
-            secrets: Api::namespaced(c, "default"),
+            requests: c.api(),
+            dispatchers: c.api(),
+            hosts: c.api(),
+            secrets: c.api(),
             callback: SocketAddr::from(([127, 0, 0, 1], free_port())),
-            api,
+            c,
             emu,
             iso,
             ctl: None,
@@ -59,13 +67,13 @@ impl Rig {
     fn settings(&self) -> Settings {
         Settings {
             callback_addr: MetricsAddr(Some(self.callback)),
-            ..fast_settings()
+            ..fast_settings_in(&self.c.ns)
         }
     }
 
     fn start_controller(&mut self) {
         self.ctl = Some(RunningController::start(
-            self.api.client.clone(),
+            self.c.client.clone(),
             self.settings(),
             Arc::new(SimRegistry::default()),
         ));
@@ -141,9 +149,8 @@ impl Rig {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn discovers_and_reprovisions_through_virtual_media_and_callback() {
-    let mut rig = Rig::start(3, PASSWORD).await;
+async fn discovers_and_reprovisions_through_virtual_media_and_callback(c: TestCluster) {
+    let mut rig = Rig::start(c, 3, PASSWORD).await;
     rig.start_controller();
     rig.dispatcher(rig.spec(true)).await;
     let hosts = rig.wait_hosts(3).await;
@@ -202,12 +209,34 @@ async fn discovers_and_reprovisions_through_virtual_media_and_callback() {
         (mh.status?.current_os.as_deref() == Some("ubuntu-24.04")).then_some(())
     })
     .await;
+    // The operation's Secret is in the request's namespace, owned by the request: deleting the
+    // request garbage-collects it (the embedded API's collector, or kube-controller-manager's).
+    let ops = ListParams::default().labels(osprov::controller::callback::OPERATION_LABEL);
+    let list = rig.secrets.list(&ops).await.expect("list Secrets");
+    let [op] = list.items.as_slice() else {
+        let names: Vec<_> = list.items.iter().map(|s| &s.metadata.name).collect();
+        panic!("expected one operation Secret, got {names:?}");
+    };
+    assert_eq!(op.type_.as_deref(), Some("osprov.io/operation"));
+    let owner = &op.metadata.owner_references.as_ref().expect("owner")[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str()),
+        ("OSProvisioningRequest", "r1")
+    );
+    rig.requests
+        .delete("r1", &DeleteParams::default())
+        .await
+        .expect("delete r1");
+    eventually(60, "the operation Secret garbage-collected", || async {
+        let list = rig.secrets.list(&ops).await.ok()?;
+        list.items.is_empty().then_some(())
+    })
+    .await;
     rig.stop_controller().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn wrong_credentials_degrade_the_dispatcher_without_a_retry_storm() {
-    let mut rig = Rig::start(1, "not-the-password").await;
+async fn wrong_credentials_degrade_the_dispatcher_without_a_retry_storm(c: TestCluster) {
+    let mut rig = Rig::start(c, 1, "not-the-password").await;
     rig.start_controller();
     rig.dispatcher(rig.spec(true)).await;
     let c = eventually(30, "Ready=False AuthenticationFailed", || async {
@@ -238,9 +267,8 @@ fn base64(s: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(s)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_untrusted_certificate_is_a_clear_tls_error() {
-    let mut rig = Rig::start(1, PASSWORD).await;
+async fn an_untrusted_certificate_is_a_clear_tls_error(c: TestCluster) {
+    let mut rig = Rig::start(c, 1, PASSWORD).await;
     rig.start_controller();
     rig.dispatcher(rig.spec(false)).await;
     let c = eventually(30, "Ready=False naming TLS", || async {
@@ -260,9 +288,8 @@ async fn an_untrusted_certificate_is_a_clear_tls_error() {
     rig.stop_controller().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bmc_and_controller_restarts_mid_way_do_not_repeat_the_insert_and_reset() {
-    let mut rig = Rig::start(2, PASSWORD).await;
+async fn bmc_and_controller_restarts_mid_way_do_not_repeat_the_insert_and_reset(c: TestCluster) {
+    let mut rig = Rig::start(c, 2, PASSWORD).await;
     rig.start_controller();
     rig.dispatcher(rig.spec(true)).await;
     rig.wait_hosts(2).await;

@@ -2,8 +2,10 @@
 //! once with the schema, evaluated with `self` (and `oldSelf` for transition rules, only when the
 //! correlated old value exists) bound to the value at the rule's schema node, converted to CEL
 //! values the way Kubernetes types them (integer → int, number → double, objects → maps).
-//! Failures are reported as kube-apiserver does: `Invalid value: "object": <message>` or, with
-//! a `reason`, as `Forbidden`, `Required value` or `Duplicate value` causes; `fieldPath` is
+//! A false rule is reported as kube-apiserver (1.36) does: `Invalid value: "<value>": <message>`
+//! on a scalar, `Invalid value: <message>` on an object or array, or, with a `reason`, as
+//! `Forbidden`, `Required value` or `Duplicate value` causes; a rule that cannot be evaluated
+//! as `Invalid value: "object": <error> evaluating rule: …` (the node's type); `fieldPath` is
 //! appended to the node's path. `messageExpression` is evaluated and used when it yields a
 //! non-empty string. Not provided: cost estimation/limits and the Kubernetes-specific CEL
 //! libraries (quantity, url, ip, format), `format`-typed values (date-time → timestamp), the
@@ -18,7 +20,7 @@ use ::cel::{Context, Env, Program, Value as CelValue};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::ValidationRule;
 use serde_json::Value;
 
-use super::validate::{cause, Kind};
+use super::validate::{cause, show, Kind};
 use super::{child_path, Cause, Node, SchemaError};
 
 /// One compiled `x-kubernetes-validations` entry.
@@ -216,7 +218,12 @@ pub(super) fn eval_rules(
                 } else {
                     &message
                 };
-                out.push(cause(kind, &field, Some(&type_shown), detail));
+                // The value itself, left out for objects and arrays (`field.OmitValueType`).
+                let shown = match node.type_.as_deref() {
+                    Some("object" | "array") => None,
+                    _ => Some(show(v)),
+                };
+                out.push(cause(kind, &field, shown.as_deref(), detail));
             }
             Ok(other) => {
                 let detail = format!(
