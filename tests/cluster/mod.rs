@@ -154,6 +154,7 @@ impl TestCluster {
                 let req = http::Request::get("/debug/osprov/access")
                     .body(Vec::new())
                     .expect("request");
+                // The embedded API's access record: user agent → [{verb, group, resource, …}].
                 let record: serde_json::Value =
                     self.client.request(req).await.expect("access record");
                 record[agent]

@@ -134,26 +134,6 @@ pub async fn access_record(client: &kube::Client) -> serde_json::Value {
     client.request(req).await.expect("access record")
 }
 
-/// The (group, resource) pairs `agent` used.
-pub fn resources_used(record: &serde_json::Value, agent: &str) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = record[agent]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|e| {
-                    (
-                        e["group"].as_str().unwrap_or("").to_string(),
-                        e["resource"].as_str().unwrap_or("").to_string(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    out.sort();
-    out.dedup();
-    out
-}
-
 /// GET `path` from a local HTTP endpoint: (status code, body).
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
