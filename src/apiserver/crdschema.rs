@@ -2,7 +2,10 @@
 //!
 //! The request pipeline only needs four operations (prune, default, validate, and the schema for
 //! server-side apply); keeping them behind this facade isolates the rest of the server from the
-//! schema module's exact types and converts its causes into Status causes.
+//! schema module's exact types and converts its causes into Status causes, in kube-apiserver's
+//! way: a string value reports only its first failing keyword (maxLength, minLength, pattern),
+//! and when a blocking cause (wrong type, required, unsupported, too long, too many) keeps the
+//! CEL rules from being evaluated, a `<nil>` cause says so (apiextensions' `hasBlockingErr`).
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaProps;
 use serde_json::Value;
 
@@ -13,12 +16,56 @@ use super::ssa;
 #[derive(Debug)]
 pub struct CrdSchema {
     inner: StructuralSchema,
+    /// The schema has `x-kubernetes-validations` somewhere.
+    has_rules: bool,
 }
+
+fn has_rules(p: &JSONSchemaProps) -> bool {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+        JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
+    };
+    p.x_kubernetes_validations
+        .as_ref()
+        .is_some_and(|v| !v.is_empty())
+        || p.properties.iter().flatten().any(|(_, c)| has_rules(c))
+        || matches!(&p.additional_properties, Some(JSONSchemaPropsOrBool::Schema(c)) if has_rules(c))
+        || match &p.items {
+            Some(JSONSchemaPropsOrArray::Schema(c)) => has_rules(c),
+            Some(JSONSchemaPropsOrArray::Schemas(cs)) => cs.iter().any(has_rules),
+            None => false,
+        }
+}
+
+/// Which keyword of a string value a cause reports (0 = maxLength, 1 = minLength, 2 = pattern).
+fn string_keyword(c: &StatusCause) -> Option<u8> {
+    if c.reason == "FieldValueTooLong" {
+        Some(0)
+    } else if c.reason != "FieldValueInvalid" {
+        None
+    } else if c.message.ends_with("chars long") {
+        Some(1)
+    } else if c.message.contains(" in body should match '") {
+        Some(2)
+    } else {
+        None
+    }
+}
+
+const BLOCKING: [&str; 5] = [
+    "FieldValueTypeInvalid",
+    "FieldValueRequired",
+    "FieldValueNotSupported",
+    "FieldValueTooLong",
+    "FieldValueTooMany",
+];
+
+const NOT_CHECKED: &str = "some validation rules were not checked because the object was invalid; correct the existing errors to complete validation";
 
 impl CrdSchema {
     pub fn new(props: &JSONSchemaProps) -> Result<Self, String> {
         Ok(CrdSchema {
             inner: StructuralSchema::new(props).map_err(|e| e.to_string())?,
+            has_rules: has_rules(props),
         })
     }
     /// Drops unknown fields; returns their paths (for fieldValidation=Strict/Warn).
@@ -29,7 +76,8 @@ impl CrdSchema {
         self.inner.apply_defaults(obj)
     }
     pub fn validate(&self, obj: &Value, old: Option<&Value>) -> Vec<StatusCause> {
-        self.inner
+        let all: Vec<StatusCause> = self
+            .inner
             .validate(obj, old)
             .into_iter()
             .map(|c| StatusCause {
@@ -37,7 +85,36 @@ impl CrdSchema {
                 field: c.field,
                 message: c.message,
             })
-            .collect()
+            .collect();
+        // Only the first failing string keyword of a field.
+        let mut out: Vec<StatusCause> = Vec::new();
+        for c in all {
+            let Some(k) = string_keyword(&c) else {
+                out.push(c);
+                continue;
+            };
+            match out
+                .iter()
+                .position(|o| o.field == c.field && string_keyword(o).is_some())
+            {
+                Some(i) if string_keyword(&out[i]).is_some_and(|o| k < o) => out[i] = c,
+                Some(_) => {}
+                None => out.push(c),
+            }
+        }
+        let blocked = out.iter().any(|c| BLOCKING.contains(&c.reason.as_str()));
+        if blocked && !out.iter().any(|c| c.field == "<nil>") {
+            out.extend(self.rules_not_checked());
+        }
+        out
+    }
+    /// The cause kube-apiserver adds when a blocking error kept the CEL rules from running.
+    pub fn rules_not_checked(&self) -> Option<StatusCause> {
+        self.has_rules.then(|| StatusCause {
+            reason: "FieldValueInvalid".into(),
+            field: "<nil>".into(),
+            message: format!("Invalid value: null: {NOT_CHECKED}"),
+        })
     }
     pub fn structural(&self) -> &StructuralSchema {
         &self.inner

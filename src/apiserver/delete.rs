@@ -5,7 +5,7 @@
 use axum::response::Response;
 use serde_json::{json, Value};
 
-use super::error::{ApiError, ApiResult};
+use super::error::{ApiError, ApiResult, StatusCause};
 use super::http::Req;
 use super::objects::{finalizers, is_terminating, meta, meta_str, now};
 use super::reads::{json_response, key, not_found, object_response, range, view, Filter};
@@ -24,6 +24,7 @@ pub fn delete(req: &Req, body: &[u8]) -> ApiResult<Response> {
     } else {
         parse_json(body)?
     };
+    check_options(&opts)?;
     let name = req.name.clone().unwrap_or_default();
     let info = &req.info;
     let k = key(req, &name);
@@ -33,38 +34,34 @@ pub fn delete(req: &Req, body: &[u8]) -> ApiResult<Response> {
         .get(&k)
         .ok_or_else(|| not_found(req, &name))?;
     let uid = meta_str(&old, "uid").unwrap_or_default().to_string();
+    // Precondition failures name the kind (`Kind.group`), not the resource.
+    let precondition =
+        |why: String| ApiError::conflict(&info.kind_group(), &info.group, &info.kind, &name, &why);
     if let Some(want) = opts.pointer("/preconditions/uid").and_then(Value::as_str) {
         if want != uid {
-            let why = format!(
-                "Precondition failed: UID in precondition: {want}, UID in object meta: {uid}"
-            );
-            return Err(ApiError::conflict(
-                &info.qualified(),
-                &info.group,
-                &info.plural,
-                &name,
-                &why,
-            ));
+            return Err(precondition(format!(
+                "the UID in the precondition ({want}) does not match the UID in record ({uid}). The object might have been deleted and then recreated"
+            )));
         }
     }
     if let Some(want) = opts
         .pointer("/preconditions/resourceVersion")
         .and_then(Value::as_str)
     {
-        if want.parse::<u64>().ok() != Some(object_revision(&old)) {
-            return Err(ApiError::modified(
-                &info.qualified(),
-                &info.group,
-                &info.plural,
-                &name,
-            ));
+        let have = object_revision(&old);
+        if want.parse::<u64>().ok() != Some(have) {
+            return Err(precondition(format!(
+                "the ResourceVersion in the precondition ({want}) does not match the ResourceVersion in record ({have}). The object might have been modified"
+            )));
         }
     }
     if info.builtin == Builtin::Namespace {
         if matches!(name.as_str(), "default" | "kube-system") {
-            return Err(ApiError::forbidden(format!(
+            let mut e = ApiError::forbidden(format!(
                 "namespaces \"{name}\" is forbidden: this namespace may not be deleted"
-            )));
+            ));
+            e.details = Some(Box::new((name.clone(), String::new(), "namespaces".into())));
+            return Err(e);
         }
         delete_namespace_contents(req, &name);
     }
@@ -123,6 +120,41 @@ pub fn delete(req: &Req, body: &[u8]) -> ApiResult<Response> {
             &name,
         )),
     }
+}
+
+/// DeleteOptions validation: propagationPolicy and dryRun take known values only.
+fn check_options(opts: &Value) -> ApiResult<()> {
+    let mut causes = Vec::new();
+    if let Some(p) = opts.get("propagationPolicy").filter(|p| !p.is_null()) {
+        if !matches!(p.as_str(), Some("Foreground" | "Background" | "Orphan")) {
+            causes.push(StatusCause {
+                reason: "FieldValueNotSupported".into(),
+                field: "propagationPolicy".into(),
+                message: format!(
+                    "Unsupported value: {p}: supported values: \"Foreground\", \"Background\", \"Orphan\", \"nil\""
+                ),
+            });
+        }
+    }
+    if let Some(d) = opts.get("dryRun").and_then(Value::as_array) {
+        for v in d.iter().filter(|v| *v != "All") {
+            causes.push(StatusCause {
+                reason: "FieldValueNotSupported".into(),
+                field: "dryRun".into(),
+                message: format!("Unsupported value: {v}: supported values: \"All\""),
+            });
+        }
+    }
+    if causes.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::invalid(
+        "DeleteOptions.meta.k8s.io",
+        "meta.k8s.io",
+        "DeleteOptions",
+        "",
+        causes,
+    ))
 }
 
 /// A namespace's objects go with it (the namespace controller's job in Kubernetes).

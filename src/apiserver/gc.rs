@@ -32,20 +32,27 @@ pub async fn run(state: Arc<State>, mut closing: tokio::sync::watch::Receiver<bo
     }
 }
 
-/// Events live this long after their last occurrence (kube-apiserver's `--event-ttl` default).
+/// Events live this long after their last write (kube-apiserver's `--event-ttl` default). Like
+/// kube-apiserver (an etcd lease per write), the clock starts at the write, not at the times the
+/// event reports: an event posted today about something seen last year lives its full hour.
 const EVENT_TTL: chrono::TimeDelta = chrono::TimeDelta::hours(1);
 
 fn event_expired(obj: &Value, now: chrono::DateTime<chrono::Utc>) -> bool {
-    let last = [
-        "/series/lastObservedTime",
-        "/lastTimestamp",
-        "/eventTime",
-        "/metadata/creationTimestamp",
-    ]
-    .iter()
-    .find_map(|p| obj.pointer(p).and_then(Value::as_str))
-    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
-    last.is_some_and(|t| now - t.with_timezone(&chrono::Utc) > EVENT_TTL)
+    let parse = |v: &Value| {
+        v.as_str()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&chrono::Utc))
+    };
+    // The last write: creation, or the newest managedFields entry (every write stamps one).
+    let written = obj
+        .pointer("/metadata/managedFields")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m.get("time").and_then(parse))
+        .chain(obj.pointer("/metadata/creationTimestamp").and_then(parse))
+        .max();
+    written.is_some_and(|t| now - t > EVENT_TTL)
 }
 
 /// One pass; returns how many objects it deleted or marked.
@@ -119,12 +126,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn events_expire_after_an_hour() {
+    fn events_expire_an_hour_after_their_last_write() {
         let now = chrono::Utc::now();
-        let old = serde_json::json!({"eventTime": "2020-01-01T00:00:00.000000Z"});
-        let fresh = serde_json::json!({"eventTime": "2020-01-01T00:00:00.000000Z",
-            "series": {"count": 2, "lastObservedTime": now.to_rfc3339()}});
+        let old = serde_json::json!({"eventTime": now.to_rfc3339(),
+            "metadata": {"creationTimestamp": "2020-01-01T00:00:00Z"}});
+        let reported_long_ago = serde_json::json!({"eventTime": "2020-01-01T00:00:00.000000Z",
+            "metadata": {"creationTimestamp": now.to_rfc3339()}});
+        let updated = serde_json::json!({"metadata": {
+            "creationTimestamp": "2020-01-01T00:00:00Z",
+            "managedFields": [{"manager": "a", "time": "2020-01-01T00:00:00Z"},
+                              {"manager": "b", "time": now.to_rfc3339()}]}});
         assert!(event_expired(&old, now));
-        assert!(!event_expired(&fresh, now));
+        assert!(!event_expired(&reported_long_ago, now));
+        assert!(!event_expired(&updated, now));
     }
 }

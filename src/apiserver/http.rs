@@ -191,16 +191,26 @@ async fn dispatch(
         [res, n, s] => ("", *res, Some(*n), Some(*s)),
         _ => return Err(ApiError::not_found_path()),
     };
-    let info = state
-        .registry
-        .lookup(group, version, plural)
-        .ok_or_else(ApiError::not_found_path)?;
-    if !namespace.is_empty() && !info.namespaced {
-        return Err(ApiError::not_found_path());
+    // kube-apiserver's mux answers unknown paths under /apis with a plain-text
+    // "404 page not found"; here every non-2xx answer is a Status (k8s-api-fidelity.md §F), so
+    // clients see reason NotFound either way.
+    let unknown = || -> ApiResult<Response> { Err(ApiError::not_found_path()) };
+    let Some(info) = state.registry.lookup(group, version, plural) else {
+        return unknown();
+    };
+    if (!namespace.is_empty() && !info.namespaced)
+        || (info.namespaced && namespace.is_empty() && name.is_some())
+    {
+        return unknown();
     }
-    if let Some(s) = sub {
+    if let (Some(s), Some(n)) = (sub, name) {
         if !(s == "status" && info.status_subresource) {
-            return Err(ApiError::not_found_path());
+            return Err(ApiError::not_found(
+                &info.qualified(),
+                &info.group,
+                &info.plural,
+                n,
+            ));
         }
     }
     let is_watch = query.flag("watch");
@@ -209,6 +219,8 @@ async fn dispatch(
         (&Method::GET, false) if is_watch => "watch",
         (&Method::GET, false) => "list",
         (&Method::POST, false) => "create",
+        // A create whose body must carry the URL's name (kube-apiserver routes it so).
+        (&Method::POST, true) if sub.is_none() => "create",
         (&Method::PUT, true) => "update",
         (&Method::PATCH, true) => "patch",
         (&Method::DELETE, true) => "delete",

@@ -11,6 +11,7 @@ pub mod schema;
 pub mod ssa;
 
 mod access;
+mod builtin;
 pub mod crdschema;
 mod delete;
 mod discovery;

@@ -60,6 +60,44 @@ pub fn normalize_meta(obj: &mut Value) {
     });
 }
 
+/// ObjectMeta's fields; anything else in `metadata` is unknown to kube-apiserver's typed decoder.
+const OBJECT_META_FIELDS: [&str; 15] = [
+    "name",
+    "generateName",
+    "namespace",
+    "selfLink",
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "labels",
+    "annotations",
+    "ownerReferences",
+    "finalizers",
+    "managedFields",
+];
+
+/// Drops unknown `metadata` fields; returns their paths (`metadata.x`) for fieldValidation.
+pub fn prune_meta(obj: &mut Value) -> Vec<String> {
+    let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) else {
+        return Vec::new();
+    };
+    let unknown: Vec<String> = m
+        .keys()
+        .filter(|k| !OBJECT_META_FIELDS.contains(&k.as_str()))
+        .cloned()
+        .collect();
+    for k in &unknown {
+        m.remove(k);
+    }
+    unknown
+        .into_iter()
+        .map(|k| format!("metadata.{k}"))
+        .collect()
+}
+
 /// A random suffix for `generateName`, from the alphabet Kubernetes uses.
 pub fn name_suffix() -> String {
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
@@ -154,64 +192,50 @@ pub fn prepare_builtin(
     old: Option<&Value>,
 ) -> Vec<StatusCause> {
     let mut causes = Vec::new();
-    match info.builtin {
-        Builtin::Secret => {
-            if let Some(Value::Object(sd)) =
-                obj.as_object_mut().and_then(|o| o.remove("stringData"))
-            {
-                use base64::Engine;
-                let data = obj
-                    .as_object_mut()
-                    .map(|o| o.entry("data").or_insert_with(|| json!({})));
-                if let Some(Value::Object(data)) = data {
-                    for (k, v) in sd {
-                        let s = v.as_str().unwrap_or_default();
-                        data.insert(
-                            k,
-                            json!(base64::engine::general_purpose::STANDARD.encode(s)),
-                        );
-                    }
-                }
-            }
-            if obj.get("type").is_none_or(|t| t.is_null() || t == "") {
-                obj["type"] = json!("Opaque");
-            }
-            if let Some(Value::Object(data)) = obj.get("data") {
-                use base64::Engine;
-                for (k, v) in data {
-                    let ok = v.as_str().is_some_and(|s| {
-                        base64::engine::general_purpose::STANDARD.decode(s).is_ok()
-                    });
-                    if !ok {
-                        causes.push(StatusCause {
-                            reason: "FieldValueInvalid".into(),
-                            field: format!("data[{k}]"),
-                            message:
-                                "Invalid value: \"<secret contents redacted>\": must be base64"
-                                    .into(),
-                        });
-                    }
-                }
-            }
-            if let Some(old) = old {
-                if old.get("type") != obj.get("type") {
-                    causes.push(StatusCause {
-                        reason: "FieldValueInvalid".into(),
-                        field: "type".into(),
-                        message: "Invalid value: \"\": field is immutable".into(),
-                    });
-                }
+    if info.builtin != Builtin::Secret {
+        return causes;
+    }
+    if let Some(Value::Object(sd)) = obj.as_object_mut().and_then(|o| o.remove("stringData")) {
+        use base64::Engine;
+        let data = obj
+            .as_object_mut()
+            .map(|o| o.entry("data").or_insert_with(|| json!({})));
+        if let Some(Value::Object(data)) = data {
+            for (k, v) in sd {
+                let s = v.as_str().unwrap_or_default();
+                data.insert(
+                    k,
+                    json!(base64::engine::general_purpose::STANDARD.encode(s)),
+                );
             }
         }
-        Builtin::Namespace => {
-            if old.is_none() {
-                obj["spec"] = json!({"finalizers": ["kubernetes"]});
-            }
-            if obj.pointer("/status/phase").is_none() {
-                obj["status"] = json!({"phase": "Active"});
+    }
+    if obj.get("type").is_none_or(|t| t.is_null() || t == "") {
+        obj["type"] = json!("Opaque");
+    }
+    if let Some(Value::Object(data)) = obj.get("data") {
+        use base64::Engine;
+        for (k, v) in data {
+            let ok = v
+                .as_str()
+                .is_some_and(|s| base64::engine::general_purpose::STANDARD.decode(s).is_ok());
+            if !ok {
+                causes.push(StatusCause {
+                    reason: "FieldValueInvalid".into(),
+                    field: format!("data[{k}]"),
+                    message: "Invalid value: \"<secret contents redacted>\": must be base64".into(),
+                });
             }
         }
-        _ => {}
+    }
+    if let Some(old) = old {
+        if old.get("type") != obj.get("type") {
+            causes.push(StatusCause {
+                reason: "FieldValueInvalid".into(),
+                field: "type".into(),
+                message: "Invalid value: \"\": field is immutable".into(),
+            });
+        }
     }
     causes
 }
@@ -237,12 +261,25 @@ pub fn event_to_core(mut obj: Value) -> Value {
         }
         o.insert("apiVersion".into(), json!("v1"));
         o.insert("kind".into(), json!("Event"));
-        let component = o.get("reportingComponent").cloned();
-        if let (Some(c), None) = (component, o.get("source")) {
-            o.insert("source".into(), json!({"component": c}));
-        }
     }
     obj
+}
+
+/// The Go zero values a stored core/v1 Event always serializes (fields without `omitempty`).
+pub fn event_zero_values(obj: &mut Value) {
+    if let Some(o) = obj.as_object_mut() {
+        for (f, zero) in [
+            ("involvedObject", json!({})),
+            ("source", json!({})),
+            ("firstTimestamp", Value::Null),
+            ("lastTimestamp", Value::Null),
+            ("eventTime", Value::Null),
+            ("reportingComponent", json!("")),
+            ("reportingInstance", json!("")),
+        ] {
+            o.entry(f).or_insert(zero);
+        }
+    }
 }
 
 /// The core/v1 storage form → an events.k8s.io/v1 Event.
@@ -251,6 +288,12 @@ pub fn event_from_core(mut obj: Value) -> Value {
         for (to, from) in EVENT_RENAMES {
             if let Some(v) = o.remove(from) {
                 o.insert(to.into(), v);
+            }
+        }
+        // events.k8s.io/v1 omits these when empty.
+        for f in ["reportingController", "reportingInstance"] {
+            if o.get(f).is_some_and(|v| v == "") {
+                o.remove(f);
             }
         }
         o.insert("apiVersion".into(), json!("events.k8s.io/v1"));
@@ -307,7 +350,8 @@ mod tests {
         let core = event_to_core(e.clone());
         assert_eq!(core["involvedObject"]["name"], "n");
         assert_eq!(core["message"], "hi");
-        assert_eq!(core["source"]["component"], "c");
+        assert_eq!(core["reportingComponent"], "c");
+        assert!(core.get("source").is_none());
         let back = event_from_core(core);
         assert_eq!(back["regarding"], e["regarding"]);
         assert_eq!(back["series"], e["series"]);

@@ -13,9 +13,7 @@ use super::objects::now;
 use super::reads::{key, not_found, view};
 use super::resources::Builtin;
 use super::store::object_revision;
-use super::writes::{
-    check_identity, check_type, finish_create, finish_update, invalid, parse_json,
-};
+use super::writes::{check_identity, check_type, finish_create, finish_update};
 
 #[derive(Clone, Copy, PartialEq)]
 enum Kind {
@@ -46,8 +44,25 @@ fn kind(req: &Req) -> ApiResult<Kind> {
 /// kube-apiserver's JSON patch treats `test` of `null` against a missing path as passing
 /// (kube-runtime's finalizer helper relies on it); the json-patch crate does not.
 fn apply_json_patch(doc: &mut Value, body: &[u8]) -> ApiResult<()> {
-    let patch: json_patch::Patch = serde_json::from_slice(body)
+    let raw: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
+    if !raw.is_array() {
+        return Err(ApiError::bad_request(
+            "error decoding patch: json: cannot unmarshal object into Go value of type jsonpatch.Patch",
+        ));
+    }
+    // kube-apiserver reports every failure of a well-formed patch (an unknown op, a failed
+    // `test`, a missing path) as 422 without causes.
+    let rejected = |e: String| {
+        tracing::debug!(error = %e, "JSON patch rejected");
+        ApiError::new(
+            422,
+            "Invalid",
+            "the server rejected our request due to an error in our request",
+        )
+    };
+    let patch: json_patch::Patch =
+        serde_json::from_value(raw).map_err(|e| rejected(e.to_string()))?;
     let ops: Vec<json_patch::PatchOperation> = patch
         .0
         .into_iter()
@@ -58,19 +73,49 @@ fn apply_json_patch(doc: &mut Value, body: &[u8]) -> ApiResult<()> {
             _ => true,
         })
         .collect();
-    json_patch::patch(doc, &ops).map_err(|e| {
-        let mut err = ApiError::new(
-            422,
-            "Invalid",
-            format!("the server rejected our request due to an error in our request: {e}"),
-        );
-        err.causes.push(StatusCause {
-            reason: "FieldValueInvalid".into(),
-            field: String::new(),
-            message: e.to_string(),
-        });
-        err
-    })
+    json_patch::patch(doc, &ops).map_err(|e| rejected(e.to_string()))
+}
+
+/// A merge patch body must be a JSON object.
+fn parse_merge(body: &[u8]) -> ApiResult<Value> {
+    let p: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
+    if !p.is_object() {
+        let what = match p {
+            Value::Array(_) => "array",
+            Value::String(_) => "string",
+            Value::Number(_) => "number",
+            Value::Bool(_) => "bool",
+            _ => "null",
+        };
+        return Err(ApiError::bad_request(format!(
+            "error decoding patch: json: cannot unmarshal {what} into Go value of type map[string]interface {{}}"
+        )));
+    }
+    Ok(p)
+}
+
+/// fieldValidation=Strict on a patch: kube-apiserver reports unknown fields of the patched
+/// object as a 422 on the field `patch`.
+fn strict_patch_error(e: ApiError, doc: &Value) -> ApiError {
+    let Some(pos) = e.message.find("strict decoding error") else {
+        return e;
+    };
+    let detail = &e.message[pos..];
+    let mut err = ApiError::new(
+        422,
+        "Invalid",
+        format!(
+            " \"\" is invalid: patch: Invalid value: {:?}: {detail}",
+            doc.to_string()
+        ),
+    );
+    err.causes.push(StatusCause {
+        reason: "FieldValueInvalid".into(),
+        field: "patch".into(),
+        message: format!("Invalid value: {:?}: {detail}", doc.to_string()),
+    });
+    err
 }
 
 pub fn patch(req: &Req, body: &[u8]) -> ApiResult<Response> {
@@ -78,13 +123,15 @@ pub fn patch(req: &Req, body: &[u8]) -> ApiResult<Response> {
     let name = req.name.clone().unwrap_or_default();
     let force = req.query.get("force");
     if kind != Kind::Apply && force.is_some() {
-        return Err(invalid(
-            req,
-            &name,
+        return Err(ApiError::invalid(
+            "PatchOptions.meta.k8s.io",
+            "meta.k8s.io",
+            "PatchOptions",
+            "",
             vec![StatusCause {
-                reason: "FieldValueNotSupported".into(),
+                reason: "FieldValueForbidden".into(),
                 field: "force".into(),
-                message: "Unsupported value: true: may not be specified for non-apply patch".into(),
+                message: "Forbidden: may not be specified for non-apply patch".into(),
             }],
         ));
     }
@@ -98,10 +145,7 @@ pub fn patch(req: &Req, body: &[u8]) -> ApiResult<Response> {
     }
     let patch_rv = match kind {
         Kind::Merge | Kind::Strategic => {
-            let p = parse_json(body).or_else(|_| {
-                serde_json::from_slice::<Value>(body)
-                    .map_err(|e| ApiError::bad_request(e.to_string()))
-            })?;
+            let p = parse_merge(body)?;
             p.pointer("/metadata/resourceVersion")
                 .and_then(Value::as_str)
                 .map(String::from)
@@ -119,11 +163,12 @@ pub fn patch(req: &Req, body: &[u8]) -> ApiResult<Response> {
         let mut doc = view(&req.info, &old);
         match kind {
             Kind::Json => apply_json_patch(&mut doc, body)?,
-            _ => {
-                let p: Value = serde_json::from_slice(body)
-                    .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
-                json_patch::merge(&mut doc, &p);
-            }
+            _ => json_patch::merge(&mut doc, &parse_merge(body)?),
+        }
+        if !doc.is_object() {
+            return Err(ApiError::bad_request(
+                "the patched object is not a JSON object",
+            ));
         }
         check_identity(req, &doc)?;
         let expect = match doc
@@ -135,7 +180,10 @@ pub fn patch(req: &Req, body: &[u8]) -> ApiResult<Response> {
                 .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {rv:?}")))?,
             None => object_revision(&old),
         };
-        match finish_update(req, &old, doc, expect, None) {
+        let patched = doc.clone();
+        match finish_update(req, &old, doc, expect, None)
+            .map_err(|e| strict_patch_error(e, &patched))
+        {
             Err(e)
                 if e.code == 409
                     && patch_rv.is_none()
@@ -168,6 +216,17 @@ fn apply(req: &Req, body: &[u8], force: bool) -> ApiResult<Response> {
         .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?;
     if !applied.is_object() {
         return Err(ApiError::bad_request("the apply body must be an object"));
+    }
+    let type_of = |f: &str| applied.get(f).and_then(Value::as_str).unwrap_or_default();
+    if type_of("kind").is_empty() || type_of("apiVersion").is_empty() {
+        let gv = match type_of("apiVersion") {
+            "" => "/",
+            gv => gv,
+        };
+        return Err(ApiError::bad_request(format!(
+            "invalid object type: {gv}, Kind={}",
+            type_of("kind")
+        )));
     }
     check_type(req, &applied)?;
     check_identity(req, &applied)?;
@@ -229,12 +288,9 @@ fn apply(req: &Req, body: &[u8], force: bool) -> ApiResult<Response> {
 
 fn conflict_error(req: &Req, conflicts: &[crate::apiserver::ssa::Conflict]) -> ApiError {
     let name = req.name.clone().unwrap_or_default();
+    // kube-apiserver's conflict Status carries the causes only (no name, group or kind).
+    let _ = name;
     let mut e = ApiError::new(409, "Conflict", crdschema::conflicts_message(conflicts));
-    e.details = Some(Box::new((
-        name,
-        req.info.group.clone(),
-        req.info.plural.clone(),
-    )));
     e.causes = conflicts
         .iter()
         .map(|c| StatusCause {

@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use serde_json::{json, Value};
 
-use super::error::{ApiError, ApiResult};
+use super::error::{ApiError, ApiResult, StatusCause};
 use super::http::Req;
 use super::objects::{event_from_core, selectable_fields};
 use super::resources::{Builtin, ResourceInfo};
@@ -84,7 +84,53 @@ pub fn include_object(req: &Req) -> &str {
     req.query.get("includeObject").unwrap_or("Metadata")
 }
 
+/// `resourceVersion` of a read must be a number (kube-apiserver: 400, or 500 on a GET).
+pub fn check_resource_version(req: &Req) -> ApiResult<Option<u64>> {
+    match req.query.get("resourceVersion") {
+        None => Ok(None),
+        Some(rv) => rv.parse().map(Some).map_err(|_| {
+            ApiError::bad_request(format!(
+                "invalid resource version: resourceVersion: Invalid value: {rv:?}: strconv.ParseUint: parsing {rv:?}: invalid syntax"
+            ))
+        }),
+    }
+}
+
+/// ListOptions validation of `resourceVersionMatch` (422 ListOptions.meta.k8s.io).
+fn check_list_options(req: &Req) -> ApiResult<()> {
+    let Some(m) = req.query.get("resourceVersionMatch") else {
+        return Ok(());
+    };
+    let cause = if req.query.get("resourceVersion").is_none() {
+        StatusCause {
+            reason: "FieldValueForbidden".into(),
+            field: "resourceVersionMatch".into(),
+            message:
+                "Forbidden: resourceVersionMatch is forbidden unless resourceVersion is provided"
+                    .into(),
+        }
+    } else if !matches!(m, "Exact" | "NotOlderThan") {
+        StatusCause {
+            reason: "FieldValueNotSupported".into(),
+            field: "resourceVersionMatch".into(),
+            message: format!(
+                "Unsupported value: {m:?}: supported values: \"Exact\", \"NotOlderThan\", \"\""
+            ),
+        }
+    } else {
+        return Ok(());
+    };
+    Err(ApiError::invalid(
+        "ListOptions.meta.k8s.io",
+        "meta.k8s.io",
+        "ListOptions",
+        "",
+        vec![cause],
+    ))
+}
+
 pub fn get(req: &Req) -> ApiResult<Response> {
+    check_resource_version(req)?;
     let name = req.name.as_deref().unwrap_or_default();
     let obj = req
         .state
@@ -141,10 +187,15 @@ pub fn range<'a>(
 
 pub fn list(req: &Req) -> ApiResult<Response> {
     let filter = Filter::from_req(req)?;
+    check_resource_version(req)?;
+    check_list_options(req)?;
+    // A negative limit means no limit, as in kube-apiserver.
     let limit: usize = match req.query.get("limit") {
         Some(l) => l
-            .parse()
-            .map_err(|_| ApiError::bad_request(format!("invalid limit {l:?}")))?,
+            .parse::<i64>()
+            .map_err(|_| ApiError::bad_request(format!("invalid limit {l:?}")))?
+            .try_into()
+            .unwrap_or(0),
         None => 0,
     };
     let store = &req.state.store;
@@ -180,8 +231,15 @@ pub fn list(req: &Req) -> ApiResult<Response> {
     let mut items = Vec::new();
     let mut last: Option<Key> = None;
     let mut more = false;
+    let mut remaining = 0usize;
+    let unfiltered = filter.labels.is_empty() && filter.fields.is_empty();
     let name_only = filter.fields.name().map(String::from);
     for (k, obj) in range(&objects, &req.info.store_key, &filter.namespace, start) {
+        if more {
+            // remainingItemCount, given (as by kube-apiserver) only for unfiltered lists.
+            remaining += 1;
+            continue;
+        }
         if name_only.as_deref().is_some_and(|n| n != k.2) {
             continue;
         }
@@ -191,7 +249,11 @@ pub fn list(req: &Req) -> ApiResult<Response> {
         }
         if limit > 0 && items.len() == limit {
             more = true;
-            break;
+            if !unfiltered {
+                break;
+            }
+            remaining += 1;
+            continue;
         }
         last = Some(k.clone());
         items.push(v);
@@ -221,6 +283,9 @@ pub fn list(req: &Req) -> ApiResult<Response> {
     let mut metadata = json!({"resourceVersion": rv});
     if let Some(c) = cont {
         metadata["continue"] = json!(c);
+        if unfiltered {
+            metadata["remainingItemCount"] = json!(remaining);
+        }
     }
     if req.wants_metadata() {
         let items: Vec<Value> = items.iter().map(partial).collect();
@@ -228,6 +293,13 @@ pub fn list(req: &Req) -> ApiResult<Response> {
             200,
             &json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": metadata, "items": items}),
         ));
+    }
+    if req.info.builtin != Builtin::Custom {
+        // Items of built-in lists carry no apiVersion/kind (the list's own say it).
+        for item in items.iter_mut().filter_map(Value::as_object_mut) {
+            item.remove("apiVersion");
+            item.remove("kind");
+        }
     }
     Ok(json_response(
         200,

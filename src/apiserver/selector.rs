@@ -94,6 +94,26 @@ fn valid_key(k: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
 }
 
+/// A label value: empty, or at most 63 alphanumerics, '-', '_' and '.', alphanumeric at both ends.
+fn valid_value(v: &str) -> bool {
+    let ok_ends = |c: Option<char>| c.is_none_or(|c| c.is_ascii_alphanumeric());
+    v.len() <= 63
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && ok_ends(v.chars().next())
+        && ok_ends(v.chars().last())
+}
+
+fn check_values(key: &str, values: &[String]) -> ApiResult<()> {
+    match values.iter().position(|v| !valid_value(v)) {
+        None => Ok(()),
+        Some(i) => Err(ApiError::bad_request(format!(
+            "unable to parse requirement: values[{i}][{key}]: Invalid value: {:?}: a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or '12345', regex used for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')",
+            values[i]
+        ))),
+    }
+}
+
 fn value_list(s: &str) -> ApiResult<Vec<String>> {
     let inner = s
         .trim()
@@ -118,6 +138,9 @@ fn parse_requirement(part: &str) -> ApiResult<(String, Op)> {
             if !valid_key(k) {
                 return Err(bad(part));
             }
+            if kind < 2 {
+                check_values(k, &[v.to_string()])?;
+            }
             let op = match kind {
                 0 => Op::NotEq(v.to_string()),
                 1 => Op::Eq(v.to_string()),
@@ -131,10 +154,14 @@ fn parse_requirement(part: &str) -> ApiResult<(String, Op)> {
     if words.len() == 2 {
         let rest = words[1].trim_start();
         if let Some(list) = rest.strip_prefix("notin") {
-            return Ok((words[0].to_string(), Op::NotIn(value_list(list)?)));
+            let values = value_list(list)?;
+            check_values(words[0], &values)?;
+            return Ok((words[0].to_string(), Op::NotIn(values)));
         }
         if let Some(list) = rest.strip_prefix("in") {
-            return Ok((words[0].to_string(), Op::In(value_list(list)?)));
+            let values = value_list(list)?;
+            check_values(words[0], &values)?;
+            return Ok((words[0].to_string(), Op::In(values)));
         }
         return Err(bad(part));
     }

@@ -100,7 +100,15 @@ impl Watcher {
             ChangeType::Deleted if now_match || was_match => "DELETED",
             ChangeType::Modified if now_match && was_match => "MODIFIED",
             ChangeType::Modified if now_match => "ADDED",
-            ChangeType::Modified if was_match => "DELETED",
+            ChangeType::Modified if was_match => {
+                // No longer matching: DELETED with the previous state at this revision, as
+                // kube-apiserver's watch cache sends it.
+                let mut prev = c.prev.as_ref().map_or(now, |p| view(&self.info, p));
+                if let Some(m) = prev.get_mut("metadata").and_then(Value::as_object_mut) {
+                    m.insert("resourceVersion".into(), json!(c.rev.to_string()));
+                }
+                return Some(self.render("DELETED", &prev));
+            }
             _ => return None,
         };
         Some(self.render(kind, &now))

@@ -9,12 +9,14 @@ use std::sync::Arc;
 use axum::response::Response;
 use serde_json::{json, Value};
 
+use super::builtin;
 use super::crdschema;
 use super::error::{ApiError, ApiResult, StatusCause};
 use super::http::Req;
 use super::objects::{
-    event_to_core, finalizers, is_terminating, meta, meta_mut, meta_str, name_errors, name_suffix,
-    normalize_meta, now, owner_reference_errors, prepare_builtin, same_content, spec_part,
+    event_from_core, event_to_core, event_zero_values, finalizers, is_terminating, meta, meta_mut,
+    meta_str, name_errors, name_suffix, normalize_meta, now, owner_reference_errors,
+    prepare_builtin, prune_meta, same_content, spec_part,
 };
 use super::reads::{key, not_found, object_response, view};
 use super::resources::Builtin;
@@ -50,17 +52,42 @@ fn parse_body(req: &Req, body: &[u8]) -> ApiResult<Value> {
     parse_json(body)
 }
 
-/// apiVersion and kind of a full object must match the endpoint.
+/// apiVersion and kind of a full object must match the endpoint: a missing kind cannot be
+/// decoded (400), another apiVersion is 400, another kind of the same version is 422.
 pub(super) fn check_type(req: &Req, obj: &Value) -> ApiResult<()> {
     let av = obj.get("apiVersion").and_then(Value::as_str).unwrap_or("");
     let kind = obj.get("kind").and_then(Value::as_str).unwrap_or("");
-    if (!av.is_empty() && av != req.info.api_version())
-        || (!kind.is_empty() && kind != req.info.kind)
-    {
+    if kind.is_empty() {
+        let text = obj.to_string();
+        let short: String = text.chars().take(50).collect();
+        return Err(ApiError::bad_request(format!(
+            "the object provided is unrecognized (must be of type {}): Object 'Kind' is missing in '{text}' ({short} ...)",
+            req.info.kind
+        )));
+    }
+    if av != req.info.api_version() {
         return Err(ApiError::bad_request(format!(
             "the API version in the data ({av}) does not match the expected API version ({})",
             req.info.api_version()
         )));
+    }
+    if kind != req.info.kind {
+        let name = meta_str(obj, "name").unwrap_or_default();
+        let group_kind = if req.info.group.is_empty() {
+            kind.to_string()
+        } else {
+            format!("{kind}.{}", req.info.group)
+        };
+        return Err(ApiError::invalid(
+            &group_kind,
+            &req.info.group,
+            kind,
+            name,
+            vec![cause(
+                "kind",
+                &format!("Invalid value: \"{kind}\": must be {}", req.info.kind),
+            )],
+        ));
     }
     Ok(())
 }
@@ -86,11 +113,35 @@ pub(super) fn check_identity(req: &Req, obj: &Value) -> ApiResult<()> {
 fn to_storage(req: &Req, mut obj: Value) -> Value {
     if req.info.builtin == Builtin::EventsV1 {
         obj = event_to_core(obj);
-    } else {
-        obj["apiVersion"] = json!(req.info.api_version());
-        obj["kind"] = json!(req.info.kind);
+    } else if let Some(o) = obj.as_object_mut() {
+        o.insert("apiVersion".into(), json!(req.info.api_version()));
+        o.insert("kind".into(), json!(req.info.kind));
     }
     obj
+}
+
+/// Records this non-apply write in `new`'s managedFields, in the form and version the client
+/// wrote (an events.k8s.io/v1 write is tracked in events.k8s.io/v1 field names).
+fn record(req: &Req, old: Option<&Value>, new: &mut Value, ts: &str) {
+    let (mgr, sub, schema) = (manager(req), req.sub.as_deref(), req.info.schema.as_ref());
+    if req.info.builtin != Builtin::EventsV1 {
+        crdschema::record_update(old, new, &mgr, sub, schema, ts);
+        return;
+    }
+    let old_view = old.map(|o| event_from_core(o.clone()));
+    let mut new_view = event_from_core(new.clone());
+    crdschema::record_update(old_view.as_ref(), &mut new_view, &mgr, sub, schema, ts);
+    match meta(&new_view)
+        .and_then(|m| m.get("managedFields"))
+        .cloned()
+    {
+        Some(mf) => set_meta(new, "managedFields", mf),
+        None => {
+            if let Some(m) = meta_mut(new) {
+                m.remove("managedFields");
+            }
+        }
+    }
 }
 
 pub(super) fn manager(req: &Req) -> String {
@@ -106,6 +157,10 @@ pub(super) fn manager(req: &Req) -> String {
 }
 
 pub(super) fn invalid(req: &Req, name: &str, causes: Vec<StatusCause>) -> ApiError {
+    if req.info.builtin == Builtin::EventsV1 {
+        // Events are validated in their core form, and named so.
+        return ApiError::invalid("Event", "", "Event", name, causes);
+    }
     ApiError::invalid(
         &req.info.kind_group(),
         &req.info.group,
@@ -135,24 +190,33 @@ pub(super) fn dry_run(req: &Req) -> bool {
 /// Schema, built-in and metadata checks shared by create and update; returns warnings.
 fn admit(req: &Req, obj: &mut Value, old: Option<&Value>) -> ApiResult<Vec<String>> {
     let name = meta_str(obj, "name").unwrap_or_default().to_string();
-    let mut causes = prepare_builtin(&req.info, obj, old);
     let mut warnings = Vec::new();
+    // ObjectMeta is a typed struct: unknown fields in it are dropped for every kind.
+    let mut dropped = prune_meta(obj);
     if let Some(schema) = &req.info.schema {
-        let dropped = schema.prune(obj);
-        match req.query.get("fieldValidation").unwrap_or("Warn") {
-            "Strict" if !dropped.is_empty() => {
-                let msgs: Vec<String> = dropped
-                    .iter()
-                    .map(|d| format!("unknown field \"{d}\""))
-                    .collect();
-                return Err(ApiError::bad_request(format!(
-                    "strict decoding error: {}",
-                    msgs.join(", ")
-                )));
-            }
-            "Ignore" => {}
-            _ => warnings.extend(dropped.iter().map(|d| format!("unknown field \"{d}\""))),
+        dropped.extend(schema.prune(obj));
+    }
+    match req.query.get("fieldValidation").unwrap_or("Warn") {
+        "Strict" if !dropped.is_empty() => {
+            let msgs: Vec<String> = dropped
+                .iter()
+                .map(|d| format!("unknown field \"{d}\""))
+                .collect();
+            let info = &req.info;
+            return Err(ApiError::bad_request(format!(
+                "{} in version \"{}\" cannot be handled as a {}: strict decoding error: {}",
+                info.kind,
+                info.version,
+                info.kind,
+                msgs.join(", ")
+            )));
         }
+        "Ignore" => {}
+        _ => warnings.extend(dropped.iter().map(|d| format!("unknown field \"{d}\""))),
+    }
+    let mut causes = prepare_builtin(&req.info, obj, old);
+    causes.extend(builtin::validate(&req.info, obj, old)?);
+    if let Some(schema) = &req.info.schema {
         schema.apply_defaults(obj);
         causes.extend(schema.validate(obj, old));
     }
@@ -250,14 +314,17 @@ pub(super) fn finish_create(
                 set_meta(&mut obj, "name", json!(name));
             }
             None => {
-                return Err(invalid(
-                    req,
-                    "",
-                    vec![cause(
-                        "metadata.name",
-                        "Required value: name or generateName is required",
-                    )],
-                ));
+                let mut causes = vec![cause(
+                    "metadata.name",
+                    "Required value: name or generateName is required",
+                )];
+                causes.extend(
+                    req.info
+                        .schema
+                        .as_ref()
+                        .and_then(crdschema::CrdSchema::rules_not_checked),
+                );
+                return Err(invalid(req, "", causes));
             }
         }
     }
@@ -266,7 +333,9 @@ pub(super) fn finish_create(
             o.remove("status");
         }
     }
+    builtin::default(&req.info, &mut obj);
     let warnings = admit(req, &mut obj, None)?;
+    normalize_meta(&mut obj);
     let ts = now();
     if let Some(m) = meta_mut(&mut obj) {
         m.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
@@ -286,14 +355,11 @@ pub(super) fn finish_create(
         }
     }
     if applied_by.is_none() {
-        crdschema::record_update(
-            None,
-            &mut obj,
-            &manager(req),
-            req.sub.as_deref(),
-            req.info.schema.as_ref(),
-            &ts,
-        );
+        record(req, None, &mut obj, &ts);
+    }
+    builtin::prepare_namespace(&req.info, &mut obj, true);
+    if matches!(req.info.builtin, Builtin::CoreEvent | Builtin::EventsV1) {
+        event_zero_values(&mut obj);
     }
     normalize_meta(&mut obj);
     if dry_run(req) {
@@ -328,24 +394,37 @@ pub fn update(req: &Req, body: &[u8]) -> ApiResult<Response> {
     check_type(req, &obj)?;
     check_identity(req, &obj)?;
     let name = req.name.clone().unwrap_or_default();
-    let Some(rv) = meta_str(&obj, "resourceVersion").map(String::from) else {
-        return Err(invalid(
-            req,
+    let rv = meta_str(&obj, "resourceVersion").map(String::from);
+    // Secrets, Events and Namespaces allow unconditional updates; Leases and custom kinds do not.
+    let unconditional = matches!(
+        req.info.builtin,
+        Builtin::Secret | Builtin::CoreEvent | Builtin::EventsV1 | Builtin::Namespace
+    );
+    if rv.is_none() && !unconditional {
+        return Err(ApiError::invalid(
+            &req.info.qualified(),
+            &req.info.group,
+            &req.info.plural,
             &name,
             vec![cause(
                 "metadata.resourceVersion",
-                "Invalid value: 0x0: must be specified for an update",
+                "Invalid value: 0: must be specified for an update",
             )],
         ));
-    };
+    }
     let old = req
         .state
         .store
         .get(&key(req, &name))
         .ok_or_else(|| not_found(req, &name))?;
-    let expect = rv
-        .parse()
-        .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {rv:?}")))?;
+    let expect = match rv {
+        Some(rv) => rv.parse().map_err(|_| {
+            ApiError::bad_request(format!(
+                "invalid resource version: resourceVersion: Invalid value: {rv:?}"
+            ))
+        })?,
+        None => object_revision(&old),
+    };
     finish_update(req, &old, obj, expect, None)
 }
 
@@ -368,6 +447,8 @@ pub(super) fn finish_update(
         ));
     }
     if let Some(uid) = meta_str(&new, "uid") {
+        // kube-apiserver 1.36 answers 409 (the uid acts as a precondition); the fidelity
+        // contract (A3) and the CRUD tests keep 422 for an immutable field.
         if Some(uid) != meta_str(old, "uid") {
             return Err(invalid(
                 req,
@@ -422,18 +503,28 @@ pub(super) fn finish_update(
     }
     if is_terminating(old) {
         let before = finalizers(old);
-        if finalizers(&new).iter().any(|f| !before.contains(f)) {
+        let added: Vec<String> = finalizers(&new)
+            .into_iter()
+            .filter(|f| !before.contains(f))
+            .collect();
+        if !added.is_empty() {
+            let list: Vec<String> = added.iter().map(|f| format!("{f:?}")).collect();
             return Err(invalid(
                 req,
                 &name,
-                vec![cause(
-                    "metadata.finalizers",
-                    "Forbidden: no new finalizers can be added if the object is being deleted",
-                )],
+                vec![StatusCause {
+                    reason: "FieldValueForbidden".into(),
+                    field: "metadata.finalizers".into(),
+                    message: format!(
+                        "Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers []string{{{}}}",
+                        list.join(", ")
+                    ),
+                }],
             ));
         }
     }
     let warnings = admit(req, &mut new, Some(old))?;
+    builtin::prepare_namespace(info, &mut new, false);
     if info.builtin == Builtin::Custom
         && spec_part(old, info.status_subresource) != spec_part(&new, info.status_subresource)
     {
@@ -443,16 +534,13 @@ pub(super) fn finish_update(
             .unwrap_or(1);
         set_meta(&mut new, "generation", json!(gen + 1));
     }
+    normalize_meta(&mut new);
     let ts = now();
     if applied_by.is_none() {
-        crdschema::record_update(
-            Some(old),
-            &mut new,
-            &manager(req),
-            req.sub.as_deref(),
-            req.info.schema.as_ref(),
-            &ts,
-        );
+        record(req, Some(old), &mut new, &ts);
+    }
+    if matches!(info.builtin, Builtin::CoreEvent | Builtin::EventsV1) {
+        event_zero_values(&mut new);
     }
     normalize_meta(&mut new);
     if same_content(old, &new) {

@@ -102,6 +102,42 @@ impl MergeInfo {
         }
     }
 
+    /// [`MergeInfo::untyped_root`] with what the Go types of built-in kinds declare beyond
+    /// value structs: Secret `data`/`stringData` are maps, an Event's object references are
+    /// atomic and its `series` is a pointer.
+    pub fn builtin_root(kind: &str) -> MergeInfo {
+        let mut root = Self::untyped_root();
+        let string_map = || MergeInfo {
+            additional: Some(Box::default()),
+            ..MergeInfo::default()
+        };
+        let atomic = || MergeInfo {
+            map_atomic: true,
+            ..MergeInfo::default()
+        };
+        match kind {
+            "Secret" => {
+                root.fields.insert("data".into(), string_map());
+                root.fields.insert("stringData".into(), string_map());
+            }
+            "Event" => {
+                for f in ["involvedObject", "regarding", "related"] {
+                    root.fields.insert(f.into(), atomic());
+                }
+                // A pointer to a struct: its appearance is recorded (`"."`), as for CRs.
+                root.fields.insert("series".into(), MergeInfo::default());
+            }
+            _ => {}
+        }
+        root
+    }
+
+    /// True for the struct-valued places of built-in kinds: their own membership is implied by
+    /// their fields', so it is not recorded (no `"."` in FieldsV1).
+    pub fn is_struct(&self) -> bool {
+        self.untyped_struct
+    }
+
     /// ObjectMeta's merge strategy.
     fn object_meta() -> MergeInfo {
         let string_map = || MergeInfo {

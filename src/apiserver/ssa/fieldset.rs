@@ -321,7 +321,9 @@ fn cmp(
             leaf(old, new, path, c);
             return Ok(());
         }
-        side(old, new, c, path);
+        if !mi.is_struct() {
+            side(old, new, c, path);
+        }
         let mut keys: Vec<&String> = om.iter().flat_map(|m| m.keys()).collect();
         keys.extend(nm.iter().flat_map(|m| m.keys()));
         keys.sort();

@@ -250,8 +250,9 @@ fn strip(set: &FieldSet) -> FieldSet {
     set.difference(&strip)
 }
 
-fn merge_info(schema: Option<&StructuralSchema>) -> MergeInfo {
-    schema.map_or_else(MergeInfo::untyped_root, |s| s.merge_info().clone())
+fn merge_info(schema: Option<&StructuralSchema>, obj: &Value) -> MergeInfo {
+    let kind = obj.get("kind").and_then(Value::as_str).unwrap_or_default();
+    schema.map_or_else(|| MergeInfo::builtin_root(kind), |s| s.merge_info().clone())
 }
 
 fn api_version_of(a: &Value, b: Option<&Value>) -> String {
@@ -274,7 +275,7 @@ pub fn apply(
     if !applied.is_object() {
         return Err(SsaError::NotAnObject);
     }
-    let mi = merge_info(schema);
+    let mi = merge_info(schema, applied);
     let api_version = api_version_of(applied, live);
     let status_only = subresource == Some("status");
     let mut config = without_managed_fields(applied);
@@ -389,7 +390,7 @@ pub fn record_update_with(
     schema: Option<&StructuralSchema>,
     now: &str,
 ) {
-    let mi = merge_info(schema);
+    let mi = merge_info(schema, new);
     // A non-empty managedFields sent with a main-resource write replaces the stored one;
     // subresource writes always keep the stored one.
     let sent = match subresource {
