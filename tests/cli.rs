@@ -90,6 +90,7 @@ on_both_backends!(
     os_list_asks_for_a_discovery_when_nothing_is_known,
     reprovision_waits_for_success_and_failure,
     a_wave_keeps_to_max_unavailable_and_resumes_after_an_interruption,
+    a_wave_stops_at_a_failure_and_a_rerun_retries_it,
 );
 
 async fn hosts_os_list_discover_and_status(c: TestCluster) {
@@ -238,9 +239,14 @@ async fn reprovision_waits_for_success_and_failure(c: TestCluster) {
     );
     let requests: Api<OSProvisioningRequest> = c.api();
     wait_phase(&requests, "sim-000-debian-12", Phase::Succeeded, 30).await;
-    // The same command again follows the finished request instead of starting another.
-    let again = ok(c, &["reprovision", "sim-000", "debian-12", "--wait"]).await;
-    assert!(again.contains("sim-000-debian-12: Succeeded"), "{again}");
+    // The same command again does not pass off the finished request as a new result.
+    let again = osprov(c, &["reprovision", "sim-000", "debian-12", "--wait"]).await;
+    assert_eq!(again.code, 1, "{}{}", again.stdout, again.stderr);
+    assert!(
+        again.stderr.contains("already ended (Succeeded)"),
+        "{}",
+        again.stderr
+    );
     assert_eq!(
         e.sims.get(&c.key("sim")).expect("fleet").stats().started(),
         2
@@ -287,7 +293,9 @@ async fn reprovision_waits_for_success_and_failure(c: TestCluster) {
     .await;
     assert_eq!(timeout.code, 3, "{}{}", timeout.stdout, timeout.stderr);
     let usage = osprov(c, &["reprovision", "-l", "a=b", "sim-000", "rocky-9"]).await;
-    assert_eq!(usage.code, 1);
+    assert_eq!(usage.code, 2);
+    let all = osprov(c, &["reprovision", "sim-000", "rocky-9", "-A"]).await;
+    assert_eq!(all.code, 2, "{}", all.stderr);
 }
 
 async fn a_wave_keeps_to_max_unavailable_and_resumes_after_an_interruption(c: TestCluster) {
@@ -357,5 +365,60 @@ async fn a_wave_keeps_to_max_unavailable_and_resumes_after_an_interruption(c: Te
             .items
             .len(),
         20
+    );
+}
+
+async fn a_wave_stops_at_a_failure_and_a_rerun_retries_it(c: TestCluster) {
+    let e = env(c).await;
+    let mut spec = sim(3, 50);
+    spec.failures = Some(SimulatorFailures {
+        fail_fraction: Some(1.0),
+        ..Default::default()
+    });
+    e.dispatcher(sim_dispatcher("flaky", spec), 3).await;
+    let c = &e.c;
+    let args = ["reprovision", "-l", "osprov.io/dispatcher=flaky", "rocky-9"];
+    let first = osprov(c, &args).await;
+    assert_eq!(first.code, 1, "{}{}", first.stdout, first.stderr);
+    assert!(
+        first.stderr.contains("failed on sim-000")
+            && first.stderr.contains("stopped at the first failure"),
+        "{}",
+        first.stderr
+    );
+    let fleet = e.sims.get(&c.key("flaky")).expect("fleet");
+    assert_eq!(
+        fleet.stats().started_per_host.keys().collect::<Vec<_>>(),
+        ["sim-000"],
+        "nothing after the failed host was started"
+    );
+    // The backend is fixed; the same command retries the failed host and goes on.
+    let dispatchers: Api<OSDispatcher> = c.api();
+    dispatchers
+        .patch(
+            "flaky",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(
+                serde_json::json!({"spec": {"simulator": {"failures": null}}}),
+            ),
+        )
+        .await
+        .expect("patch");
+    eventually(20, "the dispatcher observed the fix", || async {
+        let d = dispatchers.get("flaky").await.ok()?;
+        (d.status?.observed_generation == d.metadata.generation).then_some(())
+    })
+    .await;
+    let again = osprov(c, &args).await;
+    assert_eq!(again.code, 0, "{}{}", again.stdout, again.stderr);
+    assert!(
+        again.stderr.contains("retrying sim-000"),
+        "{}",
+        again.stderr
+    );
+    assert!(
+        again.stdout.contains("3/3 hosts run rocky-9"),
+        "{}",
+        again.stdout
     );
 }

@@ -126,6 +126,14 @@ impl Phase {
         }
     }
 
+    /// A final phase: nothing more happens for this generation of the request.
+    pub fn is_terminal(self) -> bool {
+        match self {
+            Phase::Succeeded | Phase::Failed | Phase::Rejected | Phase::Cancelled => true,
+            Phase::Pending | Phase::Queued | Phase::Provisioning => false,
+        }
+    }
+
     /// Every phase, for metrics.
     pub const ALL: [Phase; 7] = [
         Phase::Pending,

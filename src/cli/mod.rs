@@ -25,6 +25,8 @@ pub enum CliError {
     #[error("kubeconfig: {0}")]
     Config(String),
     #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
     Refused(String),
     #[error("{0}")]
     Failed(String),
@@ -37,6 +39,7 @@ pub enum CliError {
 impl CliError {
     pub fn exit_code(&self) -> ExitCode {
         match self {
+            CliError::Usage(_) => ExitCode::from(2),
             CliError::Timeout(..) => ExitCode::from(3),
             _ => ExitCode::from(1),
         }
@@ -244,7 +247,7 @@ pub async fn run(cmd: Command) -> Result<(), CliError> {
             timeout,
             kube,
         } => {
-            let t = connect(&kube, AGENT).await?;
+            let t = connect_for_writes(&kube).await?;
             query::discover(&t, &dispatcher, wait.then_some(timeout)).await?
         }
         Command::Reprovision {
@@ -257,7 +260,7 @@ pub async fn run(cmd: Command) -> Result<(), CliError> {
             continue_on_error,
             kube,
         } => {
-            let t = connect(&kube, AGENT).await?;
+            let t = connect_for_writes(&kube).await?;
             match (selector.as_deref(), args.as_slice()) {
                 (Some(selector), [os]) => {
                     let w = reprovision::Wave {
@@ -273,12 +276,12 @@ pub async fn run(cmd: Command) -> Result<(), CliError> {
                     reprovision::single(&t, host, os, name.as_deref(), wait, timeout).await?
                 }
                 (Some(_), _) => {
-                    return Err(CliError::Refused(
+                    return Err(CliError::Usage(
                         "with --selector give only the OS: osprov reprovision -l LABELS OS".into(),
                     ))
                 }
                 (None, _) => {
-                    return Err(CliError::Refused(
+                    return Err(CliError::Usage(
                         "give HOST and OS: osprov reprovision HOST OS".into(),
                     ))
                 }
@@ -291,6 +294,16 @@ pub async fn run(cmd: Command) -> Result<(), CliError> {
     };
     print!("{out}");
     Ok(())
+}
+
+/// `connect` for subcommands that write: they work in one namespace, so `-A` is refused.
+async fn connect_for_writes(kube: &KubeArgs) -> Result<Target, CliError> {
+    if kube.all_namespaces {
+        return Err(CliError::Usage(
+            "-A/--all-namespaces is for reading; this command works in one namespace (-n)".into(),
+        ));
+    }
+    connect(kube, AGENT).await
 }
 
 /// Parses "30s", "5m", "1h" (and plain seconds) for `--timeout`.

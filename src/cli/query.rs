@@ -12,7 +12,8 @@ use kube::{Api, Resource as _, ResourceExt};
 use super::output::{self, cell, Format};
 use super::{CliError, Target};
 use crate::api::{
-    ManagedHost, OSDispatcher, OSProvisioningRequest, Phase, DISCOVER_ANNOTATION, DISPATCHER_LABEL,
+    DispatcherState, ManagedHost, OSDispatcher, OSProvisioningRequest, Phase, DISCOVER_ANNOTATION,
+    DISPATCHER_LABEL,
 };
 
 /// `osprov hosts`.
@@ -226,6 +227,14 @@ pub async fn discover(
                 st.host_count.unwrap_or(0),
                 st.os_catalogue.len()
             ));
+        }
+        if let Some(state @ (DispatcherState::Unreachable | DispatcherState::Degraded)) = st.state {
+            let why = st.conditions.iter().find(|c| c.type_ == "Ready");
+            return Err(CliError::Failed(format!(
+                "dispatcher {dispatcher} is {}: {}",
+                state.as_str(),
+                why.map(|c| c.message.as_str()).unwrap_or("no reason given")
+            )));
         }
         if started.elapsed() > timeout {
             let state = st.state.map(|s| s.as_str()).unwrap_or("Unknown");

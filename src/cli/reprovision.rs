@@ -1,7 +1,8 @@
 //! `osprov reprovision`: one host (`HOST OS`), or a fleet wave (`--selector LABELS OS`) that keeps
 //! at most `--max-unavailable` hosts reprovisioning at once, stops at the first failure unless
-//! `--continue-on-error`, and resumes where it stopped when run again (its requests carry a label
-//! derived from namespace, selector and OS, and names derived from host and OS).
+//! `--continue-on-error`, and resumes where it stopped when run again, retrying the hosts whose
+//! request failed (its requests carry a label derived from namespace, selector and OS, and names
+//! derived from host and OS).
 //!
 //! The command only creates OSProvisioningRequests and reads them back: the controller does the
 //! work, with all its safety rules. Progress is a bar or spinner (indicatif) in a terminal, and
@@ -12,7 +13,7 @@ use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use kube::api::{ListParams, PostParams};
+use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::ResourceExt;
 
 use super::query::{discover, not_managed};
@@ -21,36 +22,24 @@ use crate::api::{
     ManagedHost, OSProvisioningRequest, OSProvisioningRequestSpec, OSProvisioningRequestStatus,
     Phase, DISPATCHER_LABEL,
 };
+use crate::controller::world::is_terminal;
+use crate::provisioner::inventory::object_name;
 
 /// Label on the requests of one wave.
 pub const WAVE_LABEL: &str = "osprov.io/wave";
 const POLL: Duration = Duration::from_millis(300);
 
-/// A request name for `host` → `os`: a DNS-1123 subdomain (lower case, `[a-z0-9.-]`, at most 253
-/// characters, alphanumeric at both ends).
+/// A request name for `host` → `os` (a DNS-1123 subdomain), ending in `suffix` when given: the
+/// base is shortened so the suffix always survives.
 pub fn request_name(host: &str, os: &str, suffix: Option<&str>) -> String {
-    let mut raw = format!("{host}-{os}");
-    if let Some(s) = suffix {
-        raw.push('-');
-        raw.push_str(s);
-    }
-    let mapped: String = raw
-        .to_lowercase()
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    let trimmed: String = mapped.chars().take(253).collect();
-    let name = trimmed.trim_matches(|c: char| !c.is_ascii_alphanumeric());
-    if name.is_empty() {
-        "reprovision".into()
-    } else {
-        name.to_string()
+    let base = object_name(&format!("{host}-{os}"));
+    match suffix {
+        None => base,
+        Some(s) => {
+            let keep = 253usize.saturating_sub(s.len() + 1);
+            let short = object_name(&base.chars().take(keep).collect::<String>());
+            format!("{short}-{s}")
+        }
     }
 }
 
@@ -65,12 +54,12 @@ pub fn wave_id(namespace: &str, selector: &str, os: &str) -> String {
     format!("w{:08x}", h as u32)
 }
 
-fn is_done(st: Option<&OSProvisioningRequestStatus>) -> Option<bool> {
-    match st.and_then(|s| s.phase) {
-        Some(Phase::Succeeded) => Some(true),
-        Some(Phase::Failed | Phase::Rejected | Phase::Cancelled) => Some(false),
-        _ => None,
-    }
+/// Some(true) once the request succeeded for its current generation, Some(false) once it ended
+/// otherwise, None while it is open.
+fn outcome(r: &OSProvisioningRequest) -> Option<bool> {
+    let st = r.status.as_ref()?;
+    is_terminal(st, r.metadata.generation.unwrap_or(1))
+        .then_some(st.phase == Some(Phase::Succeeded))
 }
 
 /// The host's catalogue has `os`; asks for a discovery once before refusing.
@@ -111,7 +100,9 @@ async fn check_available(
     )))
 }
 
-/// Creates `name` for host → os, or adopts it when it exists with the same spec.
+/// Creates `name` for host → os; an existing request with the same spec that is still open is
+/// adopted (followed, not created again). A finished one is refused: it says nothing about
+/// what the host runs now.
 async fn ensure_request(
     t: &Target,
     name: &str,
@@ -121,13 +112,21 @@ async fn ensure_request(
 ) -> Result<bool, CliError> {
     let api = t.namespaced::<OSProvisioningRequest>();
     if let Some(existing) = api.get_opt(name).await? {
-        if existing.spec.host == host && existing.spec.os == os {
-            return Ok(false);
+        if existing.spec.host != host || existing.spec.os != os {
+            return Err(CliError::Refused(format!(
+                "request {name} already exists for {} → {}; choose another --name",
+                existing.spec.host, existing.spec.os
+            )));
         }
-        return Err(CliError::Refused(format!(
-            "request {name} already exists for {} → {}; choose another --name",
-            existing.spec.host, existing.spec.os
-        )));
+        if outcome(&existing).is_some() {
+            let phase = existing.status.and_then(|s| s.phase).map(Phase::as_str);
+            return Err(CliError::Refused(format!(
+                "request {name} for {host} → {os} already ended ({}); delete it \
+                 (kubectl delete ospr {name}) or choose another --name",
+                phase.unwrap_or("finished")
+            )));
+        }
+        return Ok(false);
     }
     let mut r = OSProvisioningRequest::new(
         name,
@@ -231,7 +230,7 @@ pub async fn single(
         let r = api.get(&name).await?;
         let st = r.status.as_ref();
         progress.update(0, describe(st), started.elapsed());
-        match is_done(st) {
+        match outcome(&r) {
             Some(true) => {
                 progress.finish();
                 return Ok(format!(
@@ -294,28 +293,32 @@ pub async fn wave(t: &Target, w: &Wave<'_>) -> Result<String, CliError> {
     }
     let id = wave_id(&t.namespace, w.selector, w.os);
     let labels = BTreeMap::from([(WAVE_LABEL.to_string(), id.clone())]);
-    let api = t.namespaced::<OSProvisioningRequest>();
     let lp = ListParams::default().labels(&format!("{WAVE_LABEL}={id}"));
+    retry_failed(t, &lp, &hosts, w.timeout).await?;
     eprintln!(
         "wave {id}: {} hosts, at most {} at a time",
         hosts.len(),
         w.max_unavailable
     );
+    let api = t.namespaced::<OSProvisioningRequest>();
     let started = Instant::now();
     let mut progress = Progress::new(Some(hosts.len() as u64));
     loop {
+        // This wave's requests for the hosts that match now (a host gone or relabelled since an
+        // earlier run is no longer part of it).
         let mine: BTreeMap<String, Option<bool>> = api
             .list(&lp)
             .await?
             .items
             .iter()
-            .map(|r| (r.spec.host.clone(), is_done(r.status.as_ref())))
+            .filter(|r| hosts.binary_search(&r.spec.host).is_ok())
+            .map(|r| (r.spec.host.clone(), outcome(r)))
             .collect();
         let succeeded = mine.values().filter(|d| **d == Some(true)).count();
-        let failed: Vec<&String> = mine
+        let failed: Vec<&str> = mine
             .iter()
             .filter(|(_, d)| **d == Some(false))
-            .map(|(h, _)| h)
+            .map(|(h, _)| h.as_str())
             .collect();
         let mut in_flight = mine.values().filter(|d| d.is_none()).count();
         let stopping = !failed.is_empty() && !w.continue_on_error;
@@ -338,8 +341,7 @@ pub async fn wave(t: &Target, w: &Wave<'_>) -> Result<String, CliError> {
             ),
             started.elapsed(),
         );
-        let all_done = finished == hosts.len();
-        if in_flight == 0 && (all_done || stopping) {
+        if in_flight == 0 && (finished == hosts.len() || stopping) {
             progress.finish();
             if failed.is_empty() {
                 return Ok(format!(
@@ -349,12 +351,12 @@ pub async fn wave(t: &Target, w: &Wave<'_>) -> Result<String, CliError> {
                     started.elapsed().as_secs()
                 ));
             }
-            let list: Vec<&str> = failed.iter().map(|s| s.as_str()).collect();
             return Err(CliError::Failed(format!(
                 "wave {id}: {succeeded} succeeded, failed on {}{}",
-                list.join(", "),
+                failed.join(", "),
                 if stopping {
-                    "; stopped (run again to resume, or --continue-on-error)"
+                    "; stopped at the first failure (run the same command again to retry the \
+                     failed hosts and go on, or add --continue-on-error)"
                 } else {
                     ""
                 }
@@ -374,6 +376,48 @@ pub async fn wave(t: &Target, w: &Wave<'_>) -> Result<String, CliError> {
     }
 }
 
+/// A wave run again retries the hosts whose request failed: the old request is deleted (its
+/// host is released; nothing else happens to it) and the wave creates a new one in turn.
+async fn retry_failed(
+    t: &Target,
+    lp: &ListParams,
+    hosts: &[String],
+    timeout: Duration,
+) -> Result<(), CliError> {
+    let api = t.namespaced::<OSProvisioningRequest>();
+    let failed: Vec<OSProvisioningRequest> = api
+        .list(lp)
+        .await?
+        .items
+        .into_iter()
+        .filter(|r| hosts.binary_search(&r.spec.host).is_ok() && outcome(r) == Some(false))
+        .collect();
+    for r in &failed {
+        let st = r.status.clone().unwrap_or_default();
+        eprintln!(
+            "retrying {}: request {} ended {} ({})",
+            r.spec.host,
+            r.name_any(),
+            st.phase.map(Phase::as_str).unwrap_or("Failed"),
+            st.reason.unwrap_or_default()
+        );
+        api.delete(&r.name_any(), &DeleteParams::default()).await?;
+    }
+    let started = Instant::now();
+    for r in &failed {
+        while api.get_opt(&r.name_any()).await?.is_some() {
+            if started.elapsed() > timeout {
+                return Err(CliError::Timeout(
+                    timeout,
+                    format!("request {} to be deleted", r.name_any()),
+                ));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -388,8 +432,10 @@ mod tests {
             request_name("Node_1", "Ubuntu 24.04", None),
             "node-1-ubuntu-24.04"
         );
-        assert_eq!(request_name("-x", "y-", Some("w1")), "x-y--w1");
+        assert_eq!(request_name("-x", "y-", Some("w1")), "x-y-w1");
         assert_eq!(request_name("a", &"b".repeat(400), None).len(), 253);
+        let long = request_name("a", &"b".repeat(400), Some("w12345678"));
+        assert!(long.len() <= 253 && long.ends_with("-w12345678"), "{long}");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Discoveries asked for through the `osprov.io/discover` annotation of an OSDispatcher (what
 //! `osprov discover` and `osprov os list` set). The decision is a pure function of the
-//! annotation, the value already answered in status, the ask in progress and the session's last
-//! discovery time; the dispatcher controller performs it.
+//! annotation, the value already answered in status, the ask in progress and when the session's
+//! last successful discovery *started* (one already running when the ask came in does not
+//! answer it); the dispatcher controller performs it.
 use k8s_openapi::jiff::Timestamp;
 
 /// What the dispatcher controller does about the annotation.
@@ -13,18 +14,18 @@ pub enum Ask {
     Trigger,
     /// The discovery started for this value has not finished yet.
     Waiting,
-    /// A discovery finished after the ask: record the value in status.
+    /// A discovery that started after the ask has finished: record the value in status.
     Answer(String),
 }
 
 /// `wanted`: the annotation; `answered`: `status.lastDiscoveryRequest`; `pending`: the value a
-/// discovery was started for and when; `last_discovery`: when the session's last discovery
-/// finished.
+/// discovery was asked for and when; `last_started`: when the session's last successful
+/// discovery started.
 pub fn decide(
     wanted: Option<&str>,
     answered: Option<&str>,
     pending: Option<(&str, Timestamp)>,
-    last_discovery: Option<Timestamp>,
+    last_started: Option<Timestamp>,
 ) -> Ask {
     let Some(wanted) = wanted else {
         return Ask::Nothing;
@@ -33,7 +34,7 @@ pub fn decide(
         return Ask::Nothing;
     }
     match pending {
-        Some((value, at)) if value == wanted => match last_discovery {
+        Some((value, at)) if value == wanted => match last_started {
             Some(done) if done >= at => Ask::Answer(wanted.to_string()),
             _ => Ask::Waiting,
         },

@@ -230,7 +230,7 @@ async fn reconcile(d: Arc<OSDispatcher>, scope: Arc<Scope>) -> Result<Action, Er
     status.host_count = Some(i32::try_from(view.hosts.len()).unwrap_or(i32::MAX));
     status.os_catalogue = view.catalogue();
     status.last_discovery = view.last_discovery.map(Time);
-    let asked = discovery_ask(&scope, &d, &key, &status, view.last_discovery);
+    let asked = discovery_ask(&scope, &d, &key, &status, view.last_discovery_started);
     if let Some(value) = &asked {
         status.last_discovery_request = value.clone();
     }
@@ -299,8 +299,8 @@ async fn reconcile(d: Arc<OSDispatcher>, scope: Arc<Scope>) -> Result<Action, Er
         .get_or_create(&label)
         .observe(started.elapsed().as_secs_f64());
     if matches!(asked, Some(None)) {
-        // A discovery asked for through the annotation is running: look again soon.
-        return Ok(Action::requeue(Duration::from_millis(200)));
+        // A discovery asked for through the annotation is running: look again in a second.
+        return Ok(Action::requeue(Duration::from_secs(1)));
     }
     // Hosts missing from the backend are removed after the grace period; look again then.
     Ok(Action::requeue(
@@ -315,7 +315,7 @@ fn discovery_ask(
     d: &OSDispatcher,
     key: &DispKey,
     status: &OSDispatcherStatus,
-    last_discovery: Option<Timestamp>,
+    last_started: Option<Timestamp>,
 ) -> Option<Option<String>> {
     use super::discovery_request::{decide, Ask};
     let wanted = d.annotations().get(crate::api::DISCOVER_ANNOTATION);
@@ -328,7 +328,7 @@ fn discovery_ask(
         wanted.map(String::as_str),
         status.last_discovery_request.as_deref(),
         pending,
-        last_discovery,
+        last_started,
     ) {
         Ask::Nothing => None,
         Ask::Trigger => {

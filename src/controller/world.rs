@@ -18,11 +18,7 @@ type Request = OSProvisioningRequest;
 
 /// True once the request's status is final for its current generation.
 pub fn is_terminal(st: &OSProvisioningRequestStatus, generation: i64) -> bool {
-    st.observed_generation == Some(generation)
-        && matches!(
-            st.phase,
-            Some(Phase::Succeeded | Phase::Failed | Phase::Rejected | Phase::Cancelled)
-        )
+    st.observed_generation == Some(generation) && st.phase.is_some_and(Phase::is_terminal)
 }
 
 /// Rebuild the occupancy book from the store once, before the first decision.

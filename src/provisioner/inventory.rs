@@ -20,6 +20,8 @@ pub struct DispatcherView {
     pub hosts: BTreeMap<String, HostInfo>,
     /// When the last successful discovery finished.
     pub last_discovery: Option<Timestamp>,
+    /// When the last successful discovery started (what it reports is at least this fresh).
+    pub last_discovery_started: Option<Timestamp>,
     /// Successful discoveries since the session started.
     pub discoveries: u64,
 }
@@ -32,6 +34,7 @@ impl Default for DispatcherView {
             message: "subscribing to events and discovering".into(),
             hosts: BTreeMap::new(),
             last_discovery: None,
+            last_discovery_started: None,
             discoveries: 0,
         }
     }

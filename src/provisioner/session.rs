@@ -316,10 +316,12 @@ async fn discover(
     adapter: &dyn Adapter,
     shared: &Shared,
 ) -> Result<(), AdapterError> {
+    let started = Timestamp::now();
     match adapter.discover().await {
         Ok(inv) => {
             debug!(hosts = inv.hosts.len(), "discovery finished");
             shared.update(key, |view| {
+                view.last_discovery_started = Some(started);
                 inventory::apply_inventory(key, view, inv, Timestamp::now())
             });
             Ok(())
