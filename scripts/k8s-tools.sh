@@ -14,7 +14,7 @@ K8S=$ROOT/tests/k8s
 command -v go >/dev/null 2>&1 || [ ! -x /usr/local/go/bin/go ] || export PATH=/usr/local/go/bin:$PATH
 command -v go >/dev/null 2>&1 || { echo "k8s-tools: Go is needed (go1.26 or newer)" >&2; exit 1; }
 
-key=$(cat "$K8S/pins.env" "$K8S"/*/go.mod "$K8S"/*/go.sum "$0" | sha256sum | cut -c1-12)
+key=$(cat "$K8S/pins.env" "$K8S"/*/go.mod "$K8S"/*/go.sum "$ROOT/scripts/k8s-tools.sh" | sha256sum | cut -c1-12)
 BIN=$ROOT/target/k8s-tools/$key/bin
 mkdir -p "$BIN"
 # Builds for other pins are stale: keep only this one.
@@ -43,8 +43,9 @@ build() { # name module-dir package ldflags
     if [ -x "$BIN/$name" ]; then return; fi
     local start=$SECONDS
     echo "k8s-tools: building $name ($pkg)" >&2
-    (cd "$K8S/$dir" && go build -trimpath -ldflags "$ldflags" -o "$BIN/$name.tmp" "$pkg")
-    mv "$BIN/$name.tmp" "$BIN/$name"
+    # A per-process temporary name: test binaries started in parallel may build at once.
+    (cd "$K8S/$dir" && go build -trimpath -ldflags "$ldflags" -o "$BIN/$name.tmp.$$" "$pkg")
+    mv "$BIN/$name.tmp.$$" "$BIN/$name"
     echo "k8s-tools: built $name in $((SECONDS - start)) s" >&2
 }
 

@@ -26,6 +26,8 @@ export PATH="$OSPROV_K8S_TOOLS:$PATH"
 # Python tools (sushy-tools, the Helm SDK, pytest…) in a venv under target/.
 VENV=${OSPROV_VENV:-$ROOT/target/venv}
 if [ ! -x "$VENV/bin/python" ]; then
+    # Debian's python3 needs python3-venv (ensurepip) to make a venv.
+    python3 -c 'import ensurepip' 2>/dev/null || apt_install python3-venv
     python3 -m venv "$VENV"
 fi
 "$VENV/bin/pip" install -q --disable-pip-version-check -r tests/requirements.txt

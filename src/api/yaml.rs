@@ -39,17 +39,18 @@ fn yaml11_bool(s: &str) -> bool {
     )
 }
 
-/// Quotes the plain scalar at the end of one line (`- On`, `key: Off`) if it needs it.
+/// Quotes the plain scalar at the end of one line (`- On`, `key: Off`, `- key: On`) if it needs
+/// it. Map keys are left alone: generated CRDs have no YAML 1.1 boolean keys (a test checks).
 fn quote_line(line: &str) -> String {
-    let (head, value) = match line.trim_start().strip_prefix("- ") {
-        Some(v) => (&line[..line.len() - v.len()], v),
-        None => match line.rsplit_once(": ") {
-            Some((k, v)) => (&line[..k.len() + 2], v),
+    let value = match line.rsplit_once(": ") {
+        Some((_, v)) => v,
+        None => match line.trim_start().strip_prefix("- ") {
+            Some(v) => v,
             None => return line.to_string(),
         },
     };
     if yaml11_bool(value) {
-        format!("{head}'{value}'")
+        format!("{}'{value}'", &line[..line.len() - value.len()])
     } else {
         line.to_string()
     }
@@ -84,10 +85,12 @@ mod tests {
             "multi": "line one\nOn\n",
             "n": 3,
             "real": true,
+            "items": [{"state": "Off"}],
         });
         let y = to_portable_yaml(&doc).expect("yaml");
         assert!(y.contains("- 'On'\n") && y.contains("- 'Off'\n"), "{y}");
         assert!(y.contains("flag: 'yes'\n"), "{y}");
+        assert!(y.contains("- state: 'Off'\n"), "{y}");
         assert!(
             y.contains("- Unknown\n") && y.contains("text: Power is On\n"),
             "{y}"
@@ -103,6 +106,10 @@ mod tests {
             for line in y.lines() {
                 let last = line.rsplit([' ', '-']).next().unwrap_or("");
                 assert!(!yaml11_bool(last), "unquoted YAML 1.1 boolean: {line}");
+                let key = line.trim_start().trim_start_matches("- ");
+                if let Some((k, _)) = key.split_once(':') {
+                    assert!(!yaml11_bool(k), "a YAML 1.1 boolean as a key: {line}");
+                }
             }
         }
     }

@@ -257,7 +257,7 @@ fn apply(req: &Req, body: &[u8], force: bool) -> ApiResult<Response> {
         .map_err(ApiError::bad_request)?;
         let obj = match outcome {
             Applied::Object(v) => v,
-            Applied::Conflicts(conflicts) => return Err(conflict_error(req, &conflicts)),
+            Applied::Conflicts(conflicts) => return Err(conflict_error(&conflicts)),
         };
         let result = match &old {
             None => finish_create(req, obj, Some(&mgr)),
@@ -286,10 +286,8 @@ fn apply(req: &Req, body: &[u8], force: bool) -> ApiResult<Response> {
     }
 }
 
-fn conflict_error(req: &Req, conflicts: &[crate::apiserver::ssa::Conflict]) -> ApiError {
-    let name = req.name.clone().unwrap_or_default();
-    // kube-apiserver's conflict Status carries the causes only (no name, group or kind).
-    let _ = name;
+/// kube-apiserver's conflict Status carries the causes only (no name, group or kind).
+fn conflict_error(conflicts: &[crate::apiserver::ssa::Conflict]) -> ApiError {
     let mut e = ApiError::new(409, "Conflict", crdschema::conflicts_message(conflicts));
     e.causes = conflicts
         .iter()

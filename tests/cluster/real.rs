@@ -193,10 +193,20 @@ fn boot(bin: PathBuf, children: &mut Vec<Child>) -> Result<Plane, String> {
     Ok(plane)
 }
 
-/// A fresh directory per test process; directories of test processes that are gone are removed.
+/// A fresh directory per test process (mode 0700: it holds the admin key and the signing key),
+/// under a per-user base; directories of test processes that are gone are removed.
 fn work_dir() -> Result<PathBuf, String> {
-    let base = std::env::temp_dir().join("osprov-k8s");
-    std::fs::create_dir_all(&base).map_err(|e| e.to_string())?;
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::getuid() };
+    let base = std::env::temp_dir().join(format!("osprov-k8s-{uid}"));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&base)
+        .map_err(|e| e.to_string())?;
+    std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| e.to_string())?;
     if let Ok(entries) = std::fs::read_dir(&base) {
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().to_string();
@@ -211,7 +221,10 @@ fn work_dir() -> Result<PathBuf, String> {
     }
     let dir = base.join(std::process::id().to_string());
     let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|e| e.to_string())?;
     Ok(dir)
 }
 
