@@ -101,9 +101,9 @@ pub async fn os_list(
             "no OS image known yet; asking {} for a discovery",
             targets.join(", ")
         );
-        for d in &targets {
-            discover(t, d, Some(timeout)).await?;
-        }
+        // Every dispatcher at once: the wait is one discovery, not one per dispatcher.
+        futures::future::try_join_all(targets.iter().map(|d| discover(t, d, Some(timeout))))
+            .await?;
         rows = catalogue(t, host, dispatcher).await?;
         if rows.is_empty() {
             return Err(CliError::Failed(
@@ -359,10 +359,7 @@ fn is_stuck(r: &OSProvisioningRequest) -> bool {
     let Some(st) = r.status.as_ref() else {
         return false;
     };
-    let open = !matches!(
-        st.phase,
-        Some(Phase::Succeeded | Phase::Failed | Phase::Rejected | Phase::Cancelled)
-    );
+    let open = !st.phase.is_some_and(Phase::is_terminal);
     let reason = st.reason.as_deref().unwrap_or_default();
     open && matches!(
         reason,

@@ -186,10 +186,7 @@ pub fn token(uid: &str, generation: i64, attempt: u32) -> String {
 }
 
 fn is_terminal(phase: Option<Phase>) -> bool {
-    match phase {
-        Some(Phase::Succeeded | Phase::Failed | Phase::Rejected | Phase::Cancelled) => true,
-        Some(Phase::Pending | Phase::Queued | Phase::Provisioning) | None => false,
-    }
+    phase.is_some_and(Phase::is_terminal)
 }
 
 /// Attempts already made for the current generation.

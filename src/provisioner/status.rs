@@ -76,10 +76,7 @@ fn set_conditions(
 
 fn shape(st: &mut OSProvisioningRequestStatus, s: Shape<'_>, generation: i64, now: Timestamp) {
     set_conditions(st, &s, generation, now);
-    let terminal = matches!(
-        s.phase,
-        Phase::Succeeded | Phase::Failed | Phase::Rejected | Phase::Cancelled
-    );
+    let terminal = s.phase.is_terminal();
     if terminal && (st.phase != Some(s.phase) || st.completed_at.is_none()) {
         st.completed_at = Some(Time(now));
     }
