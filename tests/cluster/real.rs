@@ -86,19 +86,33 @@ fn start_once() -> Result<Plane, String> {
     std::thread::Builder::new()
         .name("k8s-control-plane".into())
         .spawn(move || {
-            let mut children = Vec::new();
-            let result = boot(bin, &mut children);
+            // Free ports are found by binding and releasing them, so another process can take
+            // one first; a boot that fails is retried on new ports.
+            let mut attempt = 0;
+            let (result, _children) = loop {
+                attempt += 1;
+                let mut children = Vec::new();
+                match boot(bin.clone(), &mut children) {
+                    Ok(plane) => break (Ok(plane), children),
+                    Err(e) => {
+                        for mut c in children {
+                            let _ = c.kill();
+                            let _ = c.wait();
+                        }
+                        if attempt == 3 {
+                            break (Err(e), Vec::new());
+                        }
+                        eprintln!("control plane: attempt {attempt} failed, retrying: {e}");
+                    }
+                }
+            };
             let ok = result.is_ok();
             let _ = tx.send(result);
-            if !ok {
-                for mut c in children {
-                    let _ = c.kill();
-                    let _ = c.wait();
+            if ok {
+                // Hold the children for the life of the process.
+                loop {
+                    std::thread::park();
                 }
-                return;
-            }
-            loop {
-                std::thread::park();
             }
         })
         .map_err(|e| e.to_string())?;
