@@ -34,9 +34,9 @@ fi
 export OSPROV_PYTHON="$VENV/bin/python"
 export PATH="$VENV/bin:$PATH"
 
-cargo fmt --check
-cargo clippy --all-targets -- -D warnings
-cargo test --all-targets
+cargo fmt --all --check
+cargo clippy --workspace --all-targets -- -D warnings
+cargo test --workspace --all-targets
 if compgen -G "tests/python/test_*.py" >/dev/null; then
     "$VENV/bin/python" -m pytest -q tests/python
 fi

@@ -4,7 +4,8 @@
 //! single-node Kubernetes API used by `osprov standalone` and the integration tests.
 pub mod adapter;
 pub mod api;
-pub mod apiserver;
+/// The embedded Kubernetes API: the workspace crate `kapi` (crates/kapi).
+pub use kapi as apiserver;
 pub mod cli;
 pub mod controller;
 pub mod provisioner;

@@ -4,7 +4,7 @@ use serde_json::json;
 
 use super::tests::{cfg, do_apply, entry, fields, T1, T2, T3};
 use super::{record_update, record_update_with};
-use crate::apiserver::schema::tests::schema;
+use crate::schema::tests::schema;
 
 #[test]
 fn record_update_on_create_and_transfer() {

@@ -3,8 +3,8 @@
 use serde_json::{json, Value};
 
 use super::{apply, conflicts_message, record_update_with, ApplyOutcome, Conflict};
-use crate::apiserver::schema::tests::schema;
-use crate::apiserver::schema::StructuralSchema;
+use crate::schema::tests::schema;
+use crate::schema::StructuralSchema;
 
 pub(super) const T1: &str = "2026-01-01T00:00:00Z";
 pub(super) const T2: &str = "2026-01-01T00:01:00Z";

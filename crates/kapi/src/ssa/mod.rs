@@ -37,7 +37,7 @@ use serde_json::{json, Map, Value};
 
 pub use fieldset::{display_path, FieldSet};
 
-use crate::apiserver::schema::{MergeInfo, StructuralSchema};
+use crate::schema::{MergeInfo, StructuralSchema};
 
 /// Errors of server-side apply (malformed input; never a conflict).
 #[derive(Debug, thiserror::Error)]

@@ -287,7 +287,7 @@ fn apply(req: &Req, body: &[u8], force: bool) -> ApiResult<Response> {
 }
 
 /// kube-apiserver's conflict Status carries the causes only (no name, group or kind).
-fn conflict_error(conflicts: &[crate::apiserver::ssa::Conflict]) -> ApiError {
+fn conflict_error(conflicts: &[crate::ssa::Conflict]) -> ApiError {
     let mut e = ApiError::new(409, "Conflict", crdschema::conflicts_message(conflicts));
     e.causes = conflicts
         .iter()

@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 
 use super::fieldset::{item_pe, FieldSet};
 use super::SsaError;
-use crate::apiserver::schema::{ListType, MergeInfo};
+use crate::schema::{ListType, MergeInfo};
 
 /// `applied` merged onto `live`.
 pub fn merge(live: Option<&Value>, applied: &Value, mi: &MergeInfo) -> Result<Value, SsaError> {

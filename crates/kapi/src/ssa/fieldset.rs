@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value};
 
 use super::SsaError;
-use crate::apiserver::schema::{ListType, MergeInfo};
+use crate::schema::{ListType, MergeInfo};
 
 /// A set of field paths (see the module doc).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
