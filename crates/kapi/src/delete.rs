@@ -11,7 +11,7 @@ use super::objects::{finalizers, is_terminating, meta, meta_str, now};
 use super::reads::{json_response, key, not_found, object_response, range, view, Filter};
 use super::resources::Builtin;
 use super::store::{object_revision, Expect, Precondition};
-use super::writes::{dry_run, parse_json, set_meta};
+use super::writes::{commit_error, dry_run, parse_json, set_meta};
 
 fn success_status(req: &Req, name: &str, uid: &str) -> Value {
     json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
@@ -93,13 +93,9 @@ pub fn delete(req: &Req, body: &[u8]) -> ApiResult<Response> {
             .commit(&k, Expect::Revision(object_revision(&old)), Some(new))
         {
             Ok(change) => Ok(object_response(req, 200, &view(info, &change.object))),
-            Err(Precondition::Failed(e)) => Err(ApiError::internal(e)),
-            Err(_) => Err(ApiError::modified(
-                &info.qualified(),
-                &info.group,
-                &info.plural,
-                &name,
-            )),
+            // Gone meanwhile: as kube-apiserver, a conflict rather than a 404 here.
+            Err(Precondition::Missing) => Err(commit_error(req, &name, Precondition::Stale)),
+            Err(e) => Err(commit_error(req, &name, e)),
         };
     }
     match req
@@ -111,14 +107,7 @@ pub fn delete(req: &Req, body: &[u8]) -> ApiResult<Response> {
             req.state.gc_wake.notify_one();
             Ok(json_response(200, &success_status(req, &name, &uid)))
         }
-        Err(Precondition::Missing) => Err(not_found(req, &name)),
-        Err(Precondition::Failed(e)) => Err(ApiError::internal(e)),
-        Err(_) => Err(ApiError::modified(
-            &info.qualified(),
-            &info.group,
-            &info.plural,
-            &name,
-        )),
+        Err(e) => Err(commit_error(req, &name, e)),
     }
 }
 

@@ -74,28 +74,28 @@ pub struct Req {
 }
 
 impl Req {
-    /// Table output requested (E4)?
+    /// The Accept header, if it is text.
+    fn accept(&self) -> Option<&str> {
+        self.headers.get("accept").and_then(|v| v.to_str().ok())
+    }
+
     /// PartialObjectMetadata output requested (kube-runtime's metadata_watcher)?
     pub fn wants_metadata(&self) -> bool {
-        self.headers
-            .get("accept")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|a| {
-                a.split(',')
-                    .next()
-                    .is_some_and(|first| first.contains("as=PartialObjectMetadata"))
-            })
+        self.accept().is_some_and(|a| {
+            a.split(',')
+                .next()
+                .is_some_and(|first| first.contains("as=PartialObjectMetadata"))
+        })
     }
+
+    /// Table output requested (E4)?
     pub fn wants_table(&self) -> bool {
-        self.headers
-            .get("accept")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|a| {
-                a.split(',')
-                    .next()
-                    .is_some_and(|first| first.contains("as=Table"))
-                    || a.starts_with("application/json;as=Table")
-            })
+        self.accept().is_some_and(|a| {
+            a.split(',')
+                .next()
+                .is_some_and(|first| first.contains("as=Table"))
+                || a.starts_with("application/json;as=Table")
+        })
     }
     pub fn content_type(&self) -> &str {
         self.headers

@@ -572,13 +572,19 @@ pub(super) fn finish_update(
             object_response(req, 200, &view(info, &change.object)),
             &warnings,
         )),
-        Err(Precondition::Missing) => Err(not_found(req, &name)),
-        Err(Precondition::Failed(e)) => Err(ApiError::internal(e)),
-        Err(_) => Err(ApiError::modified(
-            &info.qualified(),
-            &info.group,
-            &info.plural,
-            &name,
-        )),
+        Err(e) => Err(commit_error(req, &name, e)),
+    }
+}
+
+/// The API error for a refused conditional write of object `name`: gone (404), a storage
+/// failure (500), or modified meanwhile (409 Conflict).
+pub(crate) fn commit_error(req: &Req, name: &str, e: Precondition) -> ApiError {
+    let info = &req.info;
+    match e {
+        Precondition::Missing => not_found(req, name),
+        Precondition::Failed(e) => ApiError::internal(e),
+        Precondition::Exists | Precondition::Stale => {
+            ApiError::modified(&info.qualified(), &info.group, &info.plural, name)
+        }
     }
 }
