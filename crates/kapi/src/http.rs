@@ -97,6 +97,15 @@ impl Req {
                 || a.starts_with("application/json;as=Table")
         })
     }
+    /// The body's media type: Content-Type without parameters.
+    pub fn media_type(&self) -> &str {
+        self.content_type()
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+    }
+
     pub fn content_type(&self) -> &str {
         self.headers
             .get("content-type")

@@ -24,12 +24,7 @@ enum Kind {
 }
 
 fn kind(req: &Req) -> ApiResult<Kind> {
-    let ct = req
-        .content_type()
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim();
+    let ct = req.media_type();
     match ct {
         "application/merge-patch+json" => Ok(Kind::Merge),
         "application/json-patch+json" => Ok(Kind::Json),

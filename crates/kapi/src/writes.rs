@@ -247,12 +247,7 @@ fn with_warnings(mut resp: Response, warnings: &[String]) -> Response {
 /// Bodies must be JSON or YAML; protobuf only for the Secrets and Namespaces kubectl's generator
 /// commands send (see `protobuf`); anything else gets 415.
 pub(super) fn require_json(req: &Req) -> ApiResult<()> {
-    let ct = req
-        .content_type()
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim();
+    let ct = req.media_type();
     let builtin_protobuf = ct == "application/vnd.kubernetes.protobuf"
         && matches!(req.info.builtin, Builtin::Secret | Builtin::Namespace);
     if builtin_protobuf
