@@ -119,11 +119,17 @@ fn apply_examples_then_wait_for_provisioned() {
         !ospr.contains("Failed") && !ospr.contains("Rejected"),
         "{ospr}"
     );
-    let hosts = s.ok(&["get", "mhost", "lab-000", "lab-001"]);
-    assert!(
-        hosts.contains("debian-12") && hosts.contains("rocky-9"),
-        "{hosts}"
-    );
+    // The ManagedHosts mirror the backend, so they show the new OS shortly after the requests
+    // succeed (the dispatcher's next sync), not necessarily at once.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let hosts = s.ok(&["get", "mhost", "lab-000", "lab-001"]);
+        if hosts.contains("debian-12") && hosts.contains("rocky-9") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{hosts}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let all = s.ok(&["get", "osprov"]);
     assert!(
         all.contains("osdispatcher.osprov.io/lab") && all.contains("managedhost.osprov.io/sim-000"),
