@@ -141,8 +141,7 @@ fn controller(
             ..Default::default()
         };
         let client = kube::Client::try_from(config)?;
-        let sims = std::sync::Arc::new(osprov::adapter::simulator::SimRegistry::default());
-        osprov::controller::run_with(client, settings, sims, runtime, shutdown_signal()).await?;
+        osprov::controller::run_with(client, settings, runtime, shutdown_signal()).await?;
         Ok(())
     })
 }

@@ -1,12 +1,10 @@
 //! `osprov standalone`: the embedded API, the controller and a simulator dispatcher in one
 //! process, so osprov can be tried without a cluster. Wiring only: the parts live in
 //! [`crate::apiserver`] and [`crate::controller`].
-use crate::adapter::simulator::SimRegistry;
 use crate::api::{OSDispatcher, OSDispatcherSpec, SimulatorSpec};
 use crate::apiserver::standalone::{run_api, ApiOptions};
 use crate::controller::settings::Settings;
 use kube::api::{Api, PostParams};
-use std::sync::Arc;
 
 /// Name of the simulator dispatcher `standalone` creates in namespace `default`.
 pub const SIM_DISPATCHER: &str = "simulator";
@@ -65,8 +63,7 @@ pub async fn run(
     let client = server.client().await?;
     ensure_sim_dispatcher(&client, &settings.identifier, sim_hosts).await?;
     println!("controller running with identifier {:?}; simulator dispatcher default/{SIM_DISPATCHER} ({sim_hosts} hosts)", settings.identifier);
-    let sims = Arc::new(SimRegistry::default());
-    let result = crate::controller::run(client, settings, sims, shutdown).await;
+    let result = crate::controller::run(client, settings, shutdown).await;
     server.shutdown().await;
     result.map_err(Into::into)
 }

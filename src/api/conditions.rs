@@ -13,6 +13,41 @@ pub const FALSE: &str = "False";
 /// Condition status values.
 pub const UNKNOWN: &str = "Unknown";
 
+/// Condition types, the one list of them.
+pub mod kind {
+    /// Request: the host and OS are valid.
+    pub const ACCEPTED: &str = "Accepted";
+    /// Request: something is happening or about to.
+    pub const PROGRESSING: &str = "Progressing";
+    /// Request: the host runs the requested OS.
+    pub const PROVISIONED: &str = "Provisioned";
+    /// Dispatcher: connected and discovering.
+    pub const READY: &str = "Ready";
+    /// Dispatcher: a discovered host's name is taken by another dispatcher's ManagedHost.
+    pub const HOST_NAME_CONFLICT: &str = "HostNameConflict";
+}
+
+/// Condition and phase reasons, the one list of them.
+pub mod reason {
+    /// `Accepted` of a request past validation.
+    pub const HOST_AND_OS_VALID: &str = "HostAndOSValid";
+    pub const HOST_NOT_MANAGED: &str = "HostNotManaged";
+    pub const OS_NOT_AVAILABLE: &str = "OSNotAvailable";
+    pub const DISPATCHER_MISMATCH: &str = "DispatcherMismatch";
+    pub const HOST_BUSY: &str = "HostBusy";
+    pub const WAITING_FOR_CAPACITY: &str = "WaitingForCapacity";
+    pub const DISPATCHER_UNAVAILABLE: &str = "DispatcherUnavailable";
+    pub const WAITING_FOR_DISCOVERY: &str = "WaitingForDiscovery";
+    pub const PROVISIONING: &str = "Provisioning";
+    pub const RETRY_SCHEDULED: &str = "RetryScheduled";
+    /// The recorded operation succeeded.
+    pub const PROVISIONED: &str = "Provisioned";
+    pub const ALREADY_PROVISIONED: &str = "AlreadyProvisioned";
+    pub const ATTEMPTS_EXHAUSTED: &str = "AttemptsExhausted";
+    pub const BACKEND_REJECTED: &str = "BackendRejected";
+    pub const CANCELLED: &str = "Cancelled";
+}
+
 /// A desired condition, before timestamps are attached.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Desired<'a> {

@@ -62,7 +62,7 @@ pub struct OSDispatcherSpec {
 }
 
 fn default_provisioner() -> String {
-    "osp".to_string()
+    super::DEFAULT_PROVISIONER.to_string()
 }
 
 /// The adapters osprov knows.

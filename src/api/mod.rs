@@ -32,6 +32,11 @@ pub const DISPATCHER_LABEL: &str = "osprov.io/dispatcher";
 /// timestamp) and the controller discovers, then records the value in
 /// `status.lastDiscoveryRequest` (`osprov discover`, and `osprov os list` when nothing is known).
 pub const DISCOVER_ANNOTATION: &str = "osprov.io/discover";
+/// The field manager of every write the controller makes (managedFields, audit logs).
+pub const FIELD_MANAGER: &str = "osprov";
+/// The identifier of a provisioner that was given none, and the `spec.provisioner` of a
+/// dispatcher that names none.
+pub const DEFAULT_PROVISIONER: &str = "osp";
 /// Label on ManagedHosts and requests naming the provisioner identifier responsible for them.
 pub const PROVISIONER_LABEL: &str = "osprov.io/provisioner";
 

@@ -152,7 +152,7 @@ impl Phase {
 pub struct Operation {
     /// The dispatcher carrying it out.
     pub dispatcher: String,
-    /// The idempotency token handed to the backend: `<request uid>/<generation>`.
+    /// The idempotency token handed to the backend: `<request uid>/<generation>/<attempt>`, one per attempt.
     pub token: String,
     /// The OS image being installed.
     pub os: String,

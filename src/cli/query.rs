@@ -229,7 +229,10 @@ pub async fn discover(
             ));
         }
         if let Some(state @ (DispatcherState::Unreachable | DispatcherState::Degraded)) = st.state {
-            let why = st.conditions.iter().find(|c| c.type_ == "Ready");
+            let why = st
+                .conditions
+                .iter()
+                .find(|c| c.type_ == crate::api::conditions::kind::READY);
             return Err(CliError::Failed(format!(
                 "dispatcher {dispatcher} is {}: {}",
                 state.as_str(),
@@ -296,7 +299,10 @@ pub async fn status(t: &Target, format: Format) -> Result<String, CliError> {
         .iter()
         .map(|d| {
             let st = d.status.clone().unwrap_or_default();
-            let ready = st.conditions.iter().find(|c| c.type_ == "Ready");
+            let ready = st
+                .conditions
+                .iter()
+                .find(|c| c.type_ == crate::api::conditions::kind::READY);
             vec![
                 d.name_any(),
                 cell(st.state.map(|s| s.as_str())),
@@ -363,8 +369,8 @@ fn is_stuck(r: &OSProvisioningRequest) -> bool {
     let reason = st.reason.as_deref().unwrap_or_default();
     open && matches!(
         reason,
-        crate::provisioner::plan::reason::DISPATCHER_UNAVAILABLE
-            | crate::provisioner::plan::reason::RETRY_SCHEDULED
-            | crate::provisioner::plan::reason::WAITING_FOR_DISCOVERY
+        crate::api::conditions::reason::DISPATCHER_UNAVAILABLE
+            | crate::api::conditions::reason::RETRY_SCHEDULED
+            | crate::api::conditions::reason::WAITING_FOR_DISCOVERY
     )
 }

@@ -2,14 +2,12 @@
 //! mirrors the session's view into the dispatcher's status, and syncs ManagedHosts from it.
 use super::hosts::{self, HostOp};
 use super::{Error, Scope};
-use crate::adapter::simulator::SimulatorAdapter;
-use crate::adapter::{Adapter, AdapterError};
 use crate::api::conditions::{self, Desired};
 use crate::api::{
-    AdapterKind, DispatcherState, ManagedHost, OSDispatcher, OSDispatcherStatus, DISPATCHER_LABEL,
+    DispatcherState, ManagedHost, OSDispatcher, OSDispatcherStatus, DISPATCHER_LABEL,
     PROVISIONER_LABEL,
 };
-use crate::provisioner::occupancy::{DispKey, HostKey};
+use crate::provisioner::keys::{DispKey, HostKey};
 use crate::provisioner::session::SessionConfig;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -27,6 +25,18 @@ use tracing::{info, instrument};
 
 /// Dispatcher reconciles running at once.
 pub const CONCURRENCY: u16 = 16;
+/// A burst of ManagedHost changes within this window becomes one reconcile.
+const DEBOUNCE: Duration = Duration::from_millis(250);
+/// Requeue after a failed reconcile (not a conflict): the session keeps discovering meanwhile,
+/// so this only bounds how stale the dispatcher's status and ManagedHosts can get.
+const ERROR_RETRY: Duration = Duration::from_secs(5);
+/// How soon to look again while a session starts or an asked-for discovery runs.
+const SOON: Duration = Duration::from_secs(1);
+/// Upper bound of the periodic requeue (hosts missing from the backend are removed after the
+/// grace period; a longer grace is still checked this often).
+const MAX_RESYNC: Duration = Duration::from_secs(300);
+/// How often the sweep looks for sessions of deleted dispatchers (see [`release_deleted`]).
+pub const SWEEP_EVERY: Duration = Duration::from_secs(2);
 
 /// The controller over OSDispatchers, also woken by changes to their ManagedHosts (the scope's
 /// host watch). Bursts of host changes are debounced into one reconcile. At most
@@ -40,7 +50,7 @@ pub fn controller(
         .owns_stream(hosts)
         .with_config(
             kube::runtime::controller::Config::default()
-                .debounce(Duration::from_millis(250))
+                .debounce(DEBOUNCE)
                 .concurrency(CONCURRENCY),
         )
 }
@@ -58,7 +68,7 @@ pub async fn run(
         triggers,
         shutdown,
         "dispatcher",
-        Duration::from_secs(5),
+        ERROR_RETRY,
         reconcile,
     )
     .await;
@@ -132,33 +142,6 @@ fn state_label(key: &DispKey, state: DispatcherState) -> super::metrics::Dispatc
     }
 }
 
-/// Build the adapter a dispatcher's spec asks for. A Redfish dispatcher's Secrets were read by
-/// [`super::redfish::inputs`] first (their versions are part of the session fingerprint).
-pub fn build_adapter(
-    key: &DispKey,
-    d: &OSDispatcher,
-    scope: &Scope,
-    redfish: Option<Result<super::redfish::Inputs, AdapterError>>,
-) -> Result<Arc<dyn Adapter>, AdapterError> {
-    match d.spec.adapter {
-        AdapterKind::Simulator => {
-            let spec = d.spec.simulator.clone().unwrap_or_default();
-            Ok(Arc::new(SimulatorAdapter::new(
-                scope.shared.sims.fleet(&key.to_string(), &spec),
-            )))
-        }
-        AdapterKind::Redfish => match redfish {
-            Some(Ok(inputs)) => super::redfish::build(key, d, scope, inputs),
-            Some(Err(e)) => Err(e),
-            None => Err(AdapterError::Config(
-                "the Redfish Secrets were not read".into(),
-            )),
-        },
-        AdapterKind::Libvirt => Err(AdapterError::Unavailable("libvirt")),
-        AdapterKind::Vsphere => Err(AdapterError::Unavailable("vsphere")),
-    }
-}
-
 /// The lookup interval of a dispatcher: its override, else the global one.
 pub fn lookup_interval(d: &OSDispatcher, default: Duration) -> Duration {
     d.spec
@@ -193,19 +176,17 @@ async fn reconcile(d: Arc<OSDispatcher>, scope: Arc<Scope>) -> Result<Action, Er
         return Ok(Action::await_change());
     }
     let interval = lookup_interval(&d, shared.settings.lookup_interval);
-    let mut fingerprint = format!("{}|{:?}", serde_json::to_string(&d.spec)?, interval);
-    let mut redfish = None;
-    if d.spec.adapter == AdapterKind::Redfish {
-        // The Secrets' versions are part of the fingerprint: fixing a Secret reconnects.
-        let inputs = super::redfish::inputs(&scope, &d, &ns).await;
-        match &inputs {
-            Ok(i) => fingerprint.push_str(&format!("|{}", i.version)),
-            Err(e) => fingerprint.push_str(&format!("|error: {e}")),
-        }
-        redfish = Some(inputs);
-    }
+    // What the adapter reads from the API (Secrets) is part of the fingerprint: fixing a Secret
+    // reconnects.
+    let inputs = shared.adapters.inputs(&scope, &d, &ns).await;
+    let fingerprint = format!(
+        "{}|{:?}{}",
+        serde_json::to_string(&d.spec)?,
+        interval,
+        inputs.fingerprint()
+    );
     if !shared.engine.is_current(&key, &fingerprint) {
-        let adapter = build_adapter(&key, &d, &scope, redfish);
+        let adapter = shared.adapters.build(&key, &d, &scope, inputs);
         shared.engine.ensure(SessionConfig {
             key: key.clone(),
             fingerprint,
@@ -214,7 +195,7 @@ async fn reconcile(d: Arc<OSDispatcher>, scope: Arc<Scope>) -> Result<Action, Er
         });
     }
     let Some(view) = shared.engine.view(&key) else {
-        return Ok(Action::requeue(Duration::from_secs(1)));
+        return Ok(Action::requeue(SOON));
     };
     let now = Timestamp::now();
 
@@ -243,7 +224,7 @@ async fn reconcile(d: Arc<OSDispatcher>, scope: Arc<Scope>) -> Result<Action, Er
     conditions::set(
         &mut status.conditions,
         Desired {
-            type_: "Ready",
+            type_: conditions::kind::READY,
             status: ready,
             reason: &view.reason,
             message: view.message.clone(),
@@ -268,7 +249,7 @@ async fn reconcile(d: Arc<OSDispatcher>, scope: Arc<Scope>) -> Result<Action, Er
     conditions::set(
         &mut status.conditions,
         Desired {
-            type_: "HostNameConflict",
+            type_: conditions::kind::HOST_NAME_CONFLICT,
             status: conflict_status,
             reason: if conflicts.is_empty() {
                 "NoConflict"
@@ -299,13 +280,11 @@ async fn reconcile(d: Arc<OSDispatcher>, scope: Arc<Scope>) -> Result<Action, Er
         .get_or_create(&label)
         .observe(started.elapsed().as_secs_f64());
     if matches!(asked, Some(None)) {
-        // A discovery asked for through the annotation is running: look again in a second.
-        return Ok(Action::requeue(Duration::from_secs(1)));
+        // A discovery asked for through the annotation is running: look again soon.
+        return Ok(Action::requeue(SOON));
     }
     // Hosts missing from the backend are removed after the grace period; look again then.
-    Ok(Action::requeue(
-        shared.settings.host_grace.min(Duration::from_secs(300)),
-    ))
+    Ok(Action::requeue(shared.settings.host_grace.min(MAX_RESYNC)))
 }
 
 /// Performs the decision about the `osprov.io/discover` annotation: None when nothing is asked,
@@ -359,7 +338,7 @@ async fn write_status(
     api.replace_status(
         &d.name_any(),
         &PostParams {
-            field_manager: Some("osprov".into()),
+            field_manager: Some(crate::api::FIELD_MANAGER.into()),
             ..Default::default()
         },
         &obj,
@@ -418,7 +397,7 @@ async fn sync_hosts(
     );
     let api: Api<ManagedHost> = Api::namespaced(scope.shared.client.clone(), &key.namespace);
     let pp = PostParams {
-        field_manager: Some("osprov".into()),
+        field_manager: Some(crate::api::FIELD_MANAGER.into()),
         ..Default::default()
     };
     let mut conflicts = Vec::new();

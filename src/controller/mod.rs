@@ -9,123 +9,43 @@
 //! [`run`] wires them for one or more namespaces (all when none is given) and runs until the
 //! shutdown future resolves; [`run_with`] does the same behind leader election, serving the
 //! health and metrics endpoint and the provisioning callback endpoint on standbys too.
+pub mod adapters;
 pub mod callback;
+mod context;
 pub mod discovery_request;
 pub mod dispatchers;
+mod error;
 pub mod events;
 pub mod hosts;
 pub mod leader;
 pub mod metrics;
+pub mod perform;
 pub mod redfish;
 pub mod requests;
 pub mod settings;
 pub mod world;
 
-use crate::adapter::simulator::SimRegistry;
-use crate::adapter::AdapterError;
-use crate::api::{ManagedHost, OSDispatcher, OSProvisioningRequest};
+pub use context::{Scope, Shared};
+pub use error::{on_error, Error};
+
+use crate::api::{ManagedHost, OSProvisioningRequest};
 use crate::provisioner::inventory::Change;
-use crate::provisioner::occupancy::{DispKey, HostKey, Occupancy};
+use crate::provisioner::keys::HostKey;
+use crate::provisioner::occupancy::Occupancy;
 use crate::provisioner::session::Engine;
+use adapters::AdapterFactory;
 use futures::FutureExt;
-use k8s_openapi::jiff::Timestamp;
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{reflector, watcher, WatchStreamExt};
 use kube::{Api, Client};
-use leader::{Elector, LeaderConfig, LeaderError};
+use leader::{Elector, LeaderConfig};
 use metrics::{Health, Metrics};
 use settings::Settings;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
-
-/// Errors of the controllers.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("Kubernetes API error: {0}")]
-    Kube(#[from] kube::Error),
-    #[error("adapter error: {0}")]
-    Adapter(#[from] AdapterError),
-    #[error("finalizer error: {0}")]
-    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
-    #[error("object has no {0}")]
-    MissingField(&'static str),
-    #[error("serialisation error: {0}")]
-    Json(#[from] serde_json::Error),
-    #[error("cancelling the operation must wait: {0}")]
-    CleanupPending(String),
-    #[error("metrics endpoint failed: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("leader election: {0}")]
-    Leader(#[from] LeaderError),
-}
-
-impl Error {
-    /// A short label for metrics.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Error::Kube(kube::Error::Api(s)) if s.code == 409 => "Conflict",
-            Error::Kube(_) => "Kube",
-            Error::Adapter(e) => e.reason(),
-            Error::Finalizer(_) => "Finalizer",
-            Error::MissingField(_) => "MissingField",
-            Error::Json(_) => "Serialisation",
-            Error::CleanupPending(_) => "CleanupPending",
-            Error::Io(_) => "Io",
-            Error::Leader(_) => "Leader",
-        }
-    }
-
-    /// True when the write failed because our view of the object was stale: a resourceVersion
-    /// conflict (409), or the finalizer helper's JSON-patch `test` failing (422). The watch will
-    /// bring the newer version, which triggers the next reconcile.
-    pub fn is_conflict(&self) -> bool {
-        use kube::runtime::finalizer::Error as F;
-        let stale =
-            |e: &kube::Error| matches!(e, kube::Error::Api(s) if s.code == 409 || s.code == 422);
-        match self {
-            Error::Kube(kube::Error::Api(s)) => s.code == 409,
-            Error::Finalizer(inner) => match inner.as_ref() {
-                F::ApplyFailed(e) | F::CleanupFailed(e) => e.is_conflict(),
-                F::AddFinalizer(e) | F::RemoveFinalizer(e) => stale(e),
-                F::UnnamedObject | F::InvalidFinalizer => false,
-            },
-            _ => false,
-        }
-    }
-}
-
-/// The common error policy: count the error, look again soon after a conflict, else after
-/// `fallback`.
-pub fn on_error(
-    controller: &str,
-    err: &Error,
-    scope: &Scope,
-    fallback: std::time::Duration,
-) -> kube::runtime::controller::Action {
-    let label = metrics::ErrorLabel {
-        controller: controller.into(),
-        kind: err.kind().into(),
-    };
-    scope.shared.metrics.errors.get_or_create(&label).inc();
-    if err.is_conflict() {
-        // Our view was stale. The watch delivers the newer version and that triggers the next
-        // reconcile; this requeue is only a safety net, spread out so that a lagging watch is
-        // not answered with a storm of doomed writes.
-        tracing::debug!(
-            controller,
-            "write conflicted; waiting for the newer version"
-        );
-        let jitter = rand::Rng::random_range(&mut rand::rng(), 0..2000);
-        return kube::runtime::controller::Action::requeue(std::time::Duration::from_millis(
-            1000 + jitter,
-        ));
-    }
-    tracing::warn!(controller, error = %err, "reconcile failed");
-    kube::runtime::controller::Action::requeue(fallback)
-}
 
 /// Drive one controller until shutdown: its watch, the engine's triggers, the reconciler and the
 /// shared error policy (labelled `name` in metrics and logs, `fallback` requeue on errors).
@@ -162,96 +82,6 @@ pub async fn drive<K, Fut>(
         .await;
 }
 
-/// What every reconcile shares, whatever its namespace.
-pub struct Shared {
-    pub client: Client,
-    pub settings: Settings,
-    pub engine: Arc<Engine>,
-    pub sims: Arc<SimRegistry>,
-    pub occupancy: Mutex<Occupancy>,
-    /// When each (request uid, generation) was first looked at: "fresh" discoveries finish later.
-    pub first_seen: Mutex<HashMap<(String, i64), Timestamp>>,
-    pub events: events::Publisher,
-    pub metrics: Arc<Metrics>,
-    pub health: Arc<Health>,
-    /// Outcomes reported to the provisioning callback endpoint.
-    pub callbacks: Arc<callback::CallbackHub>,
-}
-
-impl Shared {
-    pub fn occupancy(&self) -> MutexGuard<'_, Occupancy> {
-        self.occupancy.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-/// The stores and triggers of one watched scope (a namespace, or all namespaces).
-pub struct Scope {
-    pub shared: Arc<Shared>,
-    pub namespace: Option<String>,
-    pub requests: Store<OSProvisioningRequest>,
-    pub hosts: Store<ManagedHost>,
-    pub dispatchers: Store<OSDispatcher>,
-    pub request_trigger: mpsc::UnboundedSender<ObjectRef<OSProvisioningRequest>>,
-    pub dispatcher_trigger: mpsc::UnboundedSender<ObjectRef<OSDispatcher>>,
-    /// The request store was read once to rebuild the occupancy book.
-    pub seeded: std::sync::atomic::AtomicBool,
-    /// Per dispatcher: the host set (hashed) and time of the last full ManagedHost scan.
-    pub host_scans: Mutex<HashMap<DispKey, (u64, std::time::Instant)>>,
-    /// Discoveries started for an `osprov.io/discover` annotation value, and when.
-    pub discovery_asks: Mutex<HashMap<DispKey, (String, k8s_openapi::jiff::Timestamp)>>,
-}
-
-impl Scope {
-    /// Whether the dispatcher's ManagedHosts must be scanned for hosts the backend no longer
-    /// reports: the reported host set changed, or the last scan is older than the grace period
-    /// (at most 30 s). Records the scan when it is due.
-    pub fn full_host_scan_due(
-        &self,
-        key: &DispKey,
-        view: &crate::provisioner::inventory::DispatcherView,
-        grace: std::time::Duration,
-    ) -> bool {
-        use std::hash::{Hash, Hasher};
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        for name in view.hosts.keys() {
-            name.hash(&mut hasher);
-        }
-        let set = hasher.finish();
-        let now = std::time::Instant::now();
-        let mut scans = self.host_scans.lock().unwrap_or_else(|p| p.into_inner());
-        let due = match scans.get(key) {
-            Some((last_set, at)) => {
-                *last_set != set
-                    || now.duration_since(*at) >= grace.min(std::time::Duration::from_secs(30))
-            }
-            None => true,
-        };
-        if due {
-            scans.insert(key.clone(), (set, now));
-        }
-        due
-    }
-
-    fn covers(&self, namespace: &str) -> bool {
-        self.namespace.as_deref().is_none_or(|n| n == namespace)
-    }
-
-    /// Wake the requests that hold or wait for `host`.
-    pub fn wake_host(&self, host: &HostKey) {
-        let occ = self.shared.occupancy();
-        let mut names: Vec<String> = occ.waiting_for(host).into_iter().map(|(n, _)| n).collect();
-        if let Some(h) = occ.holder(host) {
-            names.push(h.to_string());
-        }
-        drop(occ);
-        for name in names {
-            let _ = self
-                .request_trigger
-                .send(ObjectRef::new(&name).within(&host.namespace));
-        }
-    }
-}
-
 fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
 where
     K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
@@ -270,16 +100,17 @@ pub struct Runtime {
     pub election: Option<LeaderConfig>,
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
+    /// Builds the dispatchers' adapters (and holds the simulated fleets).
+    pub adapters: AdapterFactory,
 }
 
 /// Run the controllers until `shutdown` resolves (no leader election).
 pub async fn run(
     client: Client,
     settings: Settings,
-    sims: Arc<SimRegistry>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    run_with(client, settings, sims, Runtime::default(), shutdown).await
+    run_with(client, settings, Runtime::default(), shutdown).await
 }
 
 /// Aborts the task when dropped.
@@ -298,7 +129,6 @@ impl Drop for AbortOnDrop {
 pub async fn run_with(
     client: Client,
     settings: Settings,
-    sims: Arc<SimRegistry>,
     runtime: Runtime,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
@@ -306,6 +136,7 @@ pub async fn run_with(
         election,
         metrics,
         health,
+        adapters,
     } = runtime;
     let shutdown = shutdown.boxed().shared();
     let _endpoint = settings.metrics_addr.0.map(|addr| {
@@ -336,7 +167,7 @@ pub async fn run_with(
         return reconcile(
             client,
             settings,
-            sims,
+            adapters,
             Endpoints {
                 metrics: &metrics,
                 health: &health,
@@ -361,7 +192,7 @@ pub async fn run_with(
         r = reconcile(
             client,
             settings,
-            sims,
+            adapters,
             Endpoints { metrics: &metrics, health: &health, callbacks },
             Some(identity),
             shutdown,
@@ -402,7 +233,7 @@ struct Endpoints<'a> {
 async fn reconcile(
     client: Client,
     settings: Settings,
-    sims: Arc<SimRegistry>,
+    adapters: AdapterFactory,
     endpoints: Endpoints<'_>,
     instance: Option<String>,
     shutdown: futures::future::Shared<futures::future::BoxFuture<'static, ()>>,
@@ -423,7 +254,7 @@ async fn reconcile(
         events: events::Publisher::new(client.clone(), reporter),
         client: client.clone(),
         engine: Arc::new(Engine::new()),
-        sims,
+        adapters,
         occupancy: Mutex::new(Occupancy::default()),
         first_seen: Mutex::new(HashMap::new()),
         metrics: metrics.clone(),
@@ -527,8 +358,7 @@ fn scope_tasks(
             shutdown.clone(),
         )
         .boxed(),
-        dispatchers::release_deleted(scope.clone(), std::time::Duration::from_secs(2), shutdown)
-            .boxed(),
+        dispatchers::release_deleted(scope.clone(), dispatchers::SWEEP_EVERY, shutdown).boxed(),
     ];
     (scope, tasks)
 }

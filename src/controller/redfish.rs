@@ -10,11 +10,23 @@ use crate::adapter::redfish::client::ClientConfig;
 use crate::adapter::redfish::{RedfishAdapter, RedfishConfig};
 use crate::adapter::{Adapter, AdapterError};
 use crate::api::OSDispatcher;
-use crate::provisioner::occupancy::DispKey;
+use crate::provisioner::keys::DispKey;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Resource, ResourceExt};
 use std::sync::Arc;
 use std::time::Duration;
+
+// Defaults of the `spec.redfish` knobs a dispatcher may leave out, and per-call limits.
+/// A provisioning callback not received within this ends the attempt as failed.
+const DEFAULT_CALLBACK_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Calls per second to one BMC: below what iDRAC/iLO throttle at.
+const DEFAULT_REQUESTS_PER_SECOND: u32 = 10;
+/// Concurrent connections to one BMC (BMCs serve few at once).
+const DEFAULT_MAX_CONNECTIONS: usize = 4;
+/// One call to a BMC, connection included.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Tries of one idempotent call before it counts as failed (retries back off).
+const CALL_ATTEMPTS: u32 = 4;
 
 /// The Secrets' contents a Redfish adapter needs, and a version string for the fingerprint.
 pub struct Inputs {
@@ -141,7 +153,7 @@ pub fn build(
         .ok_or_else(|| AdapterError::Config("adapter redfish needs spec.redfish".into()))?;
     let callback_timeout = match spec.callback_timeout.as_deref() {
         Some(s) => super::settings::parse_duration(s).map_err(AdapterError::Config)?,
-        None => Duration::from_secs(3600),
+        None => DEFAULT_CALLBACK_TIMEOUT,
     };
     let requests = scope.requests.clone();
     let ns = key.namespace.clone();
@@ -177,13 +189,13 @@ pub fn build(
             requests_per_second: spec
                 .requests_per_second
                 .and_then(|r| u32::try_from(r).ok())
-                .unwrap_or(10),
+                .unwrap_or(DEFAULT_REQUESTS_PER_SECOND),
             max_connections: spec
                 .max_connections
                 .and_then(|m| usize::try_from(m).ok())
-                .unwrap_or(4),
-            timeout: Duration::from_secs(30),
-            attempts: 4,
+                .unwrap_or(DEFAULT_MAX_CONNECTIONS),
+            timeout: CALL_TIMEOUT,
+            attempts: CALL_ATTEMPTS,
         },
         images: spec.images.clone(),
         systems: spec.systems.clone(),

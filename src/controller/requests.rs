@@ -8,15 +8,18 @@
 //! finalizer helper: an in-flight operation is cancelled where the backend can, and the host is
 //! always released.
 use super::events::{EventType, Note};
-use super::world::{self, is_terminal, Located};
+use super::perform::{perform, Ports};
+use super::world::{self, is_terminal};
 use super::{Error, Scope};
-use crate::adapter::{AdapterError, OperationState};
-use crate::api::{OSProvisioningRequest, OSProvisioningRequestStatus, Phase, REQUEST_FINALIZER};
-use crate::provisioner::occupancy::{DispKey, HostKey, Limits};
-use crate::provisioner::plan::{
-    self, Action as Plan, Cleanup, OpObservation, RequestView, RetryPolicy, World,
+use crate::adapter::OperationState;
+use crate::api::{
+    OSProvisioningRequest, OSProvisioningRequestStatus, Phase, FIELD_MANAGER, REQUEST_FINALIZER,
 };
-use crate::provisioner::status::{cancelled_status, next_status};
+use crate::provisioner::decision::{decide, CallOutcome, Claim, ClaimOutcome, Facts, Requeue};
+use crate::provisioner::keys::{DispKey, HostKey};
+use crate::provisioner::occupancy::Limits;
+use crate::provisioner::plan::{self, Cleanup, OpObservation, RequestView, RetryPolicy, World};
+use crate::provisioner::status::cancelled_status;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::PostParams;
 use kube::runtime::controller::{Action, Controller};
@@ -26,34 +29,27 @@ use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
 use rand::Rng;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tracing::{debug, info, instrument, warn};
 
 type Request = OSProvisioningRequest;
 
-/// One decision being carried out: the request and where it lives.
-struct Job<'a> {
-    scope: &'a Scope,
-    ns: &'a str,
-    req: &'a Request,
-    uid: &'a str,
-    host: &'a HostKey,
-    generation: i64,
-    /// The backend's id of the recorded operation, recorded in status with the next write.
-    op_id: Option<String>,
-}
+/// Request reconciles running at once: enough to keep every backend busy, few enough that a
+/// burst of thousands of requests does not flood the API server (no reconcile waits for a
+/// provisioning, so each is short).
+pub const CONCURRENCY: u16 = 64;
+/// How often the per-phase and in-flight gauges are recomputed from the request store.
+const GAUGE_EVERY: Duration = Duration::from_secs(5);
 
 /// The controller over requests, fed by the scope's request watch (which also fills `store`).
 pub fn controller(
     requests: impl futures::Stream<Item = Result<Request, watcher::Error>> + Send + 'static,
     store: kube::runtime::reflector::Store<Request>,
 ) -> Controller<Request> {
-    // A bounded number of reconciles at once keeps a burst of thousands of requests from
-    // flooding the API server; each reconcile is short (no call waits for a provisioning).
     Controller::for_stream(requests, store)
-        .with_config(kube::runtime::controller::Config::default().concurrency(64))
+        .with_config(kube::runtime::controller::Config::default().concurrency(CONCURRENCY))
 }
 
 /// Run the controller until shutdown.
@@ -157,290 +153,158 @@ async fn apply(req: Arc<Request>, scope: &Scope, ns: &str) -> Result<Action, Err
     };
     let action = plan::plan(&view, &world);
     debug!(?action, "planned");
-    let job = Job {
+    let facts = Facts {
+        status: &st,
+        os: &req.spec.os,
+        generation,
+        now: world.now,
+        op_id: op_id.as_deref(),
+        host_known: located.backend_id.is_some(),
+        poll_every: settings.poll_interval,
+    };
+    let decision = decide(&action, &facts);
+    let ports = KubePorts {
         scope,
         ns,
-        req: &req,
         uid: &uid,
+        name: &name,
         host: &host,
-        generation,
-        op_id,
+        backend_id: located.backend_id,
+        current: Mutex::new(req.as_ref().clone()),
     };
-    perform(&job, located, action).await
+    Ok(match perform(&ports, decision, &facts).await? {
+        Requeue::AwaitChange => Action::await_change(),
+        Requeue::After(wait) => Action::requeue(wait),
+    })
 }
 
-async fn perform(job: &Job<'_>, located: Located, action: Plan) -> Result<Action, Error> {
-    let Job {
-        scope,
-        ns,
-        req,
-        uid,
-        host,
-        generation,
-        ..
-    } = *job;
-    let shared = &scope.shared;
-    let st = req.status.clone().unwrap_or_default();
-    let now = Timestamp::now();
-    let os = req.spec.os.as_str();
-    match &action {
-        Plan::Done => {
-            close(scope, uid, host);
-            Ok(Action::await_change())
+/// The ports of one request's decision: the API (through the latest written object), the
+/// occupancy book, the engine's sessions and the event publisher.
+struct KubePorts<'a> {
+    scope: &'a Scope,
+    ns: &'a str,
+    uid: &'a str,
+    name: &'a str,
+    host: &'a HostKey,
+    /// The host's id in the backend, from the inventory.
+    backend_id: Option<String>,
+    /// The request as last read or written: the next write's resourceVersion precondition.
+    current: Mutex<Request>,
+}
+
+impl KubePorts<'_> {
+    fn disp(&self, name: &str) -> DispKey {
+        DispKey {
+            namespace: self.ns.to_string(),
+            name: name.to_string(),
         }
-        Plan::Wait {
-            retry_in, discover, ..
-        } => {
-            if *discover {
-                for key in shared
-                    .engine
-                    .keys()
-                    .into_iter()
-                    .filter(|k| k.namespace == ns)
-                {
-                    shared.engine.discover_now(&key);
+    }
+
+    fn current(&self) -> Request {
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+#[async_trait::async_trait]
+impl Ports for KubePorts<'_> {
+    fn claim(&self, claim: &Claim) -> ClaimOutcome {
+        let disp = self.disp(claim.dispatcher());
+        let limits = if claim.limited() {
+            world::limits(self.scope, Some(&disp))
+        } else {
+            Limits::default()
+        };
+        let mut occ = self.scope.shared.occupancy();
+        let held_before = occ.holder(self.host) == Some(self.name);
+        match (
+            occ.try_claim(self.uid, self.name, self.host, &disp, limits),
+            held_before,
+        ) {
+            (true, false) => ClaimOutcome::Taken,
+            (true, true) => ClaimOutcome::AlreadyHeld,
+            (false, _) => ClaimOutcome::Refused,
+        }
+    }
+
+    fn release(&self) {
+        self.scope.shared.occupancy().release(self.uid);
+        self.scope.wake_host(self.host);
+    }
+
+    fn close(&self) {
+        close(self.scope, self.uid, self.host);
+    }
+
+    fn discover(&self, dispatcher: Option<&str>) {
+        let engine = &self.scope.shared.engine;
+        match dispatcher {
+            Some(name) => engine.discover_now(&self.disp(name)),
+            None => {
+                for key in engine.keys().into_iter().filter(|k| k.namespace == self.ns) {
+                    engine.discover_now(&key);
                 }
             }
-            write(
-                scope,
-                ns,
-                req,
-                &st,
-                with_op_id(
-                    next_status(&st, &action, os, generation, now),
-                    job.op_id.as_deref(),
-                ),
-            )
-            .await?;
-            Ok(Action::requeue(*retry_in))
         }
-        Plan::Reject { .. } | Plan::Succeed { .. } | Plan::Fail { .. } => {
-            write(
-                scope,
-                ns,
-                req,
-                &st,
-                with_op_id(
-                    next_status(&st, &action, os, generation, now),
-                    job.op_id.as_deref(),
-                ),
-            )
-            .await?;
-            close(scope, uid, host);
-            Ok(Action::await_change())
-        }
-        Plan::RetryLater { at, .. } => {
-            write(
-                scope,
-                ns,
-                req,
-                &st,
-                with_op_id(
-                    next_status(&st, &action, os, generation, now),
-                    job.op_id.as_deref(),
-                ),
-            )
-            .await?;
-            shared.occupancy().release(uid);
-            scope.wake_host(host);
-            let wait = Duration::try_from(at.duration_since(now)).unwrap_or(Duration::ZERO);
-            Ok(Action::requeue(wait.max(Duration::from_millis(10))))
-        }
-        Plan::Poll { retry_in, .. } => {
-            if let (Some(op), Some(name)) = (st.operation.as_ref(), req.meta().name.as_deref()) {
-                let disp = DispKey {
-                    namespace: ns.to_string(),
-                    name: op.dispatcher.clone(),
-                };
-                shared
-                    .occupancy()
-                    .try_claim(uid, name, host, &disp, Limits::default());
-            }
-            write(
-                scope,
-                ns,
-                req,
-                &st,
-                with_op_id(
-                    next_status(&st, &action, os, generation, now),
-                    job.op_id.as_deref(),
-                ),
-            )
-            .await?;
-            Ok(Action::requeue(*retry_in))
-        }
-        Plan::Start { .. } | Plan::Resume { .. } => start(job, located, action).await,
     }
-}
 
-async fn start(job: &Job<'_>, located: Located, action: Plan) -> Result<Action, Error> {
-    let Job {
-        scope,
-        ns,
-        req,
-        uid,
-        host,
-        generation,
-        ..
-    } = *job;
-    let shared = &scope.shared;
-    let st = req.status.clone().unwrap_or_default();
-    let now = Timestamp::now();
-    let name = req.name_any();
-    let (disp, token, fresh_start) = match &action {
-        Plan::Start { token, .. } => (located.dispatcher.clone(), token.clone(), true),
-        Plan::Resume { token } => (
-            st.operation.as_ref().map(|op| DispKey {
-                namespace: ns.to_string(),
-                name: op.dispatcher.clone(),
-            }),
-            token.clone(),
-            false,
-        ),
-        _ => return Ok(Action::requeue(shared.settings.poll_interval)),
-    };
-    let (Some(disp), Some(backend_id)) = (disp, located.backend_id.clone()) else {
-        return Ok(Action::requeue(shared.settings.poll_interval));
-    };
-    // 1. Claim the host and a slot before anything else.
-    let lim = if fresh_start {
-        world::limits(scope, Some(&disp))
-    } else {
-        Limits::default()
-    };
-    let held_before = shared.occupancy().holder(host) == Some(name.as_str());
-    if !shared.occupancy().try_claim(uid, &name, host, &disp, lim) {
-        let wait = Plan::Wait {
-            phase: Phase::Queued,
-            reason: plan::reason::WAITING_FOR_CAPACITY,
-            message: "waiting for a free reprovisioning slot".into(),
-            retry_in: shared.settings.poll_interval,
-            discover: false,
+    async fn write_status(&self, status: &OSProvisioningRequestStatus) -> Result<(), Error> {
+        let written = write(self.scope, self.ns, &self.current(), status).await?;
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = written;
+        Ok(())
+    }
+
+    async fn announce(&self, status: &OSProvisioningRequestStatus) {
+        publish(self.scope, &self.current(), status).await;
+    }
+
+    async fn reprovision(&self, dispatcher: &str, token: &str) -> CallOutcome {
+        let shared = &self.scope.shared;
+        let (Some(adapter), Some(id)) = (
+            shared.engine.adapter(&self.disp(dispatcher)),
+            self.backend_id.as_deref(),
+        ) else {
+            return CallOutcome::NotYet;
         };
-        write(
-            scope,
-            ns,
-            req,
-            &st,
-            next_status(&st, &wait, &req.spec.os, generation, now),
-        )
-        .await?;
-        return Ok(Action::requeue(shared.settings.poll_interval));
-    }
-    // 2. Record the intent; the resourceVersion precondition makes a stale view fail here.
-    // A failed write gives back only a claim this call took (a stale view of a request that
-    // already started must not free the host it really holds).
-    if let Err(e) = write(
-        scope,
-        ns,
-        req,
-        &st,
-        next_status(&st, &action, &req.spec.os, generation, now),
-    )
-    .await
-    {
-        if !held_before {
-            shared.occupancy().release(uid);
-        }
-        return Err(e);
-    }
-    // 3. Only now call the backend, with the recorded token.
-    let Some(adapter) = shared.engine.adapter(&disp) else {
-        return Ok(Action::requeue(shared.settings.poll_interval));
-    };
-    match adapter.reprovision(&backend_id, &req.spec.os, &token).await {
-        Ok(op) => {
-            shared.metrics.reprovisions_started.inc();
-            info!(token = %token, operation = %op.id, "reprovision handed to the backend");
-            if matches!(op.state, OperationState::Running { .. }) {
-                Ok(Action::requeue(shared.settings.poll_interval))
-            } else {
-                Ok(Action::requeue(Duration::from_millis(10)))
+        let os = self.current().spec.os;
+        match adapter.reprovision(id, &os, token).await {
+            Ok(op) => {
+                shared.metrics.reprovisions_started.inc();
+                info!(token = %token, operation = %op.id, "reprovision handed to the backend");
+                match op.state {
+                    OperationState::Running { .. } => CallOutcome::Running,
+                    OperationState::Succeeded
+                    | OperationState::Failed { .. }
+                    | OperationState::Cancelled => CallOutcome::Answered,
+                }
             }
-        }
-        Err(e) if e.is_transient() => {
-            warn!(error = %e, "backend did not take the reprovision yet; the same token is retried");
-            Ok(Action::requeue(shared.settings.poll_interval))
-        }
-        Err(e) => backend_refused(job, &disp, e).await,
-    }
-}
-
-/// The backend refused the reprovision outright (unknown OS/host): a failed attempt, and a fresh
-/// discovery so the next decision sees the backend's current catalogue.
-async fn backend_refused(
-    job: &Job<'_>,
-    disp: &DispKey,
-    err: AdapterError,
-) -> Result<Action, Error> {
-    let Job {
-        scope,
-        ns,
-        req,
-        uid,
-        host,
-        generation,
-        ..
-    } = *job;
-    let shared = &scope.shared;
-    shared.engine.discover_now(disp);
-    let api: Api<Request> = Api::namespaced(shared.client.clone(), ns);
-    let fresh = api.get_status(&req.name_any()).await?;
-    let st = fresh.status.clone().unwrap_or_default();
-    let action = Plan::Fail {
-        reason: plan::reason::BACKEND_REJECTED,
-        message: err.to_string(),
-    };
-    write(
-        scope,
-        ns,
-        &fresh,
-        &st,
-        next_status(&st, &action, &req.spec.os, generation, Timestamp::now()),
-    )
-    .await?;
-    close(scope, uid, host);
-    Ok(Action::await_change())
-}
-
-/// Record the backend's operation id alongside a status write that happens anyway.
-fn with_op_id(
-    status: Option<OSProvisioningRequestStatus>,
-    id: Option<&str>,
-) -> Option<OSProvisioningRequestStatus> {
-    let mut status = status?;
-    if let (Some(op), Some(id)) = (status.operation.as_mut(), id) {
-        if op.id.is_none() {
-            op.id = Some(id.to_string());
+            Err(e) if e.is_transient() => {
+                warn!(error = %e, "backend did not take the reprovision yet; the same token is retried");
+                CallOutcome::NotYet
+            }
+            Err(e) => CallOutcome::Refused(e.to_string()),
         }
     }
-    Some(status)
 }
 
-/// Write `status` when it differs; publish an event when the phase changed.
+/// Write `status` over `req`, with `req`'s resourceVersion as the precondition.
 async fn write(
     scope: &Scope,
     ns: &str,
     req: &Request,
-    old: &OSProvisioningRequestStatus,
-    status: Option<OSProvisioningRequestStatus>,
-) -> Result<Option<Request>, Error> {
-    let Some(status) = status else {
-        return Ok(None);
-    };
+    status: &OSProvisioningRequestStatus,
+) -> Result<Request, Error> {
     let api: Api<Request> = Api::namespaced(scope.shared.client.clone(), ns);
     let mut obj = req.clone();
     obj.metadata.managed_fields = None;
     obj.status = Some(status.clone());
     let pp = PostParams {
-        field_manager: Some("osprov".into()),
+        field_manager: Some(FIELD_MANAGER.into()),
         ..Default::default()
     };
-    let written = api.replace_status(&req.name_any(), &pp, &obj).await?;
-    if old.phase != status.phase {
-        publish(scope, req, &status).await;
-    }
-    Ok(Some(written))
+    Ok(api.replace_status(&req.name_any(), &pp, &obj).await?)
 }
 
 async fn publish(scope: &Scope, req: &Request, st: &OSProvisioningRequestStatus) {
@@ -532,8 +396,10 @@ async fn cleanup(req: Arc<Request>, scope: &Scope, ns: &str) -> Result<Action, E
     }
     if !is_terminal(&st, generation) {
         let status = cancelled_status(&st, generation, Timestamp::now());
-        if let Err(e) = write(scope, ns, &req, &st, Some(status)).await {
-            debug!(error = %e, "could not record the cancellation");
+        match write(scope, ns, &req, &status).await {
+            Ok(_) if st.phase != status.phase => publish(scope, &req, &status).await,
+            Ok(_) => {}
+            Err(e) => debug!(error = %e, "could not record the cancellation"),
         }
     }
     close(scope, &uid, &host);
@@ -563,6 +429,6 @@ pub async fn report_gauges(scopes: Vec<Arc<Scope>>) {
             }
             m.in_flight.set(i64::from(scope.shared.occupancy().total()));
         }
-        tokio::time::sleep(Duration::from_secs(5)).await;
+        tokio::time::sleep(GAUGE_EVERY).await;
     }
 }

@@ -27,7 +27,7 @@ pub enum LogFormat {
 #[derive(Clone, Debug, clap::Args)]
 pub struct Settings {
     /// Identifier of this provisioner; it manages only OSDispatchers whose `spec.provisioner` matches.
-    #[arg(long, env = "OSPROV_IDENTIFIER", default_value = "osp")]
+    #[arg(long, env = "OSPROV_IDENTIFIER", default_value = crate::api::DEFAULT_PROVISIONER)]
     pub identifier: String,
     /// Default re-discovery interval of every dispatcher.
     #[arg(long, env = "OSPROV_LOOKUP_INTERVAL", default_value = "10s", value_parser = parse_duration)]
@@ -88,7 +88,7 @@ fn parse_addr(s: &str) -> Result<MetricsAddr, String> {
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            identifier: "osp".into(),
+            identifier: crate::api::DEFAULT_PROVISIONER.into(),
             lookup_interval: Duration::from_secs(10),
             namespaces: Vec::new(),
             metrics_addr: MetricsAddr(None),

@@ -5,7 +5,8 @@ use super::Scope;
 use crate::api::{
     OSDispatcher, OSProvisioningRequest, OSProvisioningRequestStatus, Phase, PROVISIONER_LABEL,
 };
-use crate::provisioner::occupancy::{DispKey, HostKey, Limits};
+use crate::provisioner::keys::{DispKey, HostKey};
+use crate::provisioner::occupancy::Limits;
 use crate::provisioner::plan::{HostFacts, HostLookup, OpObservation};
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::reflector::ObjectRef;
@@ -79,7 +80,8 @@ pub fn ours(req: &Request, scope: &Scope, ns: &str) -> bool {
             .find(|d| d.name_any() == wanted)
             .is_none_or(|d| d.spec.provisioner == *me);
     }
-    dispatchers.iter().any(|d| d.spec.provisioner == *me) || (dispatchers.is_empty() && me == "osp")
+    dispatchers.iter().any(|d| d.spec.provisioner == *me)
+        || (dispatchers.is_empty() && me == crate::api::DEFAULT_PROVISIONER)
 }
 
 /// Where the host is, according to the cache.

@@ -3,7 +3,7 @@
 //! The controller answers "which dispatcher has host X, what can it take, what does it run" from
 //! here at memory speed; the API server is only written when these facts change. Pure data and
 //! diffing: the session task ([`super::session`]) feeds it.
-use super::occupancy::DispKey;
+use super::keys::DispKey;
 use crate::adapter::{HostInfo, Inventory};
 use crate::api::{DispatcherState, HostProvisioningState};
 use k8s_openapi::jiff::Timestamp;

@@ -3,29 +3,10 @@
 //! Kept in memory by the controller and seeded from the request store at start-up, so limits are
 //! enforced *before* the backend is called: [`Occupancy::try_claim`] checks and takes a slot in one
 //! step under the caller's lock. Oldest open request first (creationTimestamp, then name) per host.
+use super::keys::{DispKey, HostKey};
 use super::plan;
 use k8s_openapi::jiff::Timestamp;
 use std::collections::{BTreeSet, HashMap};
-
-/// A host within a namespace.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct HostKey {
-    pub namespace: String,
-    pub host: String,
-}
-
-/// A dispatcher within a namespace.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct DispKey {
-    pub namespace: String,
-    pub name: String,
-}
-
-impl std::fmt::Display for DispKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
-    }
-}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Holder {

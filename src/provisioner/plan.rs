@@ -6,31 +6,10 @@
 //! action into the status the request should carry. Every branch is matched exhaustively and unit
 //! tested in `plan/tests.rs`.
 use crate::adapter::OperationState;
+use crate::api::conditions::reason;
 use crate::api::{DispatcherState, OSProvisioningRequestSpec, OSProvisioningRequestStatus, Phase};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use std::time::Duration;
-
-/// Condition types and reasons used on requests.
-pub mod reason {
-    pub const ACCEPTED: &str = "Accepted";
-    pub const PROGRESSING: &str = "Progressing";
-    pub const PROVISIONED: &str = "Provisioned";
-
-    pub const HOST_NOT_MANAGED: &str = "HostNotManaged";
-    pub const OS_NOT_AVAILABLE: &str = "OSNotAvailable";
-    pub const DISPATCHER_MISMATCH: &str = "DispatcherMismatch";
-    pub const HOST_BUSY: &str = "HostBusy";
-    pub const WAITING_FOR_CAPACITY: &str = "WaitingForCapacity";
-    pub const DISPATCHER_UNAVAILABLE: &str = "DispatcherUnavailable";
-    pub const WAITING_FOR_DISCOVERY: &str = "WaitingForDiscovery";
-    pub const PROVISIONING: &str = "Provisioning";
-    pub const RETRY_SCHEDULED: &str = "RetryScheduled";
-    pub const PROVISIONED_OK: &str = "Provisioned";
-    pub const ALREADY_PROVISIONED: &str = "AlreadyProvisioned";
-    pub const ATTEMPTS_EXHAUSTED: &str = "AttemptsExhausted";
-    pub const BACKEND_REJECTED: &str = "BackendRejected";
-    pub const CANCELLED: &str = "Cancelled";
-}
 
 /// The request as the planner sees it.
 #[derive(Clone, Debug)]
@@ -233,7 +212,7 @@ pub fn plan(req: &RequestView<'_>, world: &World) -> Action {
             }
             (OpObservation::State(OperationState::Succeeded), true) => {
                 return Action::Succeed {
-                    reason: reason::PROVISIONED_OK,
+                    reason: reason::PROVISIONED,
                     message: format!("host {} runs {}", req.spec.host, op.os),
                 };
             }

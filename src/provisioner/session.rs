@@ -7,7 +7,7 @@
 //! starts over after a backoff, re-subscribing before re-discovering. Changes are published on a
 //! broadcast channel for the controller.
 use super::inventory::{self, Change, DispatcherView};
-use super::occupancy::DispKey;
+use super::keys::DispKey;
 use crate::adapter::{Adapter, AdapterError, BackendEvent};
 use crate::api::DispatcherState;
 use futures::StreamExt;
@@ -34,12 +34,15 @@ struct Session {
     fingerprint: String,
     adapter: Option<Arc<dyn Adapter>>,
     discover_now: Arc<Notify>,
-    task: JoinHandle<()>,
+    /// The session's task; none when the adapter could not be built (nothing runs).
+    task: Option<JoinHandle<()>>,
 }
 
 impl Drop for Session {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(task) = &self.task {
+            task.abort();
+        }
     }
 }
 
@@ -150,11 +153,11 @@ impl Engine {
                     )
                     .instrument(span),
                 );
-                (Some(adapter), task)
+                (Some(adapter), Some(task))
             }
             Err(err) => {
                 shared.mark_error(&key, &err);
-                (None, tokio::spawn(async {}))
+                (None, None)
             }
         };
         let session = Session {

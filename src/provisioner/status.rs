@@ -3,8 +3,8 @@
 //! Phases map onto the three conditions `kubectl wait` users look at: `Accepted` (the host and OS
 //! are valid), `Progressing` (something is happening or about to) and `Provisioned` (the host runs
 //! the requested OS). Every condition carries the generation it describes.
-use super::plan::{reason, Action};
-use crate::api::conditions::{self, Desired, FALSE, TRUE, UNKNOWN};
+use super::plan::Action;
+use crate::api::conditions::{self, kind, reason, Desired, FALSE, TRUE, UNKNOWN};
 use crate::api::{OSProvisioningRequestStatus, Operation, Phase};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -35,14 +35,14 @@ fn set_conditions(
         | Phase::Provisioning
         | Phase::Succeeded
         | Phase::Failed
-        | Phase::Cancelled => "HostAndOSValid",
+        | Phase::Cancelled => reason::HOST_AND_OS_VALID,
     };
     let g = Some(generation);
     let msg = shape.message.clone();
     conditions::set(
         &mut st.conditions,
         Desired {
-            type_: reason::ACCEPTED,
+            type_: kind::ACCEPTED,
             status: accepted,
             reason: accepted_reason,
             message: msg.clone(),
@@ -53,7 +53,7 @@ fn set_conditions(
     conditions::set(
         &mut st.conditions,
         Desired {
-            type_: reason::PROGRESSING,
+            type_: kind::PROGRESSING,
             status: progressing,
             reason: shape.reason,
             message: msg.clone(),
@@ -64,7 +64,7 @@ fn set_conditions(
     conditions::set(
         &mut st.conditions,
         Desired {
-            type_: reason::PROVISIONED,
+            type_: kind::PROVISIONED,
             status: provisioned,
             reason: shape.reason,
             message: msg,

@@ -8,6 +8,7 @@ use osprov::api::{
     OSDispatcher, OSDispatcherSpec, OSProvisioningRequest, OSProvisioningRequestSpec, Phase,
     SimulatorSpec,
 };
+use osprov::controller::adapters::AdapterFactory;
 use osprov::controller::settings::Settings;
 use std::future::Future;
 use std::sync::Arc;
@@ -54,8 +55,13 @@ impl RunningController {
     pub fn start(client: kube::Client, settings: Settings, sims: Arc<SimRegistry>) -> Self {
         init_test_logging();
         let task = tokio::spawn(async move {
+            let runtime = osprov::controller::Runtime {
+                adapters: AdapterFactory::with_simulators(sims),
+                ..Default::default()
+            };
             if let Err(e) =
-                osprov::controller::run(client, settings, sims, futures::future::pending()).await
+                osprov::controller::run_with(client, settings, runtime, futures::future::pending())
+                    .await
             {
                 panic!("controller failed: {e}");
             }

@@ -62,6 +62,7 @@ impl Replica {
     ) -> Replica {
         let runtime = Runtime {
             election,
+            adapters: osprov::controller::adapters::AdapterFactory::with_simulators(sims),
             ..Runtime::default()
         };
         let (health, metrics) = (runtime.health.clone(), runtime.metrics.clone());
@@ -69,7 +70,6 @@ impl Replica {
         let task = tokio::spawn(osprov::controller::run_with(
             client,
             settings,
-            sims,
             runtime,
             async move {
                 let _ = rx.await;

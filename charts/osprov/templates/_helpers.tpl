@@ -70,7 +70,7 @@ rules with the API requests the controller really makes, both ways):
   verbs: ["list", "watch", "patch"]
 - apiGroups: ["osprov.io"]
   resources: ["osprovisioningrequests/status"]
-  verbs: ["get", "update"]
+  verbs: ["update"]
 - apiGroups: ["osprov.io"]
   resources: ["osdispatchers"]
   verbs: ["list", "watch"]

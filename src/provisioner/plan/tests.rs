@@ -1,79 +1,15 @@
 //! Planner unit tests: one or more per branch, phase and reason, without I/O.
 use super::*;
-use crate::api::Operation;
+use crate::api::conditions::kind;
+use crate::provisioner::fixtures::{facts, now, provisioning, spec, world};
 use crate::provisioner::status::{cancelled_status, next_status};
-
-fn now() -> Timestamp {
-    Timestamp::from_second(1_800_000_000).unwrap_or(Timestamp::UNIX_EPOCH)
-}
-
-fn spec(host: &str, os: &str) -> OSProvisioningRequestSpec {
-    OSProvisioningRequestSpec {
-        host: host.into(),
-        os: os.into(),
-        dispatcher: None,
-        max_attempts: None,
-    }
-}
-
-fn facts() -> HostFacts {
-    HostFacts {
-        dispatcher: "d1".into(),
-        dispatcher_state: DispatcherState::Ready,
-        fresh: true,
-        current_os: Some("debian-12".into()),
-        available_os: vec!["debian-12".into(), "ubuntu-24.04".into()],
-        backend_busy: false,
-    }
-}
-
-fn world(host: HostLookup) -> World {
-    World {
-        host,
-        operation: OpObservation::NoneRecorded,
-        occupancy: Occupancy::default(),
-        now: now(),
-        policy: RetryPolicy {
-            max_attempts: 3,
-            base: Duration::from_secs(2),
-            cap: Duration::from_secs(60),
-        },
-        jitter: 1.0,
-        poll_every: Duration::from_secs(1),
-    }
-}
 
 fn run(
     spec: &OSProvisioningRequestSpec,
     status: &OSProvisioningRequestStatus,
     world: &World,
 ) -> Action {
-    plan(
-        &RequestView {
-            uid: "u1",
-            generation: 1,
-            spec,
-            status,
-        },
-        world,
-    )
-}
-
-fn provisioning(generation: i64, attempts: i32) -> OSProvisioningRequestStatus {
-    OSProvisioningRequestStatus {
-        phase: Some(Phase::Provisioning),
-        operation: Some(Operation {
-            dispatcher: "d1".into(),
-            token: token("u1", generation, 1),
-            os: "ubuntu-24.04".into(),
-            generation,
-            id: None,
-            started: None,
-        }),
-        attempts: Some(attempts),
-        observed_generation: Some(generation),
-        ..Default::default()
-    }
+    plan(&crate::provisioner::fixtures::view(spec, status, 1), world)
 }
 
 #[test]
@@ -101,11 +37,11 @@ fn starts_a_valid_request_with_a_token() {
     assert_eq!(st.attempts, Some(1));
     assert!(crate::api::conditions::is_true(
         &st.conditions,
-        reason::ACCEPTED
+        kind::ACCEPTED
     ));
     assert!(!crate::api::conditions::is_true(
         &st.conditions,
-        reason::PROVISIONED
+        kind::PROVISIONED
     ));
 }
 
@@ -149,7 +85,7 @@ fn waits_for_dispatchers_then_rediscovers_then_rejects_unknown_host() {
     assert!(message.contains("add it in the management software"));
     let st = next_status(&Default::default(), &a, "debian-12", 1, now()).expect("changes");
     assert_eq!(st.phase, Some(Phase::Rejected));
-    let accepted = crate::api::conditions::get(&st.conditions, reason::ACCEPTED).expect("accepted");
+    let accepted = crate::api::conditions::get(&st.conditions, kind::ACCEPTED).expect("accepted");
     assert_eq!(
         (accepted.status.as_str(), accepted.reason.as_str()),
         ("False", reason::HOST_NOT_MANAGED)
@@ -317,14 +253,14 @@ fn success_of_current_operation_completes() {
     assert!(matches!(
         a,
         Action::Succeed {
-            reason: reason::PROVISIONED_OK,
+            reason: reason::PROVISIONED,
             ..
         }
     ));
     let done = next_status(&st, &a, "ubuntu-24.04", 1, now()).expect("changes");
     assert!(crate::api::conditions::is_true(
         &done.conditions,
-        reason::PROVISIONED
+        kind::PROVISIONED
     ));
     assert_eq!(
         done.conditions

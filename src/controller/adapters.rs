@@ -1,0 +1,81 @@
+//! [`AdapterFactory`]: the one place that turns an OSDispatcher's `spec.adapter` into an
+//! [`Adapter`]. Nothing else in osprov matches on [`AdapterKind`].
+//!
+//! Building happens in two steps because some adapters need objects from the API first:
+//! [`AdapterFactory::inputs`] reads them (the Redfish credentials and CA Secrets), and their
+//! versions become part of the session fingerprint, so a changed Secret rebuilds the adapter;
+//! [`AdapterFactory::build`] then makes the adapter from the spec and those inputs. The simulator
+//! registry lives here, so one factory handed to two controllers (tests, a replica pair) makes
+//! them share simulated fleets the way two controllers share real hardware.
+use super::{redfish, Scope};
+use crate::adapter::simulator::{SimRegistry, SimulatorAdapter};
+use crate::adapter::{Adapter, AdapterError};
+use crate::api::{AdapterKind, OSDispatcher};
+use crate::provisioner::keys::DispKey;
+use std::sync::Arc;
+
+/// Builds the adapter of each dispatcher.
+#[derive(Clone, Default)]
+pub struct AdapterFactory {
+    simulators: Arc<SimRegistry>,
+}
+
+/// What an adapter needs read from the API before it can be built.
+#[derive(Debug)]
+pub enum Inputs {
+    /// Nothing (the simulator; the adapters this build does not include).
+    None,
+    Redfish(Result<redfish::Inputs, AdapterError>),
+}
+
+impl Inputs {
+    /// The part of the session fingerprint that changes when the inputs change (never their
+    /// contents: Secret values stay out of it).
+    pub fn fingerprint(&self) -> String {
+        match self {
+            Inputs::None => String::new(),
+            Inputs::Redfish(Ok(i)) => format!("|{}", i.version),
+            Inputs::Redfish(Err(e)) => format!("|error: {e}"),
+        }
+    }
+}
+
+impl AdapterFactory {
+    /// A factory whose simulator dispatchers use `simulators`' fleets.
+    pub fn with_simulators(simulators: Arc<SimRegistry>) -> Self {
+        AdapterFactory { simulators }
+    }
+
+    /// Read what `d`'s adapter needs from the API.
+    pub async fn inputs(&self, scope: &Scope, d: &OSDispatcher, ns: &str) -> Inputs {
+        match d.spec.adapter {
+            AdapterKind::Redfish => Inputs::Redfish(redfish::inputs(scope, d, ns).await),
+            AdapterKind::Simulator | AdapterKind::Libvirt | AdapterKind::Vsphere => Inputs::None,
+        }
+    }
+
+    /// Build `d`'s adapter from its spec and the inputs [`Self::inputs`] read.
+    pub fn build(
+        &self,
+        key: &DispKey,
+        d: &OSDispatcher,
+        scope: &Scope,
+        inputs: Inputs,
+    ) -> Result<Arc<dyn Adapter>, AdapterError> {
+        match (d.spec.adapter, inputs) {
+            (AdapterKind::Simulator, _) => {
+                let spec = d.spec.simulator.clone().unwrap_or_default();
+                let fleet = self.simulators.fleet(&key.to_string(), &spec);
+                Ok(Arc::new(SimulatorAdapter::new(fleet)))
+            }
+            (AdapterKind::Redfish, Inputs::Redfish(inputs)) => {
+                redfish::build(key, d, scope, inputs?)
+            }
+            (AdapterKind::Redfish, Inputs::None) => Err(AdapterError::Config(
+                "the Redfish Secrets were not read".into(),
+            )),
+            (AdapterKind::Libvirt, _) => Err(AdapterError::Unavailable("libvirt")),
+            (AdapterKind::Vsphere, _) => Err(AdapterError::Unavailable("vsphere")),
+        }
+    }
+}
