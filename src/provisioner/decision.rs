@@ -113,13 +113,22 @@ pub struct Decision {
 }
 
 impl Decision {
-    fn nothing(requeue: Requeue) -> Decision {
+    /// Write `status` (when some), then run `effects`; nothing to claim.
+    fn write(
+        status: Option<OSProvisioningRequestStatus>,
+        effects: Vec<Effect>,
+        requeue: Requeue,
+    ) -> Decision {
         Decision {
             claim: None,
-            status: None,
-            effects: Vec::new(),
+            status,
+            effects,
             requeue,
         }
+    }
+
+    fn nothing(requeue: Requeue) -> Decision {
+        Decision::write(None, Vec::new(), requeue)
     }
 }
 
@@ -177,35 +186,20 @@ pub fn decide(action: &Action, f: &Facts<'_>) -> Decision {
                 effects.push(Effect::DiscoverAll);
             }
             effects.extend(f.announce(status.as_ref()));
-            Decision {
-                claim: None,
-                status,
-                effects,
-                requeue: Requeue::After(*retry_in),
-            }
+            Decision::write(status, effects, Requeue::After(*retry_in))
         }
         Action::Reject { .. } | Action::Succeed { .. } | Action::Fail { .. } => {
             let status = f.status_with_op_id(action);
             let mut effects = f.announce(status.as_ref());
             effects.push(Effect::Close);
-            Decision {
-                claim: None,
-                status,
-                effects,
-                requeue: Requeue::AwaitChange,
-            }
+            Decision::write(status, effects, Requeue::AwaitChange)
         }
         Action::RetryLater { at, .. } => {
             let status = f.status_with_op_id(action);
             let mut effects = f.announce(status.as_ref());
             effects.push(Effect::Release);
             let wait = Duration::try_from(at.duration_since(f.now)).unwrap_or(Duration::ZERO);
-            Decision {
-                claim: None,
-                status,
-                effects,
-                requeue: Requeue::After(wait.max(SETTLE)),
-            }
+            Decision::write(status, effects, Requeue::After(wait.max(SETTLE)))
         }
         Action::Poll { retry_in, .. } => {
             let status = f.status_with_op_id(action);
@@ -277,12 +271,8 @@ pub fn claim_refused(f: &Facts<'_>) -> Decision {
         discover: false,
     };
     let status = f.status_after(&wait);
-    Decision {
-        claim: None,
-        effects: f.announce(status.as_ref()),
-        status,
-        requeue: Requeue::After(f.poll_every),
-    }
+    let effects = f.announce(status.as_ref());
+    Decision::write(status, effects, Requeue::After(f.poll_every))
 }
 
 /// What the backend answered to the reprovision call.
@@ -319,12 +309,7 @@ pub fn after_call(outcome: &CallOutcome, dispatcher: &str, f: &Facts<'_>) -> Dec
             }];
             effects.extend(f.announce(status.as_ref()));
             effects.push(Effect::Close);
-            Decision {
-                claim: None,
-                status,
-                effects,
-                requeue: Requeue::AwaitChange,
-            }
+            Decision::write(status, effects, Requeue::AwaitChange)
         }
     }
 }
