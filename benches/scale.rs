@@ -303,6 +303,7 @@ async fn run(backend: Backend, size: &Size) -> Results {
             provisioner: "osp".into(),
             lookup_interval: None,
             max_concurrent: None,
+            libvirt: None,
             redfish: None,
             simulator: Some(SimulatorSpec {
                 hosts: size.hosts_per_dispatcher as i32,

@@ -8,5 +8,6 @@ pub mod api;
 pub use kapi as apiserver;
 pub mod cli;
 pub mod controller;
+pub mod ident;
 pub mod provisioner;
 pub mod standalone;

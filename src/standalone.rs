@@ -42,6 +42,7 @@ pub async fn ensure_sim_dispatcher(
                 hosts,
                 ..SimulatorSpec::default()
             }),
+            libvirt: None,
             redfish: None,
         },
     );

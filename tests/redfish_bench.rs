@@ -119,6 +119,7 @@ async fn redfish_scale() {
             lookup_interval: Some("5m".into()),
             max_concurrent: Some(50),
             simulator: None,
+            libvirt: None,
             redfish: Some(RedfishSpec {
                 endpoint: emu.endpoint(),
                 credentials_secret_ref: CredentialsSecretRef {

@@ -59,6 +59,9 @@ pub struct OSDispatcherSpec {
     /// Settings of the Redfish adapter (required when `adapter: redfish`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redfish: Option<RedfishSpec>,
+    /// Settings of the libvirt adapter (required when `adapter: libvirt`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub libvirt: Option<super::LibvirtSpec>,
 }
 
 fn default_provisioner() -> String {
@@ -201,7 +204,7 @@ pub struct RedfishSpec {
     pub max_connections: Option<i32>,
 }
 
-/// Where the BMC account lives.
+/// Where an account (a BMC's, libvirt's) lives.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CredentialsSecretRef {

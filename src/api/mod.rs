@@ -10,11 +10,13 @@
 pub mod conditions;
 mod dispatcher;
 mod host;
+mod libvirt;
 mod request;
 pub mod yaml;
 
 pub use dispatcher::*;
 pub use host::*;
+pub use libvirt::*;
 pub use request::*;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

@@ -43,15 +43,11 @@ pub fn request_name(host: &str, os: &str, suffix: Option<&str>) -> String {
     }
 }
 
-/// The wave's id: FNV-1a of namespace, selector and OS, so the same command finds its requests
-/// again (std's hasher is not stable across Rust releases; this is eight lines).
+/// The wave's id: a stable hash of namespace, selector and OS, so the same command finds its
+/// requests again.
 pub fn wave_id(namespace: &str, selector: &str, os: &str) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in format!("{namespace}\0{selector}\0{os}").bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("w{:08x}", h as u32)
+    let input = format!("{namespace}\0{selector}\0{os}");
+    format!("w{}", crate::ident::short_hash(&input))
 }
 
 /// Some(true) once the request succeeded for its current generation, Some(false) once it ended

@@ -7,7 +7,7 @@
 //! [`AdapterFactory::build`] then makes the adapter from the spec and those inputs. The simulator
 //! registry lives here, so one factory handed to two controllers (tests, a replica pair) makes
 //! them share simulated fleets the way two controllers share real hardware.
-use super::{redfish, Scope};
+use super::{libvirt, redfish, Scope};
 use crate::adapter::simulator::{SimRegistry, SimulatorAdapter};
 use crate::adapter::{Adapter, AdapterError};
 use crate::api::{AdapterKind, OSDispatcher};
@@ -26,6 +26,7 @@ pub enum Inputs {
     /// Nothing (the simulator; the adapters this build does not include).
     None,
     Redfish(Result<redfish::Inputs, AdapterError>),
+    Libvirt(Result<libvirt::Inputs, AdapterError>),
 }
 
 impl Inputs {
@@ -35,7 +36,8 @@ impl Inputs {
         match self {
             Inputs::None => String::new(),
             Inputs::Redfish(Ok(i)) => format!("|{}", i.version),
-            Inputs::Redfish(Err(e)) => format!("|error: {e}"),
+            Inputs::Libvirt(Ok(i)) => format!("|{}", i.version),
+            Inputs::Redfish(Err(e)) | Inputs::Libvirt(Err(e)) => format!("|error: {e}"),
         }
     }
 }
@@ -50,7 +52,8 @@ impl AdapterFactory {
     pub async fn inputs(&self, scope: &Scope, d: &OSDispatcher, ns: &str) -> Inputs {
         match d.spec.adapter {
             AdapterKind::Redfish => Inputs::Redfish(redfish::inputs(scope, d, ns).await),
-            AdapterKind::Simulator | AdapterKind::Libvirt | AdapterKind::Vsphere => Inputs::None,
+            AdapterKind::Libvirt => Inputs::Libvirt(libvirt::inputs(scope, d, ns).await),
+            AdapterKind::Simulator | AdapterKind::Vsphere => Inputs::None,
         }
     }
 
@@ -71,10 +74,10 @@ impl AdapterFactory {
             (AdapterKind::Redfish, Inputs::Redfish(inputs)) => {
                 redfish::build(key, d, scope, inputs?)
             }
-            (AdapterKind::Redfish, Inputs::None) => Err(AdapterError::Config(
-                "the Redfish Secrets were not read".into(),
+            (AdapterKind::Libvirt, Inputs::Libvirt(inputs)) => libvirt::build(d, inputs?),
+            (AdapterKind::Redfish | AdapterKind::Libvirt, _) => Err(AdapterError::Config(
+                "the adapter's Secrets were not read".into(),
             )),
-            (AdapterKind::Libvirt, _) => Err(AdapterError::Unavailable("libvirt")),
             (AdapterKind::Vsphere, _) => Err(AdapterError::Unavailable("vsphere")),
         }
     }

@@ -18,6 +18,7 @@ mod error;
 pub mod events;
 pub mod hosts;
 pub mod leader;
+pub mod libvirt;
 pub mod metrics;
 pub mod perform;
 pub mod redfish;

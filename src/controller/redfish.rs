@@ -9,7 +9,7 @@ use super::Scope;
 use crate::adapter::redfish::client::ClientConfig;
 use crate::adapter::redfish::{RedfishAdapter, RedfishConfig};
 use crate::adapter::{Adapter, AdapterError};
-use crate::api::OSDispatcher;
+use crate::api::{CredentialsSecretRef, OSDispatcher};
 use crate::provisioner::keys::DispKey;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Resource, ResourceExt};
@@ -74,17 +74,14 @@ async fn secret_value(
     Ok((value, secret.resource_version().unwrap_or_default()))
 }
 
-/// Read the Secrets a Redfish dispatcher names.
-pub async fn inputs(scope: &Scope, d: &OSDispatcher, ns: &str) -> Result<Inputs, AdapterError> {
-    let spec = d
-        .spec
-        .redfish
-        .as_ref()
-        .ok_or_else(|| AdapterError::Config("adapter redfish needs spec.redfish".into()))?;
-    let api: Api<Secret> = Api::namespaced(scope.shared.client.clone(), ns);
-    let creds = &spec.credentials_secret_ref;
-    let (user, v1) = secret_value(
-        &api,
+/// The user name, password and the Secret's resourceVersion of an account Secret.
+pub(super) async fn account(
+    api: &Api<Secret>,
+    ns: &str,
+    creds: &CredentialsSecretRef,
+) -> Result<(String, String, String), AdapterError> {
+    let (user, version) = secret_value(
+        api,
         ns,
         &creds.name,
         creds.username_key.as_deref().unwrap_or("username"),
@@ -92,7 +89,7 @@ pub async fn inputs(scope: &Scope, d: &OSDispatcher, ns: &str) -> Result<Inputs,
     )
     .await?;
     let (pass, _) = secret_value(
-        &api,
+        api,
         ns,
         &creds.name,
         creds.password_key.as_deref().unwrap_or("password"),
@@ -107,6 +104,18 @@ pub async fn inputs(scope: &Scope, d: &OSDispatcher, ns: &str) -> Result<Inputs,
             ))
         })
     };
+    Ok((to_text(user)?, to_text(pass)?, version))
+}
+
+/// Read the Secrets a Redfish dispatcher names.
+pub async fn inputs(scope: &Scope, d: &OSDispatcher, ns: &str) -> Result<Inputs, AdapterError> {
+    let spec = d
+        .spec
+        .redfish
+        .as_ref()
+        .ok_or_else(|| AdapterError::Config("adapter redfish needs spec.redfish".into()))?;
+    let api: Api<Secret> = Api::namespaced(scope.shared.client.clone(), ns);
+    let (username, password, v1) = account(&api, ns, &spec.credentials_secret_ref).await?;
     let (ca_pem, v2) = match spec.tls.as_ref().and_then(|t| t.ca_secret_ref.as_ref()) {
         Some(r) => {
             let (pem, v) = secret_value(
@@ -122,8 +131,8 @@ pub async fn inputs(scope: &Scope, d: &OSDispatcher, ns: &str) -> Result<Inputs,
         None => (None, String::new()),
     };
     Ok(Inputs {
-        username: to_text(user)?,
-        password: to_text(pass)?,
+        username,
+        password,
         ca_pem,
         version: format!("{v1}/{v2}"),
     })

@@ -95,6 +95,7 @@ pub fn sim_dispatcher(name: &str, sim: SimulatorSpec) -> OSDispatcher {
             lookup_interval: None,
             max_concurrent: None,
             simulator: Some(sim),
+            libvirt: None,
             redfish: None,
         },
     )

@@ -416,6 +416,7 @@ pub fn redfish_dispatcher(name: &str, spec: osprov::api::RedfishSpec) -> osprov:
             lookup_interval: Some("1s".into()),
             max_concurrent: None,
             simulator: None,
+            libvirt: None,
             redfish: Some(spec),
         },
     )

@@ -1,0 +1,26 @@
+//! The libvirt adapter: KVM/QEMU and Xen domains (any libvirt driver) as hosts.
+//!
+//! - [`xml`] and [`steps`]: pure — the domain XML osprov reads and rewrites, its metadata record,
+//!   and the image strategy's step machine. They build without the `libvirt` feature, so their
+//!   unit tests always run.
+//! - `conn`, `events`, `adapter` (feature `libvirt`, linking libvirt through the `virt` crate,
+//!   libvirt's own Rust bindings): shared connections with credentials, libvirt's event loop and
+//!   lifecycle callbacks, and [`LibvirtAdapter`] itself.
+//!
+//! One adapter serves every libvirt driver; what differs between QEMU and Xen (driver names, disk
+//! buses, `xen:///system` permissions) is in the domain XML osprov leaves as it is. See the
+//! README's libvirt section for what was tested.
+pub mod steps;
+pub mod xml;
+
+#[cfg(feature = "libvirt")]
+mod adapter;
+#[cfg(feature = "libvirt")]
+mod conn;
+#[cfg(feature = "libvirt")]
+mod events;
+
+#[cfg(feature = "libvirt")]
+pub use adapter::{LibvirtAdapter, LibvirtConfig};
+#[cfg(feature = "libvirt")]
+pub use conn::{shared_connection, Credentials};
