@@ -1,0 +1,242 @@
+//! The libvirt adapter against a real hypervisor: libvirtd (`qemu:///system`, started by
+//! `scripts/test.sh`) driving QEMU with software emulation. A tiny domain with a `qemu-img`
+//! disk in a directory pool is reprovisioned with the `image` strategy through the real
+//! controller, and the running domain's live XML must show the fresh volume as its root disk.
+//!
+//! `scripts/test.sh` installs libvirtd and QEMU from Debian, starts virtlogd and libvirtd, and
+//! sets `OSPROV_REQUIRE_QEMU=1`,
+//! so in CI a machine that cannot run them fails this test. Elsewhere the test prints why it
+//! cannot run (no libvirtd, no QEMU) and returns.
+#![cfg(feature = "libvirt")]
+mod cluster;
+mod harness;
+mod libvirt_support;
+mod support;
+
+use cluster::{Backend, TestCluster};
+use harness::*;
+use kube::api::Api;
+use libvirt_support::libvirt_dispatcher;
+use osprov::adapter::libvirt::shared_connection;
+use osprov::adapter::libvirt::xml::{self, Progress, Record};
+use osprov::api::{
+    DispatcherState, DomainSelector, LibvirtImage, LibvirtSpec, LibvirtStrategy, OSDispatcher,
+    OSProvisioningRequest, Phase,
+};
+use std::path::Path;
+use std::sync::Arc;
+use virt::connect::Connect;
+
+const URI: &str = "qemu:///system";
+
+/// Why this machine cannot run the test, if it cannot.
+fn missing() -> Option<String> {
+    for (bin, what) in [
+        ("/usr/sbin/libvirtd", "libvirtd (libvirt-daemon)"),
+        ("/usr/bin/qemu-system-x86_64", "QEMU (qemu-system-x86)"),
+        ("/usr/bin/qemu-img", "qemu-img (qemu-utils)"),
+    ] {
+        if !Path::new(bin).exists() {
+            return Some(format!("{what} is not installed ({bin})"));
+        }
+    }
+    None
+}
+
+fn pool_xml(name: &str, dir: &Path) -> String {
+    format!(
+        "<pool type='dir'><name>{name}</name><target><path>{}</path></target></pool>",
+        dir.display()
+    )
+}
+
+fn domain_xml(name: &str, disk: &str) -> String {
+    // TCG (type qemu) needs no /dev/kvm; no network, no graphics, 64 MiB.
+    format!(
+        "<domain type='qemu'><name>{name}</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>\
+         <os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os>\
+         <devices><emulator>/usr/bin/qemu-system-x86_64</emulator>\
+         <disk type='file' device='disk'><driver name='qemu' type='qcow2'/>\
+         <source file='{disk}'/><target dev='vda' bus='virtio'/></disk>\
+         <memballoon model='none'/></devices></domain>"
+    )
+}
+
+/// A directory pool with an image and a domain's disk, and the running domain; removed on drop.
+struct Lab {
+    conn: Connect,
+    pool: String,
+    domain: String,
+    dir: tempfile::TempDir,
+}
+
+impl Lab {
+    fn set_up(tag: &str) -> Result<Lab, String> {
+        let conn = shared_connection(URI, None).map_err(|e| format!("connecting to {URI}: {e}"))?;
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        // QEMU runs as libvirt's unprivileged user: it must reach the pool directory.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| e.to_string())?;
+        let pool_name = format!("osprov-{tag}");
+        let pool = conn
+            .define_storage_pool_xml(&pool_xml(&pool_name, dir.path()), 0)
+            .map_err(|e| format!("defining the pool: {e}"))?;
+        pool.create(0)
+            .map_err(|e| format!("starting the pool: {e}"))?;
+        let lab = Lab {
+            conn: conn.clone(),
+            pool: pool_name,
+            domain: format!("osprov-{tag}-vm"),
+            dir,
+        };
+        for vol in ["tiny-os.qcow2", "vm.qcow2"] {
+            let xml = xml::volume_xml(vol, 16 << 20, Some("qcow2"));
+            virt::storage_vol::StorageVol::create_xml(&pool, &xml, 0)
+                .map_err(|e| format!("creating volume {vol}: {e}"))?;
+        }
+        let disk = lab.dir.path().join("vm.qcow2");
+        let d = conn
+            .define_domain_xml(&domain_xml(&lab.domain, &disk.display().to_string()))
+            .map_err(|e| format!("defining the domain: {e}"))?;
+        d.create()
+            .map_err(|e| format!("starting the domain under QEMU: {e}"))?;
+        Ok(lab)
+    }
+
+    /// The running domain's root disk (live XML), whether it runs, and osprov's record.
+    fn live(&self) -> (String, bool, Option<Record>) {
+        let d = self
+            .conn
+            .lookup_domain_by_name(&self.domain)
+            .expect("domain");
+        let live = d.xml_desc(0).expect("live xml");
+        let disk = match xml::root_disk(&live, None).expect("root disk").source {
+            xml::DiskSource::File(p) => p,
+            xml::DiskSource::Volume { volume, .. } => volume,
+        };
+        let record = d
+            .metadata(
+                virt::sys::VIR_DOMAIN_METADATA_ELEMENT as i32,
+                Some(xml::NAMESPACE),
+                virt::sys::VIR_DOMAIN_AFFECT_CONFIG,
+            )
+            .ok()
+            .map(|x| Record::parse(&x).expect("record"));
+        (disk, d.is_active().unwrap_or(false), record)
+    }
+
+    fn volumes(&self) -> Vec<String> {
+        let pool = self
+            .conn
+            .lookup_storage_pool_by_name(&self.pool)
+            .expect("pool");
+        let _ = pool.refresh(0);
+        let mut v = pool.list_volumes().expect("volumes");
+        v.sort();
+        v
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if let Ok(d) = self.conn.lookup_domain_by_name(&self.domain) {
+            let _ = d.destroy();
+            let _ = d.undefine();
+        }
+        if let Ok(p) = self.conn.lookup_storage_pool_by_name(&self.pool) {
+            if let Ok(vols) = p.list_all_volumes(0) {
+                for v in vols {
+                    let _ = v.delete(0);
+                }
+            }
+            let _ = p.destroy();
+            let _ = p.undefine();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qemu_domain_boots_from_the_fresh_volume() {
+    let required = std::env::var("OSPROV_REQUIRE_QEMU").is_ok_and(|v| v == "1");
+    if let Some(why) = missing() {
+        assert!(!required, "OSPROV_REQUIRE_QEMU=1 but {why}");
+        eprintln!("SKIPPED a_qemu_domain_boots_from_the_fresh_volume: {why}");
+        return;
+    }
+    let tag = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+    let t = tag.clone();
+    let lab = match tokio::task::spawn_blocking(move || Lab::set_up(&t)).await {
+        Ok(Ok(lab)) => lab,
+        Ok(Err(why)) => {
+            assert!(
+                !required,
+                "OSPROV_REQUIRE_QEMU=1 but libvirt/QEMU cannot run here: {why}"
+            );
+            eprintln!("SKIPPED a_qemu_domain_boots_from_the_fresh_volume: {why}");
+            return;
+        }
+        Err(e) => panic!("setting the lab up panicked: {e}"),
+    };
+    let lab = Arc::new(lab);
+    let c = TestCluster::start(Backend::Embedded).await;
+    let _ctl = RunningController::start(
+        c.client.clone(),
+        fast_settings_in(&c.ns),
+        Arc::new(osprov::adapter::simulator::SimRegistry::default()),
+    );
+    let dispatchers: Api<OSDispatcher> = c.api();
+    let requests: Api<OSProvisioningRequest> = c.api();
+    let spec = LibvirtSpec {
+        uri: URI.into(),
+        credentials_secret_ref: None,
+        domains: DomainSelector {
+            names: vec![lab.domain.clone()],
+            labelled: false,
+        },
+        image_pool: lab.pool.clone(),
+        images: vec![LibvirtImage {
+            name: "tiny-os".into(),
+            volume: "tiny-os.qcow2".into(),
+        }],
+        strategy: LibvirtStrategy::Image,
+        root_disk: Some("vda".into()),
+    };
+    create(&dispatchers, &libvirt_dispatcher("qemu", spec, "2s")).await;
+    eventually(60, "dispatcher Ready", || async {
+        let d = dispatchers.get("qemu").await.ok()?;
+        (d.status?.state == Some(DispatcherState::Ready)).then_some(())
+    })
+    .await;
+    let host = lab.domain.clone();
+    create(&requests, &request("r1", &host, "tiny-os")).await;
+    let r = wait_phase(&requests, "r1", Phase::Succeeded, 120).await;
+    let token = r
+        .status
+        .and_then(|s| s.operation)
+        .map(|o| o.token)
+        .expect("token");
+    let l = lab.clone();
+    let ((disk, active, record), volumes) =
+        tokio::task::spawn_blocking(move || (l.live(), l.volumes()))
+            .await
+            .expect("read back");
+    let fresh =
+        osprov::adapter::libvirt::steps::target_volume(&lab.domain, &token, "tiny-os.qcow2");
+    assert_eq!(
+        disk,
+        lab.dir.path().join(&fresh).display().to_string(),
+        "QEMU runs the fresh volume"
+    );
+    assert!(active, "the domain runs");
+    assert_eq!(
+        volumes,
+        [fresh.clone(), "tiny-os.qcow2".to_string()],
+        "the old disk is gone"
+    );
+    let record = record.expect("osprov's record");
+    assert_eq!(
+        (record.os.as_deref(), record.progress),
+        (Some("tiny-os"), Some(Progress::Done))
+    );
+}
