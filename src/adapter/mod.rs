@@ -115,6 +115,18 @@ pub enum AdapterError {
 }
 
 impl AdapterError {
+    /// Every value [`Self::reason`] gives.
+    pub const REASONS: [&'static str; 8] = [
+        "Unreachable",
+        "AuthenticationFailed",
+        "InvalidConfiguration",
+        "HostNotManaged",
+        "OSNotAvailable",
+        "HostBusy",
+        "AdapterUnavailable",
+        "BackendError",
+    ];
+
     /// A machine-readable reason for conditions and metrics.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -181,5 +193,35 @@ pub fn test_host(name: &str, os: &str) -> HostInfo {
         power: PowerState::On,
         provisioning: HostProvisioningState::Idle,
         details: BTreeMap::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AdapterError;
+
+    #[test]
+    fn reasons_lists_every_reason() {
+        let all = [
+            AdapterError::Unreachable(String::new()),
+            AdapterError::AuthenticationFailed(String::new()),
+            AdapterError::Config(String::new()),
+            AdapterError::UnknownHost(String::new()),
+            AdapterError::UnknownOs {
+                host: String::new(),
+                os: String::new(),
+            },
+            AdapterError::HostBusy {
+                host: String::new(),
+                token: String::new(),
+            },
+            AdapterError::Unavailable("x"),
+            AdapterError::Backend {
+                message: String::new(),
+                source: None,
+            },
+        ];
+        let reasons: Vec<&str> = all.iter().map(AdapterError::reason).collect();
+        assert_eq!(reasons, AdapterError::REASONS);
     }
 }

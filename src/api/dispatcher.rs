@@ -84,6 +84,14 @@ pub enum AdapterKind {
 }
 
 impl AdapterKind {
+    /// Every adapter.
+    pub const ALL: [AdapterKind; 4] = [
+        AdapterKind::Simulator,
+        AdapterKind::Redfish,
+        AdapterKind::Libvirt,
+        AdapterKind::Vsphere,
+    ];
+
     /// The name used in the spec.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -57,8 +57,25 @@ impl AdapterFactory {
         }
     }
 
-    /// Build `d`'s adapter from its spec and the inputs [`Self::inputs`] read.
+    /// Build `d`'s adapter from its spec and the inputs [`Self::inputs`] read, its calls counted
+    /// in the metrics ([`super::metered`]).
     pub fn build(
+        &self,
+        key: &DispKey,
+        d: &OSDispatcher,
+        scope: &Scope,
+        inputs: Inputs,
+    ) -> Result<Arc<dyn Adapter>, AdapterError> {
+        let adapter = self.build_bare(key, d, scope, inputs)?;
+        Ok(super::metered::Metered::wrap(
+            adapter,
+            scope.shared.metrics.clone(),
+            key.to_string(),
+            d.spec.adapter.as_str(),
+        ))
+    }
+
+    fn build_bare(
         &self,
         key: &DispKey,
         d: &OSDispatcher,

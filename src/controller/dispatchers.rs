@@ -2,9 +2,10 @@
 //! mirrors the session's view into the dispatcher's status, and syncs ManagedHosts from it.
 use super::hosts::{self, HostOp};
 use super::{Error, Scope};
+use crate::adapter::AdapterError;
 use crate::api::conditions::{self, Desired};
 use crate::api::{
-    DispatcherState, ManagedHost, OSDispatcher, OSDispatcherStatus, DISPATCHER_LABEL,
+    AdapterKind, DispatcherState, ManagedHost, OSDispatcher, OSDispatcherStatus, DISPATCHER_LABEL,
     PROVISIONER_LABEL,
 };
 use crate::provisioner::keys::{DispKey, HostKey};
@@ -131,6 +132,18 @@ fn release(scope: &Scope, key: &DispKey) {
     });
     for state in DispatcherState::ALL {
         m.dispatcher_state.remove(&state_label(key, state));
+    }
+    for adapter in AdapterKind::ALL {
+        for call in super::metered::CALLS {
+            for outcome in std::iter::once("ok").chain(AdapterError::REASONS) {
+                m.backend_calls.remove(&super::metrics::BackendCallLabel {
+                    dispatcher: key.to_string(),
+                    adapter: adapter.as_str().into(),
+                    call: call.into(),
+                    outcome: outcome.into(),
+                });
+            }
+        }
     }
 }
 

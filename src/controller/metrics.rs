@@ -46,6 +46,16 @@ pub struct DispatcherStateLabel {
     pub state: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendCallLabel {
+    pub dispatcher: String,
+    pub adapter: String,
+    /// `subscribe`, `discover`, `reprovision`, `operation` or `cancel`.
+    pub call: String,
+    /// `ok`, or the error's reason (`Unreachable`, `AuthenticationFailed`, …).
+    pub outcome: String,
+}
+
 /// Every metric the controller exports.
 pub struct Metrics {
     pub registry: Registry,
@@ -57,6 +67,8 @@ pub struct Metrics {
     pub dispatcher_state: Family<DispatcherStateLabel, Gauge>,
     pub in_flight: Gauge,
     pub reprovisions_started: Counter,
+    /// Adapter calls per dispatcher, adapter, call and outcome.
+    pub backend_calls: Family<BackendCallLabel, Counter>,
     /// 1 while this replica is the leader (or runs without leader election).
     pub leader: Gauge,
 }
@@ -74,6 +86,7 @@ impl Default for Metrics {
         let dispatcher_state = Family::<DispatcherStateLabel, Gauge>::default();
         let in_flight = Gauge::default();
         let reprovisions_started = Counter::default();
+        let backend_calls = Family::<BackendCallLabel, Counter>::default();
         let leader = Gauge::default();
         registry.register(
             "leader",
@@ -116,6 +129,11 @@ impl Default for Metrics {
             "Reprovisions handed to a backend",
             reprovisions_started.clone(),
         );
+        registry.register(
+            "backend_calls",
+            "Calls to the management software through an adapter, by outcome",
+            backend_calls.clone(),
+        );
         Metrics {
             registry,
             reconciles,
@@ -126,6 +144,7 @@ impl Default for Metrics {
             dispatcher_state,
             in_flight,
             reprovisions_started,
+            backend_calls,
             leader,
         }
     }

@@ -19,6 +19,7 @@ pub mod events;
 pub mod hosts;
 pub mod leader;
 pub mod libvirt;
+pub mod metered;
 pub mod metrics;
 pub mod perform;
 pub mod redfish;

@@ -12,6 +12,8 @@ type Entry = (String, String, String, String);
 pub struct Access {
     seen: Mutex<BTreeMap<String, BTreeSet<Entry>>>,
     file: Option<PathBuf>,
+    /// Serialises file writes, so the newest record is the one left on disk.
+    writing: Mutex<()>,
 }
 
 impl Access {
@@ -19,6 +21,7 @@ impl Access {
         Access {
             seen: Mutex::new(BTreeMap::new()),
             file,
+            writing: Mutex::new(()),
         }
     }
 
@@ -37,8 +40,13 @@ impl Access {
         };
         if changed {
             if let Some(path) = &self.file {
+                // Written aside and renamed over the file: a reader never sees half a record.
+                let _one = self.writing.lock().unwrap_or_else(|p| p.into_inner());
                 let text = serde_json::to_string_pretty(&self.to_json()).unwrap_or_default();
-                if let Err(e) = std::fs::write(path, text) {
+                let aside = path.with_extension("partial");
+                if let Err(e) =
+                    std::fs::write(&aside, text).and_then(|()| std::fs::rename(&aside, path))
+                {
                     tracing::warn!(error = %e, path = %path.display(), "writing the access record failed");
                 }
             }

@@ -6,9 +6,9 @@ use axum::response::Response;
 use serde_json::{json, Value};
 
 use super::error::{ApiError, ApiResult, StatusCause};
-use super::http::Req;
 use super::objects::{finalizers, is_terminating, meta, meta_str, now};
 use super::reads::{json_response, key, not_found, object_response, range, view, Filter};
+use super::request::Req;
 use super::resources::Builtin;
 use super::store::{object_revision, Expect, Precondition};
 use super::writes::{commit_error, dry_run, parse_json, set_meta};

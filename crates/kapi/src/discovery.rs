@@ -8,8 +8,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
 use super::error::{ApiError, ApiResult};
-use super::http::State;
 use super::reads::json_response;
+use super::request::State;
 use super::resources::{Builtin, ResourceInfo};
 
 const AGGREGATED: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";

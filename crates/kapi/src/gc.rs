@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::http::State;
 use super::objects::{finalizers, is_terminating, meta, meta_mut, now};
+use super::request::State;
 use super::store::{object_revision, Expect};
 
 /// Runs until the server closes.

@@ -18,11 +18,13 @@ mod discovery;
 mod error;
 mod gc;
 mod http;
+mod key;
 mod objects;
 mod patch;
 mod persist;
 mod protobuf;
 mod reads;
+mod request;
 mod resources;
 mod selector;
 pub mod standalone;
@@ -86,7 +88,7 @@ pub struct ApiServer {
     addr: SocketAddr,
     token: String,
     ca_pem: Option<String>,
-    state: Arc<http::State>,
+    state: Arc<request::State>,
     closing: tokio::sync::watch::Sender<bool>,
     server: tokio::task::JoinHandle<()>,
     gc: tokio::task::JoinHandle<()>,
@@ -133,7 +135,7 @@ pub async fn serve(config: Config) -> Result<ApiServer, ApiServerError> {
         raw.iter().map(|b| format!("{b:02x}")).collect()
     });
     let (closing, closing_rx) = tokio::sync::watch::channel(false);
-    let state = Arc::new(http::State {
+    let state = Arc::new(request::State {
         registry,
         store,
         token: token.clone(),

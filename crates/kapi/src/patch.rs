@@ -8,9 +8,9 @@ use serde_json::Value;
 
 use super::crdschema::{self, Applied};
 use super::error::{ApiError, ApiResult, StatusCause};
-use super::http::Req;
 use super::objects::now;
 use super::reads::{key, not_found, view};
+use super::request::Req;
 use super::resources::Builtin;
 use super::store::object_revision;
 use super::writes::{check_identity, check_type, finish_create, finish_update};

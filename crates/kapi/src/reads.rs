@@ -8,8 +8,8 @@ use base64::Engine;
 use serde_json::{json, Value};
 
 use super::error::{ApiError, ApiResult, StatusCause};
-use super::http::Req;
 use super::objects::{event_from_core, selectable_fields};
+use super::request::Req;
 use super::resources::{Builtin, ResourceInfo};
 use super::selector::{FieldSelector, LabelSelector};
 use super::store::{Key, Objects};

@@ -18,7 +18,7 @@ use super::error::{ApiError, ApiResult, ApiServerError};
 use super::persist::Persist;
 
 /// (storage key, namespace, name); cluster-scoped objects use "" as namespace.
-pub type Key = (String, String, String);
+pub use super::key::Key;
 pub type Objects = OrdMap<Key, Arc<Value>>;
 /// Kept changes since a revision and a live receiver for the ones after.
 pub type Resume = (Vec<Arc<Change>>, broadcast::Receiver<Arc<Change>>);

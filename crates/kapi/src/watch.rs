@@ -16,8 +16,8 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::error::{ApiError, ApiResult};
-use super::http::Req;
 use super::reads::{include_object, partial, range, view, Filter};
+use super::request::Req;
 use super::resources::{Builtin, ResourceInfo};
 use super::store::{Change, ChangeType};
 use super::table;

@@ -12,13 +12,13 @@ use serde_json::{json, Value};
 use super::builtin;
 use super::crdschema;
 use super::error::{ApiError, ApiResult, StatusCause};
-use super::http::Req;
 use super::objects::{
     event_from_core, event_to_core, event_zero_values, finalizers, is_terminating, meta, meta_mut,
     meta_str, name_errors, name_suffix, normalize_meta, now, owner_reference_errors,
     prepare_builtin, prune_meta, same_content, spec_part,
 };
 use super::reads::{key, not_found, object_response, view};
+use super::request::Req;
 use super::resources::Builtin;
 use super::store::{object_revision, Expect, Precondition};
 

@@ -20,7 +20,7 @@ use ::cel::{Context, Env, Program, Value as CelValue};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::ValidationRule;
 use serde_json::Value;
 
-use super::validate::{cause, show, Kind};
+use super::report::{cause, show, Kind};
 use super::{child_path, Cause, Node, SchemaError};
 
 /// One compiled `x-kubernetes-validations` entry.

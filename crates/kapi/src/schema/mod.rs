@@ -25,6 +25,7 @@
 
 mod cel;
 mod merge;
+mod report;
 #[cfg(test)]
 pub(crate) mod tests;
 mod validate;
