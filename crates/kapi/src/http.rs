@@ -18,8 +18,16 @@ use super::error::{ApiError, ApiResult};
 use super::request::{Query, Req, State};
 use super::{delete, discovery, patch, reads, watch, writes};
 
+/// The largest request body accepted: kube-apiserver's default (`--max-request-bytes`, 3 MiB).
+/// A larger one is refused with a 413 `Status` before anything parses it.
+pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
+
 pub fn router(state: Arc<State>) -> Router {
-    Router::new().fallback(handle).with_state(state)
+    Router::new()
+        .fallback(handle)
+        .with_state(state)
+        // The handler reads the body itself, with its own limit and answer.
+        .layer(axum::extract::DefaultBodyLimit::disable())
 }
 
 fn authorized(state: &State, headers: &HeaderMap) -> bool {
@@ -43,11 +51,22 @@ async fn handle(
     method: Method,
     uri: Uri,
     headers: HeaderMap,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> Response {
     if !authorized(&state, &headers) {
         return ApiError::unauthorized().into_response();
     }
+    let body = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
+        Ok(b) => b,
+        Err(_) => {
+            return ApiError::new(
+                413,
+                "RequestEntityTooLarge",
+                format!("the request body is larger than {MAX_BODY_BYTES} bytes"),
+            )
+            .into_response();
+        }
+    };
     match dispatch(state, method, uri, headers, body).await {
         Ok(r) => r,
         Err(e) => {
