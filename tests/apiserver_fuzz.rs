@@ -204,7 +204,7 @@ async fn send(http: &reqwest::Client, base: &str, token: &str, c: &Case) -> (u16
         .body(c.body.clone())
         .send()
         .await
-        .unwrap_or_else(|e| panic!("the connection was dropped for {c:?}: {e}"));
+        .unwrap_or_else(|e| panic!("no answer for {c:?}: {}", error_chain(&e)));
     let status = resp.status().as_u16();
     let is_watch = c.path.contains("watch=");
     let body = if is_watch && status < 300 {
@@ -214,6 +214,17 @@ async fn send(http: &reqwest::Client, base: &str, token: &str, c: &Case) -> (u16
         serde_json::from_slice(&bytes).unwrap_or(Value::Null)
     };
     (status, body)
+}
+
+/// An error with its sources (reqwest's own text hides whether it was a timeout or a reset).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        text.push_str(&format!(": {s}"));
+        cur = s.source();
+    }
+    text
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -278,6 +289,7 @@ async fn hostile_requests_get_a_4xx_status_and_change_nothing() {
         all.push(strategy.new_tree(&mut runner).expect("case").current());
     }
     let mut counts = std::collections::BTreeMap::<u16, usize>::new();
+    let mut slowest: Option<(std::time::Duration, String)> = None;
     for c in &all {
         let mut before = Value::Null;
         if c.method != "GET" {
@@ -288,7 +300,12 @@ async fn hostile_requests_get_a_4xx_status_and_change_nothing() {
                 before = send(&http, &base, &token, &read).await.1;
             }
         }
+        let started = std::time::Instant::now();
         let (status, body) = send(&http, &base, &token, c).await;
+        let took = started.elapsed();
+        if slowest.as_ref().is_none_or(|(t, _)| took > *t) {
+            slowest = Some((took, format!("{c:?}")));
+        }
         *counts.entry(status).or_default() += 1;
         assert!(
             status < 500,
@@ -313,5 +330,8 @@ async fn hostile_requests_get_a_4xx_status_and_change_nothing() {
         }
     }
     println!("answers by status: {counts:?}");
+    if let Some((took, case)) = slowest {
+        println!("slowest answer: {took:?} for {case}");
+    }
     server.shutdown().await;
 }

@@ -1,10 +1,15 @@
-//! Redfish scale benchmark (ignored by default; see docs/redfish.md for how to run it).
+//! Redfish scale benchmark, osprov side by side with Ironic's client `sushy` (ignored by default;
+//! see docs/redfish.md for how to run it).
 //!
-//! One sushy-emulator with `OSPROV_BENCH_SYSTEMS` fake systems (default 1000) behind one Redfish
-//! dispatcher with `maxConcurrent: 50`. Measures discovery (dispatcher created → every ManagedHost
-//! written) and reprovisioning every system (requests created → all Succeeded), counting the HTTP
-//! requests the emulator served. The "installer" is the ISO server: when the emulator downloads the
-//! image it reads the callback URL from the query string and posts success after a short delay.
+//! One sushy-emulator (with the SessionService of `redfish_support/session_emulator.py`) with
+//! `OSPROV_BENCH_SYSTEMS` fake systems (default 1000). osprov: one Redfish dispatcher with
+//! `maxConcurrent: 50`; discovery (dispatcher created → every ManagedHost written) and
+//! reprovisioning every system (requests created → all Succeeded). The "installer" is the ISO
+//! server: when the emulator downloads the image it reads the callback URL from the query string
+//! and posts success after a short delay. sushy: `redfish_support/sushy_flow.py` does the same
+//! job (discovery; media, boot override once, reset, then eject and clear) on 16 threads. Both
+//! sides' HTTP requests are counted from the emulator's access log; the floor is 6 per
+//! reprovision (insert, boot override, its read-back, reset, eject, clear).
 mod harness;
 mod redfish_support;
 mod support;
@@ -116,7 +121,8 @@ async fn redfish_scale() {
         OSDispatcherSpec {
             adapter: osprov::api::AdapterKind::Redfish,
             provisioner: "osp".into(),
-            lookup_interval: Some("5m".into()),
+            // No periodic re-discovery inside the measured reprovisioning.
+            lookup_interval: Some("2h".into()),
             max_concurrent: Some(50),
             simulator: None,
             libvirt: None,
@@ -136,13 +142,14 @@ async fn redfish_scale() {
                 }),
                 images: vec![RedfishImage {
                     name: "ubuntu-24.04".into(),
-                    url: image,
+                    url: image.clone(),
                     checksum: None,
                 }],
                 systems: vec![],
                 callback_timeout: None,
                 requests_per_second: Some(5000),
                 max_connections: Some(16),
+                auth: None,
             }),
         },
     );
@@ -204,10 +211,61 @@ async fn redfish_scale() {
         (n, n),
         "exactly one insert and one reset per system"
     );
+    let osprov_per = during.len() as f64 / n as f64;
     note(&format!(
-        "reprovisioning {n} systems (maxConcurrent 50): {:.1} s, {} HTTP requests = {:.2} per reprovision (minimum 6); by kind: {by_kind:?}",
+        "osprov: reprovisioning {n} systems (maxConcurrent 50): {:.1} s, {} HTTP requests = {osprov_per:.2} per reprovision ({:.2}x the minimum of 6); logins: {}; by kind: {by_kind:?}",
         total.as_secs_f64(),
         during.len(),
-        during.len() as f64 / n as f64
+        osprov_per / 6.0,
+        emu.count("POST", "/SessionService/Sessions", ""),
     ));
+
+    // The same job with sushy, against the same emulator (its systems now in a new state).
+    let ca = emu.dir.path().join("cert.pem");
+    let served_before = emu.requests().len();
+    let out = std::process::Command::new(venv_bin("python"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/redfish_support/sushy_flow.py"
+        ))
+        .args([
+            &emu.endpoint(),
+            &ca.display().to_string(),
+            USER,
+            PASSWORD,
+            &image,
+            "16",
+        ])
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        .output()
+        .expect("python runs sushy_flow.py");
+    assert!(
+        out.status.success(),
+        "sushy_flow.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(out.stdout.trim_ascii()).expect("sushy_flow.py prints JSON");
+    let reqs = emu.requests();
+    let sushy_reqs = &reqs[served_before..];
+    let discovery_n = sushy_reqs
+        .iter()
+        .take_while(|(_, p, _)| !p.contains("VirtualMedia"))
+        .count();
+    let sushy_per = (sushy_reqs.len() - discovery_n) as f64 / n as f64;
+    note(&format!(
+        "sushy: discovery {:.1} s, {discovery_n} HTTP requests (osprov: {discovery_requests}); reprovisioning {n} systems on 16 threads: {:.1} s, {:.2} HTTP requests per reprovision ({:.2}x the minimum of 6)",
+        report["discovery_s"].as_f64().unwrap_or(f64::NAN),
+        report["reprovision_s"].as_f64().unwrap_or(f64::NAN),
+        sushy_per,
+        sushy_per / 6.0,
+    ));
+    assert!(
+        osprov_per <= 1.2 * 6.0 + 1e-9,
+        "osprov spends {osprov_per:.2} requests per reprovision, more than 1.2x the minimum"
+    );
+    assert!(
+        osprov_per <= sushy_per,
+        "osprov spends more requests per reprovision ({osprov_per:.2}) than sushy ({sushy_per:.2})"
+    );
 }

@@ -1,5 +1,6 @@
 //! End-to-end: the real controller with Redfish dispatchers pointed at a real sushy-tools emulator
-//! (fake driver, basic auth, TLS), on both API backends: the embedded API and the real
+//! (fake driver, TLS; a SessionService in front as BMCs have, `redfish_support/session_emulator.py`,
+//! or plain sushy-tools with basic auth only), on both API backends: the embedded API and the real
 //! kube-apiserver (`cluster/`). Each test has its own namespace (where the BMC Secrets and the
 //! controller's operation Secrets live), emulator, ISO server and a controller watching only that
 //! namespace.
@@ -27,6 +28,9 @@ on_both_backends!(
     wrong_credentials_degrade_the_dispatcher_without_a_retry_storm,
     an_untrusted_certificate_is_a_clear_tls_error,
     bmc_and_controller_restarts_mid_way_do_not_repeat_the_insert_and_reset,
+    one_session_is_reused_renewed_when_it_expires_and_deleted_with_the_dispatcher,
+    a_rotated_password_is_used_without_a_restart,
+    a_service_without_sessions_gets_basic_auth,
 );
 
 struct Rig {
@@ -43,11 +47,21 @@ struct Rig {
 
 impl Rig {
     async fn start(c: TestCluster, systems: usize, password: &str) -> Rig {
+        Rig::start_with(c, systems, password, Some(1800)).await
+    }
+
+    /// `session_timeout`: the emulator's SessionService, or `None` for basic auth only.
+    async fn start_with(
+        c: TestCluster,
+        systems: usize,
+        password: &str,
+        session_timeout: Option<u64>,
+    ) -> Rig {
         osprov::controller::settings::init_logging(
             &std::env::var("OSPROV_TEST_LOG").unwrap_or_else(|_| "warn".into()),
             osprov::controller::settings::LogFormat::Text,
         );
-        let emu = Emulator::start(systems).await;
+        let emu = Emulator::start_with(systems, session_timeout).await;
         let iso = IsoServer::start().await;
         let rig = Rig {
             requests: c.api(),
@@ -146,6 +160,26 @@ impl Rig {
     fn inserts(&self, i: usize) -> usize {
         self.emu
             .count("POST", &system_uuid(i), "/Actions/VirtualMedia.InsertMedia")
+    }
+
+    /// Sessions opened (successful logins) so far.
+    fn logins(&self) -> usize {
+        self.emu
+            .count("POST", "/redfish/v1/SessionService/Sessions", "")
+    }
+
+    /// Reprovision system `i` through a request named `name` and report success by callback.
+    async fn reprovision(&self, name: &str, i: usize) {
+        create(
+            &self.requests,
+            &request(name, &format!("node-{i}"), "ubuntu-24.04"),
+        )
+        .await;
+        let callback = self.wait_inserted(i).await;
+        wait_phase(&self.requests, name, Phase::Provisioning, 30).await;
+        eventually(30, "reset", || async { (self.resets(i) > 0).then_some(()) }).await;
+        assert_eq!(post(&callback, r#"{"status":"succeeded"}"#).await, 200);
+        wait_phase(&self.requests, name, Phase::Succeeded, 60).await;
     }
 }
 
@@ -334,5 +368,97 @@ async fn bmc_and_controller_restarts_mid_way_do_not_repeat_the_insert_and_reset(
         "one insert+reset cycle"
     );
     assert_eq!((rig.inserts(1), rig.resets(1)), (0, 0));
+    rig.stop_controller().await;
+}
+
+async fn one_session_is_reused_renewed_when_it_expires_and_deleted_with_the_dispatcher(
+    c: TestCluster,
+) {
+    let mut rig = Rig::start(c, 2, PASSWORD).await;
+    rig.start_controller();
+    rig.dispatcher(rig.spec(true)).await;
+    rig.wait_hosts(2).await;
+    rig.reprovision("r0", 0).await;
+    // Discovery, a whole reprovision and its cleanup: one login, one session at the BMC.
+    assert_eq!(rig.logins(), 1, "one login for everything so far");
+    let open = rig.emu.sessions().await;
+    assert_eq!(open.len(), 1, "{open:?}");
+
+    // The BMC ends the session (its timeout, or an administrator): the next call is refused
+    // once, the controller logs in again and the reprovision goes on as if nothing happened.
+    rig.emu.delete_session(&open[0]).await;
+    let refused_before = rig.emu.requests().iter().filter(|r| r.2 == 401).count();
+    rig.reprovision("r1", 1).await;
+    assert_eq!(rig.logins(), 2, "one new login after the session ended");
+    let refused = rig.emu.requests().iter().filter(|r| r.2 == 401).count() - refused_before;
+    assert!(
+        (1..=2).contains(&refused),
+        "{refused} refused calls: the expired token is dropped at its first refusal"
+    );
+    assert_eq!((rig.inserts(1), rig.resets(1)), (1, 1));
+    assert_eq!(rig.emu.sessions().await.len(), 1);
+
+    // Deleting the dispatcher logs its session out.
+    rig.dispatchers
+        .delete("bmc", &DeleteParams::default())
+        .await
+        .expect("delete dispatcher");
+    eventually(30, "the session deleted at the BMC", || async {
+        rig.emu.sessions().await.is_empty().then_some(())
+    })
+    .await;
+    let logouts = rig
+        .emu
+        .count("DELETE", "/redfish/v1/SessionService/Sessions/", "");
+    assert_eq!(logouts, 2, "the test's DELETE and the controller's logout");
+    rig.stop_controller().await;
+}
+
+async fn a_rotated_password_is_used_without_a_restart(c: TestCluster) {
+    let mut rig = Rig::start(c, 1, PASSWORD).await;
+    rig.start_controller();
+    rig.dispatcher(rig.spec(true)).await;
+    rig.wait_hosts(1).await;
+    assert_eq!(rig.logins(), 1);
+
+    // The Secret gets the new password and the BMC takes it: the same controller gives the old
+    // session back and logs in with the new password.
+    let patch = serde_json::json!({"data": {"password": base64("rotated-bmc-pass")}});
+    rig.secrets
+        .patch("bmc", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("patch Secret");
+    rig.emu.set_password("rotated-bmc-pass");
+    eventually(30, "a login with the rotated password", || async {
+        (rig.logins() >= 2).then_some(())
+    })
+    .await;
+    rig.reprovision("r0", 0).await;
+    eventually(30, "only the new session open", || async {
+        (rig.emu.sessions().await.len() == 1).then_some(())
+    })
+    .await;
+    let d = rig.ready_condition().await.expect("Ready condition");
+    assert_eq!(d.status, "True", "{d:?}");
+    rig.stop_controller().await;
+}
+
+async fn a_service_without_sessions_gets_basic_auth(c: TestCluster) {
+    let mut rig = Rig::start_with(c, 1, PASSWORD, None).await;
+    rig.start_controller();
+    rig.dispatcher(rig.spec(true)).await;
+    rig.wait_hosts(1).await;
+    rig.reprovision("r0", 0).await;
+    let tried = rig
+        .emu
+        .requests()
+        .iter()
+        .filter(|r| r.1.contains("SessionService"))
+        .count();
+    assert_eq!(
+        tried, 0,
+        "no login tried where the root offers no SessionService"
+    );
+    assert_eq!((rig.inserts(0), rig.resets(0)), (1, 1));
     rig.stop_controller().await;
 }

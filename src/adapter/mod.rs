@@ -180,6 +180,9 @@ pub trait Adapter: Send + Sync {
     ) -> Result<Option<OperationStatus>, AdapterError>;
     /// Stop an operation where the backend can.
     async fn cancel(&self, host_id: &str, token: &str) -> Result<CancelOutcome, AdapterError>;
+    /// Give back what the adapter holds at the backend (a Redfish session, say) because its
+    /// dispatcher session ended. Best effort; the adapter is not used afterwards.
+    async fn close(&self) {}
 }
 
 /// A host as tests need it: on, idle, running `os`, offering images `a` and `b`.

@@ -210,6 +210,23 @@ pub struct RedfishSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 256))]
     pub max_connections: Option<i32>,
+    /// How to authenticate: `Auto` (default) opens one Redfish session (`X-Auth-Token`) when the
+    /// service root offers a SessionService and uses HTTP basic auth otherwise; `Session` and
+    /// `Basic` force one or the other.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<RedfishAuth>,
+}
+
+/// How the Redfish adapter authenticates to a service.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum RedfishAuth {
+    /// A session where the service root offers a SessionService, basic auth otherwise.
+    #[default]
+    Auto,
+    /// Always a session; a service without a SessionService is a configuration error.
+    Session,
+    /// HTTP basic auth on every request.
+    Basic,
 }
 
 /// Where an account (a BMC's, libvirt's) lives.

@@ -96,4 +96,8 @@ impl Adapter for Metered {
         self.count("cancel", &r);
         r
     }
+
+    async fn close(&self) {
+        self.inner.close().await
+    }
 }

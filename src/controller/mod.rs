@@ -296,8 +296,13 @@ async fn reconcile(
         _ = all => {}
         _ = shutdown => {}
     }
+    // Log out of what the adapters hold at their backends (Redfish sessions), bounded.
+    let _ = tokio::time::timeout(SHUTDOWN_CLOSE, shared.engine.close_all()).await;
     Ok(())
 }
+
+/// How long a shutdown waits for the adapters to give back their backend sessions.
+const SHUTDOWN_CLOSE: std::time::Duration = std::time::Duration::from_secs(5);
 
 type Task = futures::future::BoxFuture<'static, ()>;
 

@@ -205,6 +205,7 @@ pub fn build(
                 .unwrap_or(DEFAULT_MAX_CONNECTIONS),
             timeout: CALL_TIMEOUT,
             attempts: CALL_ATTEMPTS,
+            auth: spec.auth.unwrap_or_default(),
         },
         images: spec.images.clone(),
         systems: spec.systems.clone(),

@@ -43,6 +43,13 @@ impl Drop for Session {
         if let Some(task) = &self.task {
             task.abort();
         }
+        // The adapter gives back what it holds at the backend (a Redfish session) on its own
+        // task: the drop happens under the sessions lock.
+        if let (Some(adapter), Ok(rt)) =
+            (self.adapter.take(), tokio::runtime::Handle::try_current())
+        {
+            rt.spawn(async move { adapter.close().await });
+        }
     }
 }
 
@@ -170,6 +177,18 @@ impl Engine {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(key, session);
+    }
+
+    /// End every session and wait for each adapter to give back what it holds at its backend.
+    pub async fn close_all(&self) {
+        let adapters: Vec<Arc<dyn Adapter>> = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .filter_map(|(_, mut s)| s.adapter.take())
+            .collect();
+        futures::future::join_all(adapters.iter().map(|a| a.close())).await;
     }
 
     /// Stop a session and forget its cache entry (the dispatcher was deleted or is not ours).

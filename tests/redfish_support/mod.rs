@@ -25,7 +25,7 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
-fn venv_bin(name: &str) -> PathBuf {
+pub fn venv_bin(name: &str) -> PathBuf {
     if let Ok(py) = std::env::var("OSPROV_PYTHON") {
         if let Some(dir) = Path::new(&py).parent() {
             let p = dir.join(name);
@@ -87,11 +87,26 @@ pub struct Emulator {
     pub cert_pem: String,
     config: PathBuf,
     pub log: PathBuf,
+    sessions: bool,
+    /// The account's password as the emulator checks it now.
+    password: String,
+}
+
+/// The emulator with a SessionService in front (as real BMCs have), written by osprov's tests.
+fn session_emulator() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/redfish_support/session_emulator.py")
 }
 
 impl Emulator {
-    /// Start an emulator with `systems` fake systems named `node-<i>`.
+    /// Start an emulator with `systems` fake systems named `node-<i>` and a SessionService whose
+    /// sessions expire after 30 minutes unused.
     pub async fn start(systems: usize) -> Emulator {
+        Emulator::start_with(systems, Some(1800)).await
+    }
+
+    /// Start an emulator; `session_timeout` (seconds) puts the SessionService in front, `None`
+    /// runs plain sushy-tools (basic auth only).
+    pub async fn start_with(systems: usize, session_timeout: Option<u64>) -> Emulator {
         let dir = tempfile::tempdir().expect("tempdir");
         let (cert, key) = self_signed();
         let p = |n: &str| dir.path().join(n);
@@ -122,7 +137,9 @@ impl Emulator {
                  SUSHY_EMULATOR_LISTEN_IP = '127.0.0.1'\n\
                  SUSHY_EMULATOR_LISTEN_PORT = {port}\n\
                  SUSHY_EMULATOR_SSL_CERT = {cert:?}\n\
-                 SUSHY_EMULATOR_SSL_KEY = {key:?}\n",
+                 SUSHY_EMULATOR_SSL_KEY = {key:?}\n\
+                 SESSION_TIMEOUT = {timeout}\n",
+                timeout = session_timeout.unwrap_or(1800),
                 state = p("state").display().to_string(),
                 auth = p("htpasswd").display().to_string(),
                 cert = p("cert.pem").display().to_string(),
@@ -137,6 +154,8 @@ impl Emulator {
             dir,
             cert_pem: cert,
             config,
+            sessions: session_timeout.is_some(),
+            password: PASSWORD.to_string(),
         };
         emu.restart().await;
         emu
@@ -154,7 +173,14 @@ impl Emulator {
             .append(true)
             .open(&self.log)
             .expect("log");
-        let child = Command::new(venv_bin("sushy-emulator"))
+        let mut cmd = if self.sessions {
+            let mut c = Command::new(venv_bin("python"));
+            c.arg(session_emulator());
+            c
+        } else {
+            Command::new(venv_bin("sushy-emulator"))
+        };
+        let child = cmd
             .arg("--config")
             .arg(&self.config)
             .env("NO_PROXY", "127.0.0.1,localhost")
@@ -204,13 +230,49 @@ impl Emulator {
     pub async fn get(&self, path: &str) -> serde_json::Value {
         self.http()
             .get(format!("{}{path}", self.endpoint()))
-            .basic_auth(USER, Some(PASSWORD))
+            .basic_auth(USER, Some(&self.password))
             .send()
             .await
             .expect("GET")
             .json()
             .await
             .expect("JSON")
+    }
+
+    /// The sessions open now (read with basic auth, as an administrator would).
+    pub async fn sessions(&self) -> Vec<String> {
+        let doc = self.get("/redfish/v1/SessionService/Sessions").await;
+        doc["Members"]
+            .as_array()
+            .map(|m| {
+                m.iter()
+                    .filter_map(|l| l["@odata.id"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Delete a session from outside (as a BMC administrator, or the BMC's own expiry, would).
+    pub async fn delete_session(&self, path: &str) {
+        let status = self
+            .http()
+            .delete(format!("{}{path}", self.endpoint()))
+            .basic_auth(USER, Some(&self.password))
+            .send()
+            .await
+            .expect("DELETE")
+            .status();
+        assert_eq!(status.as_u16(), 204, "deleting {path}");
+    }
+
+    /// Replace the account's password in the emulator's htpasswd file (read on every request).
+    pub fn set_password(&mut self, password: &str) {
+        std::fs::write(
+            self.dir.path().join("htpasswd"),
+            bcrypt_line(USER, password) + "\n",
+        )
+        .expect("htpasswd");
+        self.password = password.to_string();
     }
 
     pub fn log_text(&self) -> String {
@@ -403,6 +465,7 @@ pub fn redfish_spec(emu: &Emulator, iso: &IsoServer, with_ca: bool) -> osprov::a
         callback_timeout: None,
         requests_per_second: Some(200),
         max_connections: Some(8),
+        auth: None,
     }
 }
 

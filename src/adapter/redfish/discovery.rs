@@ -5,11 +5,11 @@
 //! (`ComputerSystem.VirtualMedia`, Redfish 1.11+, sushy-tools, newer iDRAC/iLO) and then under each
 //! Manager in `Links.ManagedBy` (older iDRAC, iLO 5, most OpenBMC builds); the first device whose
 //! `MediaTypes` has `CD` or `DVD` is used. MACs and the media location are fetched once per system
-//! and cached: a steady-state discovery costs one GET for the collection and one per system.
+//! and cached: a steady-state discovery costs one GET for the collection and one per system. The
+//! last read of each system is kept too: a reprovision takes the boot targets it allows and its
+//! links from there instead of reading the system again.
 use super::client::{Client, RedfishError};
-use super::model::{
-    Collection, ComputerSystem, EthernetInterface, Manager, ServiceRoot, VirtualMedia,
-};
+use super::model::{Collection, ComputerSystem, EthernetInterface, Manager, VirtualMedia};
 use crate::adapter::HostInfo;
 use crate::api::{HostProvisioningState, PowerState};
 use futures::stream::{self, StreamExt, TryStreamExt};
@@ -23,6 +23,10 @@ pub struct SystemCache {
     pub macs: Option<Vec<String>>,
     /// `@odata.id` of the CD virtual media device, once found.
     pub cd_media: Option<String>,
+    /// The device's `EjectMedia` target, once read.
+    pub cd_eject: Option<String>,
+    /// The system as last read (by discovery or a reprovision).
+    pub system: Option<ComputerSystem>,
 }
 
 /// One discovered system: its resource and the cached facts.
@@ -31,9 +35,9 @@ pub struct Found {
     pub macs: Vec<String>,
 }
 
-/// The service root's link to the Systems collection.
+/// The service root's link to the Systems collection (the root is read once per client).
 pub async fn systems_path(client: &Client) -> Result<String, RedfishError> {
-    let root: ServiceRoot = client.get("/redfish/v1/").await?;
+    let root = client.root().await?;
     root.systems.map(|l| l.id).ok_or_else(|| {
         RedfishError::Unsupported("the Redfish service root has no Systems collection".into())
     })
@@ -99,6 +103,7 @@ async fn read_one(
     let entry = c.entry(system.id.clone()).or_default();
     entry.path = system.odata_id.clone();
     entry.macs = Some(macs.clone());
+    entry.system = Some(system.clone());
     drop(c);
     Ok(Some(Found { system, macs }))
 }
@@ -126,7 +131,9 @@ pub async fn cd_media(
 ) -> Result<VirtualMedia, RedfishError> {
     let known = lock(cache).get(&system.id).and_then(|c| c.cd_media.clone());
     if let Some(path) = known {
-        return client.get(&path).await;
+        let device: VirtualMedia = client.get(&path).await?;
+        remember_eject(cache, &system.id, &device);
+        return Ok(device);
     }
     let mut collections = Vec::new();
     if let Some(l) = system.virtual_media.as_ref() {
@@ -165,6 +172,7 @@ pub async fn cd_media(
                 }
                 lock(cache).entry(system.id.clone()).or_default().cd_media =
                     Some(device.odata_id.clone());
+                remember_eject(cache, &system.id, &device);
                 return Ok(device);
             }
         }
@@ -173,6 +181,19 @@ pub async fn cd_media(
         "system {} has no CD/DVD virtual media (looked under the System and its Managers)",
         system.id
     )))
+}
+
+fn remember_eject(
+    cache: &std::sync::Mutex<HashMap<String, SystemCache>>,
+    id: &str,
+    device: &VirtualMedia,
+) {
+    let target = device
+        .actions
+        .as_ref()
+        .and_then(|a| a.eject.as_ref())
+        .map(|t| t.target.clone());
+    lock(cache).entry(id.to_string()).or_default().cd_eject = target;
 }
 
 /// Turn a system into the engine's host facts.

@@ -498,6 +498,10 @@ impl Adapter for RedfishAdapter {
     }
 
     #[instrument(skip(self), fields(endpoint = %self.inner.client.endpoint()))]
+    async fn close(&self) {
+        self.inner.client.logout().await;
+    }
+
     async fn cancel(&self, _host_id: &str, token: &str) -> Result<CancelOutcome, AdapterError> {
         let inner = &self.inner;
         let _guard = inner.token_lock(token).await;

@@ -20,6 +20,14 @@ pub struct ServiceRoot {
     pub managers: Option<Link>,
     pub event_service: Option<Link>,
     pub session_service: Option<Link>,
+    pub links: Option<RootLinks>,
+}
+
+/// `Links` of the service root.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct RootLinks {
+    pub sessions: Option<Link>,
 }
 
 /// Any resource collection.

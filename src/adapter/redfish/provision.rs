@@ -8,8 +8,16 @@
 //! token whose record says so is never reset again (at most once; a crash between the two leaves
 //! a host that may not have rebooted, which the callback timeout turns into a clear failure).
 //!
-//! `cleanup` runs once the outcome is known: eject this token's image (only if it is still the
-//! inserted one) and clear the boot override, which matters on BMCs that only do `Continuous`.
+//! `cleanup` runs once the outcome is known: eject this token's image and clear the boot override,
+//! which matters on BMCs that only do `Continuous`.
+//!
+//! Calls are kept to what the flow needs (the benchmark counts them): the system is taken from
+//! discovery's last read instead of being read again before the media step; the read-back after
+//! the boot override is the one read of the system, and it also gives the power state and the
+//! reset action. When this token reached the reset, the image on the device is this token's (the
+//! host is held by the request meanwhile), so cleanup ejects through the remembered target
+//! without reading the device first; otherwise it reads the device and ejects only this token's
+//! image. That is 7 requests for a whole reprovision on an empty drive against a floor of 6.
 use super::client::{Idempotent, RedfishError};
 use super::discovery;
 use super::model::{ComputerSystem, VirtualMedia};
@@ -42,9 +50,23 @@ impl Inner {
         Ok(s)
     }
 
+    /// The system as discovery last read it, or read now.
+    async fn known_system(&self, host_id: &str) -> Result<ComputerSystem, RedfishError> {
+        let cached = self
+            .systems
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(host_id)
+            .and_then(|c| c.system.clone());
+        match cached {
+            Some(s) => Ok(s),
+            None => self.system(host_id).await,
+        }
+    }
+
     /// Media, boot override and reset for `rec`; returns the record as last stored.
     pub(super) async fn start(&self, mut rec: OpRecord) -> Result<OpRecord, RedfishError> {
-        let system = self.system(&rec.host_id).await?;
+        let system = self.known_system(&rec.host_id).await?;
         // 1. Virtual media.
         let media = discovery::cd_media(&self.client, &self.systems, &system).await?;
         let actions = media.actions.clone().unwrap_or_default();
@@ -88,6 +110,14 @@ impl Inner {
             )
             .await?;
         let after = self.system(&rec.host_id).await?;
+        if let Some(c) = self
+            .systems
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(&rec.host_id)
+        {
+            c.system = Some(after.clone());
+        }
         let boot = after.boot.clone().unwrap_or_default();
         if boot.boot_source_override_target.as_deref() != Some("Cd") {
             return Err(RedfishError::Unsupported(format!(
@@ -156,28 +186,42 @@ impl Inner {
 
     /// Eject this token's image and clear the boot override.
     pub(super) async fn cleanup(&self, rec: &OpRecord) -> Result<(), RedfishError> {
-        // With the system path and media device cached, no GET of the system is needed.
         let cached = self
             .systems
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&rec.host_id)
-            .and_then(|c| Some((c.path.clone(), c.cd_media.clone()?)));
-        let (path, media) = match cached {
-            Some((path, media)) => (path, self.client.get::<VirtualMedia>(&media).await?),
-            None => {
-                let system = self.system(&rec.host_id).await?;
-                let media = discovery::cd_media(&self.client, &self.systems, &system).await?;
-                (system.odata_id, media)
+            .map(|c| (c.path.clone(), c.cd_media.clone(), c.cd_eject.clone()));
+        let path = match cached {
+            // This token reached the reset, so the image on the device is its own.
+            Some((path, _, Some(eject))) if rec.reset_requested_at.is_some() => {
+                self.client
+                    .action(&eject, json!({}), Idempotent::Yes)
+                    .await?;
+                path
+            }
+            cached => {
+                let (path, media) = match cached {
+                    Some((path, Some(media), _)) => {
+                        (path, self.client.get::<VirtualMedia>(&media).await?)
+                    }
+                    _ => {
+                        let system = self.system(&rec.host_id).await?;
+                        let media =
+                            discovery::cd_media(&self.client, &self.systems, &system).await?;
+                        (system.odata_id, media)
+                    }
+                };
+                if media.inserted_image() == Some(rec.image.as_str()) {
+                    if let Some(eject) = media.actions.as_ref().and_then(|a| a.eject.as_ref()) {
+                        self.client
+                            .action(&eject.target, json!({}), Idempotent::Yes)
+                            .await?;
+                    }
+                }
+                path
             }
         };
-        if media.inserted_image() == Some(rec.image.as_str()) {
-            if let Some(eject) = media.actions.as_ref().and_then(|a| a.eject.as_ref()) {
-                self.client
-                    .action(&eject.target, json!({}), Idempotent::Yes)
-                    .await?;
-            }
-        }
         self.client
             .patch(
                 &path,

@@ -8,10 +8,15 @@
 //! crates looked at (`nv-redfish`, generated from the full CSDL and feature-gated per service;
 //! `redfish`, young and with its own retry policy) would have had to be wrapped to get all of that.
 //!
-//! Credentials are sent as HTTP basic auth on every request (every Redfish service accepts it;
-//! sushy-tools offers no SessionService) and are never logged or put in an error message.
-use super::model::Task;
+//! Authentication is one Redfish session per client where the service offers sessions, basic auth
+//! otherwise ([`auth`]); credentials are never logged or put in an error message. The service
+//! root, which never changes while the client lives, is read once ([`Client::root`]).
+mod auth;
+
+use super::model::{ServiceRoot, Task};
 use crate::adapter::AdapterError;
+use crate::api::RedfishAuth;
+use auth::{Credential, Sessions};
 use rand::Rng;
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
@@ -58,6 +63,9 @@ pub enum RedfishError {
     Unsupported(String),
     #[error("operation store: {0}")]
     Store(String),
+    /// The BMC refused the session token (expired or deleted); the client logs in again once.
+    #[error("the Redfish service refused the session token")]
+    SessionExpired,
 }
 
 impl RedfishError {
@@ -74,9 +82,9 @@ impl RedfishError {
     /// The engine's view of this error.
     pub fn into_adapter(self) -> AdapterError {
         match self {
-            RedfishError::Auth(_) | RedfishError::AuthCoolDown(_) => {
-                AdapterError::AuthenticationFailed(self.to_string())
-            }
+            RedfishError::Auth(_)
+            | RedfishError::AuthCoolDown(_)
+            | RedfishError::SessionExpired => AdapterError::AuthenticationFailed(self.to_string()),
             RedfishError::Status { status: 403, .. } => {
                 AdapterError::AuthenticationFailed(self.to_string())
             }
@@ -117,6 +125,8 @@ pub struct ClientConfig {
     pub timeout: Duration,
     /// Attempts for idempotent calls on 5xx, timeouts and connection errors.
     pub attempts: u32,
+    /// Session or basic auth.
+    pub auth: RedfishAuth,
 }
 
 impl std::fmt::Debug for ClientConfig {
@@ -127,6 +137,7 @@ impl std::fmt::Debug for ClientConfig {
             .field("password", &"<redacted>")
             .field("ca_pem", &self.ca_pem.as_ref().map(|c| c.len()))
             .field("insecure_skip_verify", &self.insecure_skip_verify)
+            .field("auth", &self.auth)
             .finish()
     }
 }
@@ -154,6 +165,8 @@ pub struct Client {
     next_slot: Mutex<Instant>,
     auth: Mutex<AuthState>,
     requests: AtomicU64,
+    sessions: Sessions,
+    root: tokio::sync::OnceCell<ServiceRoot>,
 }
 
 #[derive(Default)]
@@ -202,6 +215,8 @@ impl Client {
             next_slot: Mutex::new(Instant::now()),
             auth: Mutex::new(AuthState::default()),
             requests: AtomicU64::new(0),
+            sessions: Sessions::new(cfg.auth),
+            root: tokio::sync::OnceCell::new(),
             cfg: ClientConfig { endpoint, ..cfg },
         })
     }
@@ -358,11 +373,23 @@ impl Client {
         let url = self.url(path);
         let attempts = if retry { self.cfg.attempts.max(1) } else { 1 };
         let mut attempt = 0;
+        let mut renewed = false;
         loop {
             attempt += 1;
             let result = self.send_once(&method, &url, body.as_ref()).await;
             let err = match result {
                 Ok(reply) => return Ok(reply),
+                // A refused token means the BMC did not act on the request: log in again and
+                // send it once more, whatever the method. A second refusal is a refused login.
+                Err((RedfishError::SessionExpired, _)) if !renewed => {
+                    renewed = true;
+                    attempt -= 1;
+                    continue;
+                }
+                Err((RedfishError::SessionExpired, _)) => {
+                    self.note_auth(true);
+                    return Err(RedfishError::Auth(401));
+                }
                 Err((err, sent)) => {
                     let retryable = err.is_transient()
                         && (idempotent == Idempotent::Yes || !sent)
@@ -388,6 +415,7 @@ impl Client {
         body: Option<&serde_json::Value>,
     ) -> Result<Reply, (RedfishError, bool)> {
         self.check_auth_cool_down().map_err(|e| (e, false))?;
+        let credential = self.credential().await.map_err(|e| (e, false))?;
         let _permit = self.connections.acquire().await.map_err(|_| {
             (
                 RedfishError::Connect {
@@ -399,10 +427,12 @@ impl Client {
         })?;
         self.pace().await;
         self.requests.fetch_add(1, Ordering::Relaxed);
-        let mut req = self
-            .http
-            .request(method.clone(), url)
-            .basic_auth(&self.cfg.username, Some(&self.cfg.password))
+        let mut req = self.http.request(method.clone(), url);
+        req = match &credential {
+            Credential::Token(token) => req.header("X-Auth-Token", &**token),
+            Credential::Basic => req.basic_auth(&self.cfg.username, Some(&self.cfg.password)),
+        };
+        let mut req = req
             .header("Accept", "application/json")
             .header("OData-Version", "4.0");
         if let Some(b) = body {
@@ -424,6 +454,10 @@ impl Client {
             .await
             .map_err(|e| self.transport_error(method, url, &e))?;
         if status == StatusCode::UNAUTHORIZED {
+            if let Credential::Token(token) = &credential {
+                self.session_expired(token).await;
+                return Err((RedfishError::SessionExpired, true));
+            }
             self.note_auth(true);
             return Err((RedfishError::Auth(status.as_u16()), true));
         }
@@ -529,51 +563,4 @@ fn decode<T: DeserializeOwned>(url: &str, body: &[u8]) -> Result<T, RedfishError
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn errors_map_onto_adapter_errors() {
-        let s = |status| RedfishError::Status {
-            method: "GET".into(),
-            url: "u".into(),
-            status,
-            message: "m".into(),
-        };
-        assert_eq!(s(503).into_adapter().reason(), "BackendError");
-        assert!(s(503).is_transient());
-        assert!(!s(400).is_transient());
-        assert_eq!(s(400).into_adapter().reason(), "InvalidConfiguration");
-        assert_eq!(
-            RedfishError::Auth(401).into_adapter().reason(),
-            "AuthenticationFailed"
-        );
-        let tls = RedfishError::Tls {
-            endpoint: "https://bmc".into(),
-            detail: "invalid peer certificate: UnknownIssuer".into(),
-        };
-        assert!(tls.to_string().contains("TLS"));
-        assert!(!tls.into_adapter().is_transient());
-        assert_eq!(
-            error_message(br#"{"error":{"message":"boom"}}"#),
-            "boom".to_string()
-        );
-    }
-
-    #[test]
-    fn credentials_never_show_in_debug() {
-        let cfg = ClientConfig {
-            endpoint: "https://bmc".into(),
-            username: "admin".into(),
-            password: "hunter2".into(),
-            ca_pem: None,
-            insecure_skip_verify: false,
-            requests_per_second: 1,
-            max_connections: 1,
-            timeout: Duration::from_secs(1),
-            attempts: 1,
-        };
-        let text = format!("{cfg:?}");
-        assert!(!text.contains("hunter2") && !text.contains("admin"));
-    }
-}
+mod tests;
