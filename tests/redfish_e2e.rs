@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use osprov::adapter::simulator::SimRegistry;
 use osprov::api::{
-    conditions, ManagedHost, OSDispatcher, OSProvisioningRequest, Phase, RedfishSpec,
+    conditions, ManagedHost, OSDispatcher, OSProvisioningRequest, Phase, PowerState, RedfishSpec,
 };
 use osprov::controller::settings::{MetricsAddr, Settings};
 use redfish_support::*;
@@ -31,6 +31,7 @@ on_both_backends!(
     one_session_is_reused_renewed_when_it_expires_and_deleted_with_the_dispatcher,
     a_rotated_password_is_used_without_a_restart,
     a_service_without_sessions_gets_basic_auth,
+    power_changes_reach_the_managed_host_through_the_event_stream,
 );
 
 struct Rig {
@@ -50,7 +51,8 @@ impl Rig {
         Rig::start_with(c, systems, password, Some(1800)).await
     }
 
-    /// `session_timeout`: the emulator's SessionService, or `None` for basic auth only.
+    /// `session_timeout`: the emulator's SessionService and EventService, or `None` for plain
+    /// sushy-tools (basic auth only, no events).
     async fn start_with(
         c: TestCluster,
         systems: usize,
@@ -61,7 +63,7 @@ impl Rig {
             &std::env::var("OSPROV_TEST_LOG").unwrap_or_else(|_| "warn".into()),
             osprov::controller::settings::LogFormat::Text,
         );
-        let emu = Emulator::start_with(systems, session_timeout).await;
+        let emu = Emulator::start_with(systems, session_timeout, session_timeout.is_some()).await;
         let iso = IsoServer::start().await;
         let rig = Rig {
             requests: c.api(),
@@ -160,6 +162,11 @@ impl Rig {
     fn inserts(&self, i: usize) -> usize {
         self.emu
             .count("POST", &system_uuid(i), "/Actions/VirtualMedia.InsertMedia")
+    }
+
+    /// The power state on a ManagedHost.
+    async fn power(&self, name: &str) -> Option<PowerState> {
+        self.hosts.get(name).await.ok()?.status?.power
     }
 
     /// Sessions opened (successful logins) so far.
@@ -460,5 +467,56 @@ async fn a_service_without_sessions_gets_basic_auth(c: TestCluster) {
         "no login tried where the root offers no SessionService"
     );
     assert_eq!((rig.inserts(0), rig.resets(0)), (1, 1));
+    rig.stop_controller().await;
+}
+
+async fn power_changes_reach_the_managed_host_through_the_event_stream(c: TestCluster) {
+    let mut rig = Rig::start(c, 2, PASSWORD).await;
+    rig.start_controller();
+    let mut d = redfish_dispatcher("bmc", rig.spec(true));
+    // No re-discovery during the test: only the event stream can bring the change.
+    d.spec.lookup_interval = Some("1h".into());
+    create(&rig.dispatchers, &d).await;
+    rig.wait_hosts(2).await;
+    eventually(30, "the controller on the event stream", || async {
+        (rig.emu.count("GET", "/redfish/v1/EventService/SSE", "") == 1).then_some(())
+    })
+    .await;
+    let collection_reads = || {
+        rig.emu
+            .requests()
+            .iter()
+            .filter(|r| r.0 == "GET" && r.1.trim_end_matches('/') == "/redfish/v1/Systems")
+            .count()
+    };
+    let discoveries = collection_reads();
+    assert_eq!(rig.power("node-1").await, Some(PowerState::On));
+
+    // Power node-1 off at the BMC, behind osprov's back.
+    let status = rig
+        .emu
+        .http()
+        .post(format!(
+            "{}/redfish/v1/Systems/{}/Actions/ComputerSystem.Reset",
+            rig.emu.endpoint(),
+            system_uuid(1)
+        ))
+        .basic_auth(USER, Some(PASSWORD))
+        .json(&serde_json::json!({"ResetType": "ForceOff"}))
+        .send()
+        .await
+        .expect("reset")
+        .status();
+    assert!(status.is_success(), "ForceOff: {status}");
+    eventually(30, "node-1 Off on its ManagedHost", || async {
+        (rig.power("node-1").await == Some(PowerState::Off)).then_some(())
+    })
+    .await;
+    assert_eq!(rig.power("node-0").await, Some(PowerState::On));
+    assert_eq!(
+        collection_reads(),
+        discoveries,
+        "the change came through the event stream, not a discovery"
+    );
     rig.stop_controller().await;
 }

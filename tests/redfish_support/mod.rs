@@ -98,15 +98,19 @@ fn session_emulator() -> PathBuf {
 }
 
 impl Emulator {
-    /// Start an emulator with `systems` fake systems named `node-<i>` and a SessionService whose
-    /// sessions expire after 30 minutes unused.
+    /// Start an emulator with `systems` fake systems named `node-<i>`, a SessionService whose
+    /// sessions expire after 30 minutes unused, and an EventService with an SSE stream.
     pub async fn start(systems: usize) -> Emulator {
-        Emulator::start_with(systems, Some(1800)).await
+        Emulator::start_with(systems, Some(1800), true).await
     }
 
     /// Start an emulator; `session_timeout` (seconds) puts the SessionService in front, `None`
-    /// runs plain sushy-tools (basic auth only).
-    pub async fn start_with(systems: usize, session_timeout: Option<u64>) -> Emulator {
+    /// runs plain sushy-tools (basic auth only); `events` adds the EventService (needs sessions).
+    pub async fn start_with(
+        systems: usize,
+        session_timeout: Option<u64>,
+        events: bool,
+    ) -> Emulator {
         let dir = tempfile::tempdir().expect("tempdir");
         let (cert, key) = self_signed();
         let p = |n: &str| dir.path().join(n);
@@ -138,8 +142,10 @@ impl Emulator {
                  SUSHY_EMULATOR_LISTEN_PORT = {port}\n\
                  SUSHY_EMULATOR_SSL_CERT = {cert:?}\n\
                  SUSHY_EMULATOR_SSL_KEY = {key:?}\n\
-                 SESSION_TIMEOUT = {timeout}\n",
+                 SESSION_TIMEOUT = {timeout}\n\
+                 EVENT_STREAM = {events}\n",
                 timeout = session_timeout.unwrap_or(1800),
+                events = if events { "True" } else { "False" },
                 state = p("state").display().to_string(),
                 auth = p("htpasswd").display().to_string(),
                 cert = p("cert.pem").display().to_string(),

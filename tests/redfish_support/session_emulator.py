@@ -1,4 +1,5 @@
-"""sushy-emulator with a Redfish SessionService, for osprov's tests.
+"""sushy-emulator with a Redfish SessionService (and optionally an event stream), for osprov's
+tests.
 
 sushy-tools (2.x) authenticates with HTTP basic auth only; real BMCs (iDRAC, iLO, XCC) hand out
 sessions and cap how many may be open. This runs the unchanged sushy-tools emulator (same command
@@ -11,12 +12,17 @@ line and config file) behind one more WSGI layer that adds what a BMC's SessionS
   deleted or expired token gets 401;
 - GET of the SessionService, of the Sessions collection and of one session; DELETE of a session
   (with its token, or with basic auth, which is how a test expires a session from outside);
-- config key SESSION_TIMEOUT (seconds, default 1800): a session unused that long expires.
+- config key SESSION_TIMEOUT (seconds, default 1800): a session unused that long expires;
+- with config key EVENT_STREAM = True, an EventService whose `ServerSentEventUri` streams an
+  `Event` (`ResourceChanged`, `OriginOfCondition` = the system) whenever a system's power state
+  changes, as a BMC's event stream does. It watches the systems by reading them through the
+  emulator itself every half second (those reads are not HTTP requests and not in the log).
 
 Every request still goes through werkzeug's access log, so the tests count logins and logouts the
 same way they count the emulator's own requests.
 """
 import base64
+import io
 import json
 import secrets
 import sys
@@ -26,17 +32,21 @@ import time
 from sushy_tools import error
 from sushy_tools.emulator import auth_basic
 from sushy_tools.emulator import main as emulator
+from werkzeug.test import EnvironBuilder
 
 SERVICE = '/redfish/v1/SessionService'
 SESSIONS = SERVICE + '/Sessions'
+EVENTS = '/redfish/v1/EventService'
+SSE = EVENTS + '/SSE'
 REASONS = {200: 'OK', 201: 'Created', 204: 'No Content', 401: 'Unauthorized', 404: 'Not Found'}
 
 
 class SessionService:
-    def __init__(self, app, auth_file, timeout):
+    def __init__(self, app, auth_file, timeout, events):
         self.app = app
         self.auth_file = auth_file
         self.timeout = timeout
+        self.events = events
         self.lock = threading.Lock()
         # token -> {'id', 'user', 'basic', 'used'}
         self.sessions = {}
@@ -87,6 +97,8 @@ class SessionService:
         doc = json.loads(body)
         doc['SessionService'] = {'@odata.id': SERVICE}
         doc.setdefault('Links', {})['Sessions'] = {'@odata.id': SESSIONS}
+        if self.events:
+            doc['EventService'] = {'@odata.id': EVENTS}
         data = json.dumps(doc).encode()
         headers = [(k, v) for k, v in captured['headers'] if k.lower() != 'content-length']
         headers.append(('Content-Length', str(len(data))))
@@ -133,6 +145,59 @@ class SessionService:
         return self.answer(start_response, 200,
                            {'@odata.id': path, 'Id': sid, 'UserName': session['user']})
 
+    def read(self, path, authorization):
+        """GET a resource from the emulator itself, as JSON."""
+        env = EnvironBuilder(path=path, headers={'Authorization': authorization},
+                             base_url='https://127.0.0.1/').get_environ()
+        env['wsgi.input'] = io.BytesIO(b'')
+        captured = {}
+
+        def capture(status, headers, exc_info=None):
+            captured['status'] = status
+
+        body = b''.join(self.app(env, capture))
+        return json.loads(body) if captured['status'].startswith('200') else {}
+
+    def power_states(self, authorization):
+        systems = self.read('/redfish/v1/Systems', authorization).get('Members', [])
+        return {m['@odata.id']: self.read(m['@odata.id'], authorization).get('PowerState')
+                for m in systems}
+
+    def event_service(self, environ, start_response, path, token_ok):
+        if not (token_ok or self.check_basic(environ)):
+            return self.refused(start_response, 'authorization required')
+        if path == EVENTS:
+            return self.answer(start_response, 200, {
+                '@odata.id': EVENTS, 'Id': 'EventService', 'ServiceEnabled': True,
+                'ServerSentEventUri': SSE})
+        if path != SSE:
+            return self.answer(start_response, 404, {'error': {
+                'code': 'Base.1.0.ResourceMissingAtURI', 'message': path}})
+        authorization = environ['HTTP_AUTHORIZATION']
+
+        def stream():
+            last = self.power_states(authorization)
+            yield b': osprov test event source\n\n'
+            number = 0
+            while True:
+                time.sleep(0.5)
+                now = self.power_states(authorization)
+                for system, power in now.items():
+                    if system in last and last[system] != power:
+                        number += 1
+                        event = {'@odata.type': '#Event.v1_7_0.Event', 'Id': str(number),
+                                 'Name': 'Event', 'Events': [{
+                                     'EventType': 'ResourceChanged',
+                                     'MessageId': 'ResourceEvent.1.0.ResourceChanged',
+                                     'Message': f'PowerState is {power}',
+                                     'OriginOfCondition': {'@odata.id': system}}]}
+                        yield f'id: {number}\ndata: {json.dumps(event)}\n\n'.encode()
+                last = now
+
+        start_response('200 OK', [('Content-Type', 'text/event-stream'),
+                                  ('Cache-Control', 'no-cache')])
+        return stream()
+
     def __call__(self, environ, start_response):
         path = environ.get('PATH_INFO', '').rstrip('/')
         method = environ['REQUEST_METHOD']
@@ -149,6 +214,8 @@ class SessionService:
                 return self.login(environ, start_response)
             if path == SERVICE or path.startswith(SERVICE + '/'):
                 return self.service(environ, start_response, path, method, token_ok)
+            if self.events and (path == EVENTS or path.startswith(EVENTS + '/')):
+                return self.event_service(environ, start_response, path, token_ok)
         if path == '/redfish/v1' and method == 'GET':
             return self.root(environ, start_response)
         return self.app(environ, start_response)
@@ -160,7 +227,8 @@ _run = emulator.app.run
 def run_with_sessions(*args, **kwargs):
     app = emulator.app
     app.wsgi_app = SessionService(app.wsgi_app, app.config['SUSHY_EMULATOR_AUTH_FILE'],
-                                  float(app.config.get('SESSION_TIMEOUT', 1800)))
+                                  float(app.config.get('SESSION_TIMEOUT', 1800)),
+                                  bool(app.config.get('EVENT_STREAM', False)))
     return _run(*args, **kwargs)
 
 

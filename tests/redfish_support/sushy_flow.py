@@ -32,8 +32,11 @@ def reprovision(system, image):
     system.reset_system(sushy.ResetType.FORCE_RESTART if on else sushy.ResetType.ON)
     # The installer has reported: osprov's cleanup.
     media.eject_media()
-    system.set_system_boot_options(sushy.BootSource.NONE,
-                                   enabled=sushy.BootSourceOverrideEnabled.DISABLED)
+    # sushy's set_system_boot_options refuses target None (not in the allowed values) and the
+    # emulator refuses a PATCH without a target: the same one PATCH osprov sends, through sushy's
+    # own connector.
+    system._conn.patch(system.path, data={'Boot': {'BootSourceOverrideTarget': 'None',
+                                                   'BootSourceOverrideEnabled': 'Disabled'}})
 
 
 def main():

@@ -27,6 +27,8 @@ pub struct SystemCache {
     pub cd_eject: Option<String>,
     /// The system as last read (by discovery or a reprovision).
     pub system: Option<ComputerSystem>,
+    /// The host name the last discovery gave it.
+    pub name: Option<String>,
 }
 
 /// One discovered system: its resource and the cached facts.

@@ -13,9 +13,9 @@
 //!   outcome is recorded, or Failed once `callbackTimeout` (default 60 min) has passed since the
 //!   reset; then the media are ejected and the boot override cleared, and only then is the
 //!   operation reported finished.
-//! - Events: sushy-tools and most BMCs push nothing useful for this, so the event stream carries the
-//!   callback endpoint's reports (so a request completes at once) and hosts are polled at
-//!   `lookupInterval` by the session. A BMC's EventService is noted but not subscribed to yet.
+//! - Events: the event stream carries the callback endpoint's reports (so a request completes at
+//!   once) and, where the BMC offers a server-sent event stream, the systems it says changed (see
+//!   [`events`]); hosts are polled at `lookupInterval` by the session as well.
 //!
 //! Idempotency per token: every token has an [`store::OpRecord`] in an [`store::OpStore`] (a
 //! Secret owned by the request in the controller). A known token never gets a second record; the
@@ -25,6 +25,7 @@
 //! BMC that went away mid-way, resumes without a second insert+reset cycle.
 pub mod client;
 mod discovery;
+pub mod events;
 pub mod model;
 mod provision;
 pub mod store;
@@ -44,7 +45,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use store::{OpRecord, OpStore, Outcome, OutcomeKind, StoreError};
-use tracing::{info, instrument};
+use tracing::instrument;
 
 /// Everything a Redfish adapter is built from.
 #[derive(Clone, Debug)]
@@ -164,6 +165,69 @@ impl RedfishAdapter {
 }
 
 impl Inner {
+    /// A discovered system as the engine sees it: facts plus what this dispatcher's operation
+    /// records say (provisioning state, the OS osprov last installed).
+    fn host_info(&self, found: &discovery::Found, name: String) -> crate::adapter::HostInfo {
+        let images: Vec<String> = self.cfg.images.iter().map(|i| i.name.clone()).collect();
+        let mine: Vec<OpRecord> = self
+            .cache()
+            .values()
+            .filter(|c| c.rec.host_id == found.system.id)
+            .map(|c| c.rec.clone())
+            .collect();
+        let provisioning = if mine.iter().any(|r| !r.cleaned) {
+            HostProvisioningState::Provisioning
+        } else if mine
+            .iter()
+            .max_by_key(|r| r.started_at)
+            .is_some_and(|r| matches!(&r.outcome, Some(o) if o.kind == OutcomeKind::Failed))
+        {
+            HostProvisioningState::Failed
+        } else {
+            HostProvisioningState::Idle
+        };
+        let current_os = mine
+            .iter()
+            .filter(|r| matches!(&r.outcome, Some(o) if o.kind == OutcomeKind::Succeeded))
+            .max_by_key(|r| r.started_at)
+            .map(|r| r.os.clone());
+        discovery::host_info(found, name, &images, provisioning, current_os)
+    }
+
+    /// Re-read the discovered system that `origin` is, or lies under, after an event named it.
+    async fn refresh_host(&self, origin: &str) -> Option<crate::adapter::HostInfo> {
+        let (id, name, macs) = self
+            .systems
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|(_, c)| {
+                !c.path.is_empty()
+                    && (origin == c.path || origin.starts_with(&format!("{}/", c.path)))
+            })
+            .map(|(id, c)| (id.clone(), c.name.clone(), c.macs.clone()))?;
+        let system = match self.system(&id).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(error = %e, system = %id, "re-reading a system after an event failed");
+                return None;
+            }
+        };
+        if let Some(c) = self
+            .systems
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(&id)
+        {
+            c.system = Some(system.clone());
+        }
+        let found = discovery::Found {
+            system,
+            macs: macs.unwrap_or_default(),
+        };
+        Some(self.host_info(&found, name.unwrap_or(id)))
+    }
+
     fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, Cached>> {
         self.records.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -310,34 +374,34 @@ impl Inner {
 impl Adapter for RedfishAdapter {
     #[instrument(skip_all, fields(endpoint = %self.inner.client.endpoint()))]
     async fn subscribe(&self) -> Result<BoxStream<'static, BackendEvent>, AdapterError> {
-        let root: model::ServiceRoot = self
-            .inner
+        // The root is where everything starts: an unreachable service fails here.
+        self.inner
             .client
-            .get("/redfish/v1/")
+            .root()
             .await
             .map_err(RedfishError::into_adapter)?;
-        if root.event_service.is_some() {
-            info!("the service offers an EventService; osprov polls at lookupInterval");
-        }
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        // Ends when the returned stream is dropped (the receiver closes).
+        tokio::spawn(events::follow(self.inner.clone(), tx));
+        let bmc = tokio_stream::wrappers::ReceiverStream::new(rx);
         let inner = self.inner.clone();
         let reports = tokio_stream::wrappers::BroadcastStream::new(inner.store.reported());
-        Ok(reports
-            .filter_map(move |token| {
-                let inner = inner.clone();
-                async move {
-                    let token = token.ok()?;
-                    // Only this dispatcher's tokens; re-read to see the reported outcome.
-                    inner.cache().get(&token)?;
-                    let rec = inner.store.get(&token).await.ok().flatten()?;
-                    inner.remember(&rec);
-                    Some(BackendEvent::OperationChanged {
-                        host_id: rec.host_id.clone(),
-                        token: token.clone(),
-                        state: status_of(&rec).state,
-                    })
-                }
-            })
-            .boxed())
+        let reports = reports.filter_map(move |token| {
+            let inner = inner.clone();
+            async move {
+                let token = token.ok()?;
+                // Only this dispatcher's tokens; re-read to see the reported outcome.
+                inner.cache().get(&token)?;
+                let rec = inner.store.get(&token).await.ok().flatten()?;
+                inner.remember(&rec);
+                Some(BackendEvent::OperationChanged {
+                    host_id: rec.host_id.clone(),
+                    token: token.clone(),
+                    state: status_of(&rec).state,
+                })
+            }
+        });
+        Ok(futures::stream::select(reports, bmc).boxed())
     }
 
     #[instrument(skip_all, fields(endpoint = %self.inner.client.endpoint()))]
@@ -356,33 +420,18 @@ impl Adapter for RedfishAdapter {
         .await
         .map_err(RedfishError::into_adapter)?;
         let names = discovery::host_names(&found);
-        let images: Vec<String> = inner.cfg.images.iter().map(|i| i.name.clone()).collect();
-        let records: Vec<OpRecord> = inner.cache().values().map(|c| c.rec.clone()).collect();
+        {
+            let mut systems = inner.systems.lock().unwrap_or_else(|p| p.into_inner());
+            for (f, name) in found.iter().zip(&names) {
+                if let Some(c) = systems.get_mut(&f.system.id) {
+                    c.name = Some(name.clone());
+                }
+            }
+        }
         let hosts = found
             .iter()
             .zip(names)
-            .map(|(f, name)| {
-                let mine: Vec<&OpRecord> = records
-                    .iter()
-                    .filter(|r| r.host_id == f.system.id)
-                    .collect();
-                let provisioning =
-                    if mine.iter().any(|r| !r.cleaned) {
-                        HostProvisioningState::Provisioning
-                    } else if mine.iter().max_by_key(|r| r.started_at).is_some_and(
-                        |r| matches!(&r.outcome, Some(o) if o.kind == OutcomeKind::Failed),
-                    ) {
-                        HostProvisioningState::Failed
-                    } else {
-                        HostProvisioningState::Idle
-                    };
-                let current_os = mine
-                    .iter()
-                    .filter(|r| matches!(&r.outcome, Some(o) if o.kind == OutcomeKind::Succeeded))
-                    .max_by_key(|r| r.started_at)
-                    .map(|r| r.os.clone());
-                discovery::host_info(f, name, &images, provisioning, current_os)
-            })
+            .map(|(f, name)| inner.host_info(f, name))
             .collect();
         Ok(Inventory { hosts })
     }

@@ -197,3 +197,28 @@ mod tests {
         assert_eq!(vm.inserted_image(), None);
     }
 }
+
+/// `EventService`: whether it runs and where its server-sent event stream is.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct EventService {
+    pub service_enabled: Option<bool>,
+    pub server_sent_event_uri: Option<String>,
+}
+
+/// One message on the event stream (an `Event` resource).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Event {
+    #[serde(default)]
+    pub events: Vec<EventRecord>,
+}
+
+/// One record of an [`Event`]: what happened, to which resource.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct EventRecord {
+    pub event_type: Option<String>,
+    pub message_id: Option<String>,
+    pub origin_of_condition: Option<Link>,
+}

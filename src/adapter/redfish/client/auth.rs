@@ -158,6 +158,57 @@ impl Client {
         }
     }
 
+    /// Put `credential` on a request.
+    pub(super) fn authorize(
+        &self,
+        req: reqwest::RequestBuilder,
+        credential: &Credential,
+    ) -> reqwest::RequestBuilder {
+        match credential {
+            Credential::Token(token) => req.header("X-Auth-Token", &**token),
+            Credential::Basic => req.basic_auth(&self.cfg.username, Some(&self.cfg.password)),
+        }
+    }
+
+    /// Open a long-lived GET (a server-sent event stream) with the session's credential. A
+    /// refused token is forgotten, so the caller's next try logs in again.
+    pub async fn open_stream(&self, path: &str) -> Result<reqwest::Response, RedfishError> {
+        self.check_auth_cool_down()?;
+        let credential = self.credential().await?;
+        let url = self.url(path);
+        self.pace().await;
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let req = self
+            .stream_http
+            .get(&url)
+            .header("Accept", "text/event-stream")
+            .header("OData-Version", "4.0");
+        let resp = self
+            .authorize(req, &credential)
+            .send()
+            .await
+            .map_err(|e| self.transport_error(&Method::GET, &url, &e).0)?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            if let Credential::Token(token) = &credential {
+                self.session_expired(token).await;
+                return Err(RedfishError::SessionExpired);
+            }
+            self.note_auth(true);
+            return Err(RedfishError::Auth(401));
+        }
+        let body = resp.bytes().await.unwrap_or_default();
+        Err(RedfishError::Status {
+            method: "GET".into(),
+            url,
+            status: status.as_u16(),
+            message: error_message(&body),
+        })
+    }
+
     /// The BMC refused `token`: forget it (unless a newer one replaced it already) so the next
     /// request logs in again.
     pub(super) async fn session_expired(&self, token: &str) {

@@ -160,6 +160,8 @@ pub struct Reply {
 /// Rate-limited, connection-bounded, retrying HTTP client for one Redfish service.
 pub struct Client {
     http: reqwest::Client,
+    /// For long-lived streams (the EventService): no overall timeout.
+    stream_http: reqwest::Client,
     cfg: ClientConfig,
     connections: Semaphore,
     next_slot: Mutex<Instant>,
@@ -183,34 +185,12 @@ impl Client {
                 "endpoint {endpoint:?} must start with https:// or http://"
             )));
         }
-        let mut builder = reqwest::Client::builder()
-            .use_rustls_tls()
-            .timeout(cfg.timeout)
-            .connect_timeout(cfg.timeout.min(Duration::from_secs(10)))
-            .pool_max_idle_per_host(cfg.max_connections)
-            .user_agent(concat!("osprov/", env!("CARGO_PKG_VERSION")));
-        if let Some(pem) = cfg.ca_pem.as_deref() {
-            let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| {
-                RedfishError::Config(format!("the TLS CA bundle is not valid PEM: {e}"))
-            })?;
-            if certs.is_empty() {
-                return Err(RedfishError::Config(
-                    "the TLS CA bundle holds no certificate".into(),
-                ));
-            }
-            builder = builder.tls_built_in_root_certs(false);
-            for cert in certs {
-                builder = builder.add_root_certificate(cert);
-            }
-        }
-        if cfg.insecure_skip_verify {
-            builder = builder.danger_accept_invalid_certs(true);
-        }
-        let http = builder
-            .build()
-            .map_err(|e| RedfishError::Config(format!("cannot build the HTTP client: {e}")))?;
+        let http = http_client(&cfg, Some(cfg.timeout))?;
+        // Event streams stay open: no overall timeout, only the connect one.
+        let stream_http = http_client(&cfg, None)?;
         Ok(Client {
             http,
+            stream_http,
             connections: Semaphore::new(cfg.max_connections.max(1)),
             next_slot: Mutex::new(Instant::now()),
             auth: Mutex::new(AuthState::default()),
@@ -427,12 +407,8 @@ impl Client {
         })?;
         self.pace().await;
         self.requests.fetch_add(1, Ordering::Relaxed);
-        let mut req = self.http.request(method.clone(), url);
-        req = match &credential {
-            Credential::Token(token) => req.header("X-Auth-Token", &**token),
-            Credential::Basic => req.basic_auth(&self.cfg.username, Some(&self.cfg.password)),
-        };
-        let mut req = req
+        let mut req = self
+            .authorize(self.http.request(method.clone(), url), &credential)
             .header("Accept", "application/json")
             .header("OData-Version", "4.0");
         if let Some(b) = body {
@@ -516,6 +492,41 @@ impl Client {
             !e.is_connect(),
         )
     }
+}
+
+/// A reqwest client for `cfg`'s TLS settings, with `timeout` for whole requests.
+fn http_client(
+    cfg: &ClientConfig,
+    timeout: Option<Duration>,
+) -> Result<reqwest::Client, RedfishError> {
+    let mut builder = reqwest::Client::builder()
+        .use_rustls_tls()
+        .connect_timeout(cfg.timeout.min(Duration::from_secs(10)))
+        .pool_max_idle_per_host(cfg.max_connections)
+        .user_agent(concat!("osprov/", env!("CARGO_PKG_VERSION")));
+    if let Some(pem) = cfg.ca_pem.as_deref() {
+        let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| {
+            RedfishError::Config(format!("the TLS CA bundle is not valid PEM: {e}"))
+        })?;
+        if certs.is_empty() {
+            return Err(RedfishError::Config(
+                "the TLS CA bundle holds no certificate".into(),
+            ));
+        }
+        builder = builder.tls_built_in_root_certs(false);
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    if cfg.insecure_skip_verify {
+        builder = builder.danger_accept_invalid_certs(true);
+    }
+    if let Some(t) = timeout {
+        builder = builder.timeout(t);
+    }
+    builder
+        .build()
+        .map_err(|e| RedfishError::Config(format!("cannot build the HTTP client: {e}")))
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
