@@ -366,3 +366,85 @@ async fn streaming_list_watcher() {
     }
     t.server.shutdown().await;
 }
+
+#[tokio::test]
+async fn open_watches_are_bounded_and_slow_bodies_time_out() {
+    let t = TestApi::start_with(|c| {
+        c.max_watches = 2;
+        c.body_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let api = osprs(&t.client, "default");
+    // Raw HTTP: kube's client would retry a 429 on its own.
+    let ca = t.server.ca_pem().expect("TLS");
+    let http = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let requests = format!(
+        "{}/apis/osprov.io/v1alpha1/namespaces/default/osprovisioningrequests",
+        t.url()
+    );
+    let watch = || {
+        http.get(format!("{requests}?watch=true&resourceVersion=0"))
+            .bearer_auth(t.token())
+            .send()
+    };
+    let w1 = watch().await.unwrap();
+    let w2 = watch().await.unwrap();
+    assert_eq!((w1.status().as_u16(), w2.status().as_u16()), (200, 200));
+    let third = watch().await.unwrap();
+    assert_eq!(third.status().as_u16(), 429);
+    let st: serde_json::Value = third.json().await.unwrap();
+    assert_eq!(st["reason"], "TooManyRequests", "{st}");
+    assert!(
+        st["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("at most 2"),
+        "{st}"
+    );
+
+    // A watch that ends gives its place back (the server notices at its next write).
+    drop(w1);
+    let mut reopened = None;
+    for i in 0..50 {
+        api.create(
+            &PostParams::default(),
+            &dyn_obj(ospr(&format!("poke-{i}"), "h1", "ubuntu")),
+        )
+        .await
+        .unwrap();
+        let w = watch().await.unwrap();
+        if w.status().is_success() {
+            reopened = Some(w);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(reopened.is_some(), "a closed watch gave its place back");
+    drop(w2);
+
+    // A body that stops arriving is answered 408 after the body timeout.
+    let stalled = futures::stream::once(async {
+        Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"{\"apiVersion\":"))
+    })
+    .chain(futures::stream::pending());
+    let resp = tokio::time::timeout(
+        Duration::from_secs(20),
+        http.post(&requests)
+            .bearer_auth(t.token())
+            .header("content-type", "application/json")
+            .body(reqwest::Body::wrap_stream(stalled))
+            .send(),
+    )
+    .await
+    .expect("an answer, not a hang")
+    .expect("a response");
+    assert_eq!(resp.status().as_u16(), 408);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(
+        (body["kind"].as_str(), body["reason"].as_str()),
+        (Some("Status"), Some("Timeout"))
+    );
+}

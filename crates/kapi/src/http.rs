@@ -56,9 +56,25 @@ async fn handle(
     if !authorized(&state, &headers) {
         return ApiError::unauthorized().into_response();
     }
-    let body = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
-        Ok(b) => b,
+    let body = match tokio::time::timeout(
+        state.body_timeout,
+        axum::body::to_bytes(body, MAX_BODY_BYTES),
+    )
+    .await
+    {
+        Ok(Ok(b)) => b,
         Err(_) => {
+            return ApiError::new(
+                408,
+                "Timeout",
+                format!(
+                    "the request body did not arrive within {:?}",
+                    state.body_timeout
+                ),
+            )
+            .into_response();
+        }
+        Ok(Err(_)) => {
             return ApiError::new(
                 413,
                 "RequestEntityTooLarge",

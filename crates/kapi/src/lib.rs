@@ -65,6 +65,10 @@ pub struct Config {
     /// Serve HTTPS with a CA made at start (default). kubectl sends tokens only over TLS; plain
     /// HTTP is for clients that do not need that (e.g. benchmarks).
     pub tls: bool,
+    /// At most this many watches open at once; one more is answered 429 `TooManyRequests`.
+    pub max_watches: usize,
+    /// A request body must arrive within this; a slower client is answered 408.
+    pub body_timeout: Duration,
 }
 
 impl Config {
@@ -79,9 +83,18 @@ impl Config {
             access_log: None,
             token: None,
             tls: true,
+            max_watches: DEFAULT_MAX_WATCHES,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
         }
     }
 }
+
+/// Each open watch holds a task, a 256-event buffer and a subscription to every change: 1,024
+/// of them is far more than osprov's controller (one per kind and namespace), kubectl sessions
+/// and tests need, and bounds what a client that opens watches in a loop can take.
+pub const DEFAULT_MAX_WATCHES: usize = 1024;
+/// kube-apiserver's default request timeout (`--request-timeout`, 60 s) for reading a body.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A running embedded API.
 pub struct ApiServer {
@@ -143,6 +156,9 @@ pub async fn serve(config: Config) -> Result<ApiServer, ApiServerError> {
         bookmark_interval: config.bookmark_interval,
         gc_wake: tokio::sync::Notify::new(),
         closing: closing_rx.clone(),
+        watches: Arc::new(tokio::sync::Semaphore::new(config.max_watches)),
+        max_watches: config.max_watches,
+        body_timeout: config.body_timeout,
     });
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;

@@ -22,6 +22,11 @@ pub struct State {
     pub gc_wake: tokio::sync::Notify,
     /// Becomes true when the server shuts down (ends open watches).
     pub closing: tokio::sync::watch::Receiver<bool>,
+    /// One permit per open watch.
+    pub watches: std::sync::Arc<tokio::sync::Semaphore>,
+    pub max_watches: usize,
+    /// How long a request body may take to arrive.
+    pub body_timeout: Duration,
 }
 
 /// Query parameters; kube-rs sends a leading empty pair (`?&limit=500`, B1), which is skipped.

@@ -140,6 +140,17 @@ fn expired_line(message: &str) -> Bytes {
 
 pub fn watch(req: Req) -> ApiResult<Response> {
     let filter = Filter::from_req(&req)?;
+    // Held by the watch's task: given back when the watch ends.
+    let permit = req.state.watches.clone().try_acquire_owned().map_err(|_| {
+        ApiError::new(
+            429,
+            "TooManyRequests",
+            format!(
+                "too many watches are open (at most {}); retry later",
+                req.state.max_watches
+            ),
+        )
+    })?;
     let timeout = req
         .query
         .get("timeoutSeconds")
@@ -200,6 +211,7 @@ pub fn watch(req: Req) -> ApiResult<Response> {
     let interval = req.state.bookmark_interval;
     let closing = req.state.closing.clone();
     tokio::spawn(async move {
+        let _permit = permit;
         for b in initial {
             if !w.send(b).await {
                 return;
