@@ -186,6 +186,9 @@ fn corpus() -> Vec<Case> {
         c("POST", "/api/v1/namespaces", "application/json", br#"{"metadata":{"name":"UPPER"}}"#),
         c("PATCH", &format!("{item}?fieldManager=fuzz"), "application/apply-patch+yaml", "[".repeat(100_000).as_bytes()),
         c("PATCH", &format!("{item}?fieldManager=fuzz"), "application/apply-patch+yaml", "a: ".repeat(50_000).as_bytes()),
+        // Deep flow nesting just under the body limit: libyaml alone took minutes on this.
+        c("PATCH", &format!("{item}?fieldManager=fuzz"), "application/apply-patch+yaml", "{a: ".repeat(750_000).as_bytes()),
+        c("POST", REQUESTS, "application/yaml", "[".repeat(3_000_000).as_bytes()),
         c("PATCH", &item, "application/merge-patch+json", format!("{}{}", "{\"a\":".repeat(10_000), "}".repeat(10_000)).as_bytes()),
         c("POST", &format!("/api/v1/namespaces/{NS}/secrets"), "application/vnd.kubernetes.protobuf", b"k8s\x00\x0a\xff\xff\xff\xff\x0f"),
         c("POST", &format!("/api/v1/namespaces/{NS}/secrets"), "application/vnd.kubernetes.protobuf", b"k8s\x00"),

@@ -64,23 +64,21 @@ async fn handle(
     {
         Ok(Ok(b)) => b,
         Err(_) => {
-            return ApiError::new(
+            return unread_body(ApiError::new(
                 408,
                 "Timeout",
                 format!(
                     "the request body did not arrive within {:?}",
                     state.body_timeout
                 ),
-            )
-            .into_response();
+            ));
         }
         Ok(Err(_)) => {
-            return ApiError::new(
+            return unread_body(ApiError::new(
                 413,
                 "RequestEntityTooLarge",
                 format!("the request body is larger than {MAX_BODY_BYTES} bytes"),
-            )
-            .into_response();
+            ));
         }
     };
     match dispatch(state, method, uri, headers, body).await {
@@ -90,6 +88,19 @@ async fn handle(
             e.into_response()
         }
     }
+}
+
+/// The answer to a request whose body was not read to its end. The connection cannot carry
+/// another request (the rest of the body is still on it), so the answer says `Connection: close`:
+/// without it a client puts the connection back in its pool and its next request fails with
+/// "connection closed before message completed" (seen in the fuzz test).
+fn unread_body(e: ApiError) -> Response {
+    let mut resp = e.into_response();
+    resp.headers_mut().insert(
+        axum::http::header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
+    resp
 }
 
 async fn dispatch(

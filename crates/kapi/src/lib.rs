@@ -33,6 +33,7 @@ mod table;
 mod tls;
 mod watch;
 mod writes;
+mod yaml;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -207,8 +207,7 @@ fn apply(req: &Req, body: &[u8], force: bool) -> ApiResult<Response> {
             }],
         ));
     };
-    let applied: Value = serde_yaml::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?;
+    let applied: Value = super::yaml::parse(body)?;
     if !applied.is_object() {
         return Err(ApiError::bad_request("the apply body must be an object"));
     }

@@ -42,8 +42,7 @@ fn parse_body(req: &Req, body: &[u8]) -> ApiResult<Value> {
         return super::protobuf::decode(body);
     }
     if req.content_type().starts_with("application/yaml") {
-        let v: Value = serde_yaml::from_slice(body)
-            .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?;
+        let v: Value = super::yaml::parse(body)?;
         if !v.is_object() {
             return Err(ApiError::bad_request("the request body must be an object"));
         }
