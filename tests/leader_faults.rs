@@ -105,7 +105,7 @@ async fn no_two_leaders_act_and_nothing_starts_twice_under_kills_and_partitions(
         let requests = requests.clone();
         tokio::spawn(async move {
             for k in 0..REQUESTS {
-                let os = if (k / HOSTS) % 2 == 0 {
+                let os = if (k / HOSTS).is_multiple_of(2) {
                     "rocky-9"
                 } else {
                     "debian-12"
