@@ -192,15 +192,22 @@ impl Inner {
             .unwrap_or_else(|p| p.into_inner())
             .get(&rec.host_id)
             .map(|c| (c.path.clone(), c.cd_media.clone(), c.cd_eject.clone()));
-        let path = match cached {
-            // This token reached the reset, so the image on the device is its own.
+        // This token reached the reset, so the image on the device is its own: eject it blind.
+        // A BMC that refuses (some answer an error when nothing is inserted, e.g. on a repeated
+        // cleanup) gets the careful path below.
+        let blind = match &cached {
             Some((path, _, Some(eject))) if rec.reset_requested_at.is_some() => {
-                self.client
-                    .action(&eject, json!({}), Idempotent::Yes)
-                    .await?;
-                path
+                match self.client.action(eject, json!({}), Idempotent::Yes).await {
+                    Ok(()) => Some(path.clone()),
+                    Err(RedfishError::Status { .. }) => None,
+                    Err(e) => return Err(e),
+                }
             }
-            cached => {
+            _ => None,
+        };
+        let path = match blind {
+            Some(path) => path,
+            None => {
                 let (path, media) = match cached {
                     Some((path, Some(media), _)) => {
                         (path, self.client.get::<VirtualMedia>(&media).await?)
