@@ -35,6 +35,9 @@ async fn main() {
             .map(|i| (i.name.clone(), i.volume.clone()))
             .collect(),
         root_disk: None,
+        strategy: osprov::api::LibvirtStrategy::Image,
+        callback_base: None,
+        callback_timeout: std::time::Duration::from_secs(3600),
     };
     let adapter = LibvirtAdapter::new(cfg);
     let mut times = Vec::new();

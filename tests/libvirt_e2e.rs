@@ -248,6 +248,9 @@ async fn a_restarted_adapter_never_clones_twice_for_one_token() {
         image_pool: "disks".into(),
         images: images().into_iter().map(|i| (i.name, i.volume)).collect(),
         root_disk: None,
+        strategy: osprov::api::LibvirtStrategy::Image,
+        callback_base: None,
+        callback_timeout: std::time::Duration::from_secs(3600),
     };
     let uuid = uuid_of(0);
     let first = LibvirtAdapter::new(cfg.clone());
@@ -302,6 +305,7 @@ async fn a_restarted_adapter_never_clones_twice_for_one_token() {
             progress: Some(Progress::Recorded),
             previous: Some("vm-1.qcow2".into()),
             message: None,
+            installer: None,
         };
         d.set_metadata(
             virt::sys::VIR_DOMAIN_METADATA_ELEMENT as i32,

@@ -201,6 +201,7 @@ async fn a_qemu_domain_boots_from_the_fresh_volume() {
         }],
         strategy: LibvirtStrategy::Image,
         root_disk: Some("vda".into()),
+        callback_timeout: None,
     };
     create(&dispatchers, &libvirt_dispatcher("qemu", spec, "2s")).await;
     eventually(60, "dispatcher Ready", || async {

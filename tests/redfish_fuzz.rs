@@ -8,8 +8,8 @@
 //! adapter spawns. The seed is printed; `OSPROV_FUZZ_SEED` replays (the calls run concurrently,
 //! so a replay is close, not exact), `OSPROV_FUZZ_ROUNDS` sizes it.
 use osprov::adapter::redfish::client::ClientConfig;
-use osprov::adapter::redfish::store::MemoryStore;
 use osprov::adapter::redfish::{RedfishAdapter, RedfishConfig};
+use osprov::adapter::store::MemoryStore;
 use osprov::adapter::Adapter;
 use osprov::api::{RedfishAuth, RedfishImage};
 use rand::rngs::StdRng;

@@ -7,6 +7,7 @@
 pub mod libvirt;
 pub mod redfish;
 pub mod simulator;
+pub mod store;
 
 use crate::api::{HostProvisioningState, PowerState};
 use futures::stream::BoxStream;

@@ -35,6 +35,11 @@ pub struct LibvirtSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 32))]
     pub root_disk: Option<String>,
+    /// `iso` strategy: an installer that has not called back within this long after the reset
+    /// fails the reprovision (default `60m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    pub callback_timeout: Option<String>,
 }
 
 /// Which domains of the connection are managed hosts.
@@ -70,4 +75,10 @@ pub enum LibvirtStrategy {
     /// it; done when it runs.
     #[default]
     Image,
+    /// Attach the image volume (an installer ISO) as the domain's CD-ROM, boot from it first,
+    /// and power-cycle the domain; done when the installer calls the provisioning callback back
+    /// (its URL reaches the guest as the SMBIOS OEM string
+    /// `io.systemd.credential:osprov.callback=<url>`). The CD-ROM and boot order are restored
+    /// afterwards.
+    Iso,
 }

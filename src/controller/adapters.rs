@@ -91,7 +91,9 @@ impl AdapterFactory {
             (AdapterKind::Redfish, Inputs::Redfish(inputs)) => {
                 redfish::build(key, d, scope, inputs?)
             }
-            (AdapterKind::Libvirt, Inputs::Libvirt(inputs)) => libvirt::build(d, inputs?),
+            (AdapterKind::Libvirt, Inputs::Libvirt(inputs)) => {
+                libvirt::build(key, d, scope, inputs?)
+            }
             (AdapterKind::Redfish | AdapterKind::Libvirt, _) => Err(AdapterError::Config(
                 "the adapter's Secrets were not read".into(),
             )),

@@ -13,8 +13,7 @@
 //! (optimistic concurrency on its resourceVersion), and tells the adapters in this process through
 //! the [`CallbackHub`] so the request completes at once. Unknown keys answer 404, a wrong secret
 //! 401; neither changes anything. Secrets and full tokens are never logged.
-use crate::adapter::redfish::store::{OpRecord, OpStore, Outcome, OutcomeKind, StoreError};
-use crate::adapter::redfish::token_key;
+use crate::adapter::store::{token_key, OpRecord, OpStore, Outcome, OutcomeKind, StoreError};
 use crate::api::DISPATCHER_LABEL;
 use axum::body::Bytes;
 use axum::extract::{Path, State};

@@ -1,12 +1,20 @@
 //! Building a libvirt adapter from an OSDispatcher: `spec.libvirt` plus, when it names one, the
-//! credentials Secret (in the dispatcher's namespace). The Secret's resourceVersion goes into the
+//! credentials Secret (in the dispatcher's namespace). The `iso` strategy also gets the
+//! dispatcher's operation store and callback endpoint, shared with the Redfish adapter. The Secret's resourceVersion goes into the
 //! session fingerprint, so a rotated password reconnects; its contents are never logged.
 use super::Scope;
 use crate::adapter::{Adapter, AdapterError};
+#[cfg(feature = "libvirt")]
+use crate::api::LibvirtStrategy;
 use crate::api::{LibvirtSpec, OSDispatcher};
+use crate::provisioner::keys::DispKey;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use std::sync::Arc;
+
+/// `iso` strategy: an installer not heard from within this after the power cycle has failed.
+#[cfg(feature = "libvirt")]
+const DEFAULT_CALLBACK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// What a libvirt adapter reads from the API.
 pub struct Inputs {
@@ -48,9 +56,18 @@ pub async fn inputs(scope: &Scope, d: &OSDispatcher, ns: &str) -> Result<Inputs,
 
 /// Build the adapter of a libvirt dispatcher.
 #[cfg(feature = "libvirt")]
-pub fn build(d: &OSDispatcher, inputs: Inputs) -> Result<Arc<dyn Adapter>, AdapterError> {
+pub fn build(
+    key: &DispKey,
+    d: &OSDispatcher,
+    scope: &Scope,
+    inputs: Inputs,
+) -> Result<Arc<dyn Adapter>, AdapterError> {
     use crate::adapter::libvirt::{Credentials, LibvirtAdapter, LibvirtConfig};
     let spec = spec(d)?;
+    let callback_timeout = match spec.callback_timeout.as_deref() {
+        Some(s) => super::settings::parse_duration(s).map_err(AdapterError::Config)?,
+        None => DEFAULT_CALLBACK_TIMEOUT,
+    };
     let cfg = LibvirtConfig {
         uri: spec.uri.clone(),
         credentials: inputs
@@ -65,13 +82,27 @@ pub fn build(d: &OSDispatcher, inputs: Inputs) -> Result<Arc<dyn Adapter>, Adapt
             .map(|i| (i.name.clone(), i.volume.clone()))
             .collect(),
         root_disk: spec.root_disk.clone(),
+        strategy: spec.strategy,
+        callback_base: super::redfish::callback_base(scope),
+        callback_timeout,
     };
-    Ok(Arc::new(LibvirtAdapter::new(cfg)))
+    let adapter = LibvirtAdapter::new(cfg);
+    Ok(Arc::new(match spec.strategy {
+        LibvirtStrategy::Image => adapter,
+        LibvirtStrategy::Iso => {
+            adapter.with_operations(super::redfish::operation_store(key, scope))
+        }
+    }))
 }
 
 /// This build has no libvirt adapter (see the `libvirt` cargo feature).
 #[cfg(not(feature = "libvirt"))]
-pub fn build(d: &OSDispatcher, _inputs: Inputs) -> Result<Arc<dyn Adapter>, AdapterError> {
+pub fn build(
+    _key: &DispKey,
+    d: &OSDispatcher,
+    _scope: &Scope,
+    _inputs: Inputs,
+) -> Result<Arc<dyn Adapter>, AdapterError> {
     spec(d)?;
     Err(AdapterError::Unavailable("libvirt"))
 }

@@ -148,22 +148,9 @@ pub fn callback_base(scope: &Scope) -> Option<String> {
     (!addr.ip().is_unspecified()).then(|| format!("http://{addr}"))
 }
 
-/// Build the adapter of a Redfish dispatcher.
-pub fn build(
-    key: &DispKey,
-    d: &OSDispatcher,
-    scope: &Scope,
-    inputs: Inputs,
-) -> Result<Arc<dyn Adapter>, AdapterError> {
-    let spec = d
-        .spec
-        .redfish
-        .as_ref()
-        .ok_or_else(|| AdapterError::Config("adapter redfish needs spec.redfish".into()))?;
-    let callback_timeout = match spec.callback_timeout.as_deref() {
-        Some(s) => super::settings::parse_duration(s).map_err(AdapterError::Config)?,
-        None => DEFAULT_CALLBACK_TIMEOUT,
-    };
+/// The operation store of a dispatcher: Secrets in its namespace, each owned (for garbage
+/// collection only) by the request whose token it records.
+pub fn operation_store(key: &DispKey, scope: &Scope) -> Arc<SecretStore> {
     let requests = scope.requests.clone();
     let ns = key.namespace.clone();
     let owner: OwnerLookup = Arc::new(move |uid: &str| {
@@ -181,13 +168,32 @@ pub fn build(
                 o
             })
     });
-    let store = SecretStore::new(
+    Arc::new(SecretStore::new(
         scope.shared.client.clone(),
         &key.namespace,
         &key.name,
         scope.shared.callbacks.clone(),
         owner,
-    );
+    ))
+}
+
+/// Build the adapter of a Redfish dispatcher.
+pub fn build(
+    key: &DispKey,
+    d: &OSDispatcher,
+    scope: &Scope,
+    inputs: Inputs,
+) -> Result<Arc<dyn Adapter>, AdapterError> {
+    let spec = d
+        .spec
+        .redfish
+        .as_ref()
+        .ok_or_else(|| AdapterError::Config("adapter redfish needs spec.redfish".into()))?;
+    let callback_timeout = match spec.callback_timeout.as_deref() {
+        Some(s) => super::settings::parse_duration(s).map_err(AdapterError::Config)?,
+        None => DEFAULT_CALLBACK_TIMEOUT,
+    };
+    let store = operation_store(key, scope);
     let cfg = RedfishConfig {
         client: ClientConfig {
             endpoint: spec.endpoint.clone(),
@@ -212,5 +218,5 @@ pub fn build(
         callback_timeout,
         callback_base: callback_base(scope),
     };
-    Ok(Arc::new(RedfishAdapter::new(cfg, Arc::new(store))?))
+    Ok(Arc::new(RedfishAdapter::new(cfg, store)?))
 }

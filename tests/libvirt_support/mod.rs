@@ -78,6 +78,18 @@ impl Node {
         }
     }
 
+    /// A node described by `xml` (e.g. [`node_xml`] with more volumes).
+    pub fn from_xml(xml: &str) -> Node {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("node.xml");
+        std::fs::write(&path, xml).expect("node file");
+        Node {
+            uri: format!("test://{}", path.display()),
+            path,
+            _dir: dir,
+        }
+    }
+
     /// A URI for a node file that does not exist (yet) in this node's directory.
     pub fn missing_uri(&self) -> (String, PathBuf) {
         let path = self.dir().join("later.xml");
@@ -104,6 +116,7 @@ pub fn libvirt_spec(uri: &str) -> LibvirtSpec {
         images: images(),
         strategy: LibvirtStrategy::Image,
         root_disk: None,
+        callback_timeout: None,
     }
 }
 

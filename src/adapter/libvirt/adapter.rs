@@ -1,28 +1,32 @@
-//! [`LibvirtAdapter`]: libvirt domains as hosts, reprovisioned with the `image` strategy.
+//! [`LibvirtAdapter`]: libvirt domains as hosts, reprovisioned with the `image` or `iso` strategy.
 //!
 //! - Discovery lists the connection's domains (filtered by name or osprov's metadata label); a
 //!   host's id is the domain UUID, its current OS the record of its last finished operation, its
 //!   catalogue the image pool's volumes.
-//! - `reprovision` checks the image and the root disk, records the intent (token, OS, the volume
-//!   it replaces) in the domain's metadata, and hands the rest to a worker: the step machine of
-//!   [`super::steps`], one libvirt call per step, each step decided from what libvirt shows. The
-//!   call returns at once; `operation` reads the record back (and restarts the worker after a
-//!   controller restart).
-//! - `subscribe` turns libvirt's lifecycle events into host changes and ends (so the engine
+//! - `reprovision` checks what a refusal must come from, records the intent (token, OS, and what
+//!   the strategy needs to resume) in the domain's metadata, and hands the rest to a worker
+//!   (`image`: [`super::steps`] performed by `image`; `iso`: [`super::iso_steps`] performed by
+//!   `iso`), each step decided from what libvirt shows. The call returns at once; `operation`
+//!   reads the record back (and restarts the worker after a controller restart).
+//! - `subscribe` turns libvirt's lifecycle events into host changes, adds the workers' ends and
+//!   (for `iso`) resumes a worker when its installer called back; it ends (so the engine
 //!   reconnects) when the connection dies.
 use super::conn::{self, blocking, Credentials};
-use super::events;
-use super::steps::{self, Observed, Step};
 use super::xml::{self, DiskSource, Progress, Record};
+use super::{events, image, iso};
+use crate::adapter::store::OpStore;
 use crate::adapter::{
     Adapter, AdapterError, BackendEvent, CancelOutcome, HostInfo, Inventory, OperationState,
     OperationStatus,
 };
+use crate::api::LibvirtStrategy;
 use crate::api::{HostProvisioningState, PowerState};
 use futures::stream::BoxStream;
+use futures::StreamExt;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::broadcast;
 use virt::connect::Connect;
 use virt::domain::Domain;
 use virt::storage_pool::StoragePool;
@@ -31,8 +35,6 @@ use virt::sys;
 
 /// How often an event subscription checks that its connection is alive.
 const LIVENESS_EVERY: Duration = Duration::from_secs(5);
-/// A worker gives up after this many steps (the machine needs at most six).
-const MAX_STEPS: usize = 16;
 
 /// What a libvirt adapter is configured with (from `spec.libvirt` and its Secret).
 #[derive(Clone, Debug)]
@@ -48,21 +50,54 @@ pub struct LibvirtConfig {
     pub images: Vec<(String, String)>,
     /// Target of the root disk; none: the first disk.
     pub root_disk: Option<String>,
+    pub strategy: LibvirtStrategy,
+    /// `iso`: base URL of the controller's callback endpoint as guests reach it.
+    pub callback_base: Option<String>,
+    /// `iso`: how long after the power cycle the installer may take to call back.
+    pub callback_timeout: Duration,
 }
 
 /// The libvirt adapter.
 pub struct LibvirtAdapter {
     cfg: Arc<LibvirtConfig>,
+    /// `iso`: where operation records (callback secrets, outcomes) live.
+    store: Option<Arc<dyn OpStore>>,
     /// Domains (UUIDs) with a worker running.
     workers: Arc<Mutex<HashSet<String>>>,
+    /// Operations a worker finished, for the event stream.
+    finished: broadcast::Sender<BackendEvent>,
 }
 
 impl LibvirtAdapter {
     pub fn new(cfg: LibvirtConfig) -> Self {
         LibvirtAdapter {
             cfg: Arc::new(cfg),
+            store: None,
             workers: Arc::new(Mutex::new(HashSet::new())),
+            finished: broadcast::channel(256).0,
         }
+    }
+
+    /// The operation store the `iso` strategy needs (the controller's Secrets).
+    pub fn with_operations(mut self, store: Arc<dyn OpStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// A handle sharing this adapter's workers (for the event stream's tasks).
+    fn kicker(&self) -> Arc<LibvirtAdapter> {
+        Arc::new(LibvirtAdapter {
+            cfg: self.cfg.clone(),
+            store: self.store.clone(),
+            workers: self.workers.clone(),
+            finished: self.finished.clone(),
+        })
+    }
+
+    fn store(&self) -> Result<Arc<dyn OpStore>, AdapterError> {
+        self.store
+            .clone()
+            .ok_or_else(|| AdapterError::Config("the iso strategy needs an operation store".into()))
     }
 
     /// Start the worker of `uuid`'s recorded operation unless one runs.
@@ -78,26 +113,49 @@ impl LibvirtAdapter {
             uuid.to_string(),
             token.to_string(),
         );
+        let (store, finished) = (self.store.clone(), self.finished.clone());
         tokio::spawn(async move {
             let key = uuid.clone();
-            let result = blocking(move || work(&cfg, &uuid, &token)).await;
+            let result = match (cfg.strategy, store) {
+                (LibvirtStrategy::Image, _) => {
+                    let (c, u, t) = (cfg.clone(), uuid.clone(), token.clone());
+                    blocking(move || image::work(&c, &u, &t))
+                        .await
+                        .map(|()| true)
+                }
+                (LibvirtStrategy::Iso, Some(store)) => {
+                    iso::work(cfg.clone(), store, uuid.clone(), token.clone()).await
+                }
+                (LibvirtStrategy::Iso, None) => Ok(false),
+            };
             workers
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&key);
-            if let Err(e) = result {
-                // Transient: the record still says Recorded, and the next poll restarts the work.
-                tracing::warn!(domain = %key, error = %e, "libvirt reprovision step failed; resumed at the next look");
+            match result {
+                Ok(true) => {
+                    // Tell the engine at once; it reads the operation's end through `operation`.
+                    let _ = finished.send(BackendEvent::OperationChanged {
+                        host_id: uuid,
+                        token,
+                        state: OperationState::Running { progress: None },
+                    });
+                }
+                Ok(false) => {}
+                // Transient: the record still says Recorded, and the next look resumes the work.
+                Err(e) => {
+                    tracing::warn!(domain = %key, error = %e, "libvirt reprovision step failed; resumed at the next look");
+                }
             }
         });
     }
 }
 
-fn connect(cfg: &LibvirtConfig) -> Result<Connect, AdapterError> {
+pub(super) fn connect(cfg: &LibvirtConfig) -> Result<Connect, AdapterError> {
     conn::shared_connection(&cfg.uri, cfg.credentials.as_ref())
 }
 
-fn domain(c: &Connect, uuid: &str) -> Result<Domain, AdapterError> {
+pub(super) fn domain(c: &Connect, uuid: &str) -> Result<Domain, AdapterError> {
     c.lookup_domain_by_uuid_string(uuid).map_err(|e| {
         if matches!(
             e.code(),
@@ -111,7 +169,7 @@ fn domain(c: &Connect, uuid: &str) -> Result<Domain, AdapterError> {
 }
 
 /// osprov's record on the domain; `None` when it carries no osprov element.
-fn read_record(d: &Domain) -> Result<Option<Record>, AdapterError> {
+pub(super) fn read_record(d: &Domain) -> Result<Option<Record>, AdapterError> {
     match d.metadata(
         sys::VIR_DOMAIN_METADATA_ELEMENT as i32,
         Some(xml::NAMESPACE),
@@ -132,7 +190,7 @@ fn read_record(d: &Domain) -> Result<Option<Record>, AdapterError> {
     }
 }
 
-fn write_record(d: &Domain, record: &Record) -> Result<(), AdapterError> {
+pub(super) fn write_record(d: &Domain, record: &Record) -> Result<(), AdapterError> {
     let active = d.is_active().map_err(|e| conn::call("domain state", &e))?;
     let flags = sys::VIR_DOMAIN_AFFECT_CONFIG
         | if active {
@@ -232,7 +290,7 @@ fn host(
 }
 
 /// The volume behind a disk source, and its pool.
-fn source_volume(
+pub(super) fn source_volume(
     c: &Connect,
     source: &DiskSource,
 ) -> Result<(StorageVol, StoragePool), AdapterError> {
@@ -257,12 +315,16 @@ fn source_volume(
     Ok((vol, pool))
 }
 
-fn volume_name(v: &StorageVol) -> Result<String, AdapterError> {
+pub(super) fn volume_name(v: &StorageVol) -> Result<String, AdapterError> {
     v.name().map_err(|e| conn::call("volume name", &e))
 }
 
 /// The image volume of `os`.
-fn image_volume(c: &Connect, cfg: &LibvirtConfig, os: &str) -> Result<String, AdapterError> {
+pub(super) fn image_volume(
+    c: &Connect,
+    cfg: &LibvirtConfig,
+    os: &str,
+) -> Result<String, AdapterError> {
     catalogue(c, cfg)?
         .into_iter()
         .find(|(n, _)| n == os)
@@ -271,6 +333,25 @@ fn image_volume(c: &Connect, cfg: &LibvirtConfig, os: &str) -> Result<String, Ad
             host: String::new(),
             os: os.to_string(),
         })
+}
+
+/// The image volume of `os` for host `uuid` (an unknown OS is reported against the host).
+pub(super) fn catalogue_volume(
+    c: &Connect,
+    cfg: &LibvirtConfig,
+    uuid: &str,
+    os: &str,
+) -> Result<StorageVol, AdapterError> {
+    let volume = image_volume(c, cfg, os).map_err(|e| match e {
+        AdapterError::UnknownOs { os, .. } => AdapterError::UnknownOs {
+            host: uuid.to_string(),
+            os,
+        },
+        other => other,
+    })?;
+    c.lookup_storage_pool_by_name(&cfg.image_pool)
+        .and_then(|p| p.lookup_storage_vol_by_name(&volume))
+        .map_err(|e| conn::call(&format!("image volume {volume}"), &e))
 }
 
 /// Record the intent of `token` on `uuid` (after the checks a refusal must come from).
@@ -311,6 +392,7 @@ fn record_intent(
         progress: Some(Progress::Recorded),
         previous: Some(volume_name(&vol)?),
         message: None,
+        installer: None,
     };
     write_record(&d, &next)?;
     Ok(status_of(uuid, &next))
@@ -323,134 +405,25 @@ fn status_of(uuid: &str, record: &Record) -> OperationStatus {
             message: record.message.clone().unwrap_or_default(),
         },
         Some(Progress::Cancelled) => OperationState::Cancelled,
-        Some(Progress::Recorded) | None => OperationState::Running {
-            progress: Some(format!(
-                "replacing the root disk with {}",
-                record.os.as_deref().unwrap_or("the image")
-            )),
-        },
+        Some(Progress::Recorded) | None => {
+            let os = record.os.as_deref().unwrap_or("the image");
+            OperationState::Running {
+                progress: Some(match &record.installer {
+                    None => format!("replacing the root disk with {os}"),
+                    Some(i) if i.started => {
+                        format!(
+                            "installing {os} from its ISO; waiting for the installer's callback"
+                        )
+                    }
+                    Some(_) => format!("attaching the {os} installer ISO and power-cycling"),
+                }),
+            }
+        }
     };
     OperationStatus {
         id: format!("{uuid}/{}", record.token.as_deref().unwrap_or_default()),
         state,
     }
-}
-
-/// Carry `token`'s operation on `uuid` to its end, one step at a time. A refusal only a person
-/// can fix ends the operation as failed; a transient error returns (the next look resumes).
-fn work(cfg: &LibvirtConfig, uuid: &str, token: &str) -> Result<(), AdapterError> {
-    for _ in 0..MAX_STEPS {
-        let c = connect(cfg)?;
-        let d = domain(&c, uuid)?;
-        let Some(record) = read_record(&d)?.filter(|r| r.token.as_deref() == Some(token)) else {
-            return Ok(());
-        };
-        match step(cfg, &c, &d, &record, token) {
-            Ok(true) => continue,
-            Ok(false) => return Ok(()),
-            Err(e) if e.is_transient() => return Err(e),
-            Err(e) => {
-                let failed = Record {
-                    progress: Some(Progress::Failed),
-                    message: Some(e.to_string()),
-                    ..record
-                };
-                write_record(&d, &failed)?;
-                return Ok(());
-            }
-        }
-    }
-    Err(AdapterError::Backend {
-        message: format!("the reprovision of {uuid} did not settle in {MAX_STEPS} steps"),
-        source: None,
-    })
-}
-
-/// Take the next step; false once there is none.
-fn step(
-    cfg: &LibvirtConfig,
-    c: &Connect,
-    d: &Domain,
-    record: &Record,
-    token: &str,
-) -> Result<bool, AdapterError> {
-    let os = record.os.as_deref().unwrap_or_default();
-    let image = image_volume(c, cfg, os)?;
-    let inactive = d
-        .xml_desc(sys::VIR_DOMAIN_XML_INACTIVE)
-        .map_err(|e| conn::call("domain XML", &e))?;
-    let disk = xml::root_disk(&inactive, cfg.root_disk.as_deref())
-        .map_err(|e| AdapterError::Config(e.to_string()))?;
-    let (disk_vol, pool) = source_volume(c, &disk.source)?;
-    let name = d.name().map_err(|e| conn::call("domain name", &e))?;
-    let target = steps::target_volume(&name, token, &image);
-    let exists = |v: &str| pool.lookup_storage_vol_by_name(v).is_ok();
-    let previous = record.previous.as_deref().unwrap_or_default();
-    let disk_volume = volume_name(&disk_vol)?;
-    let observed = Observed {
-        record,
-        active: d.is_active().map_err(|e| conn::call("domain state", &e))?,
-        disk_volume: &disk_volume,
-        target_volume: &target,
-        target_exists: exists(&target),
-        previous_exists: !previous.is_empty() && exists(previous),
-    };
-    let next = steps::next_step(&observed);
-    tracing::debug!(domain = %name, ?next, "libvirt reprovision step");
-    match next {
-        Step::PowerOff => d
-            .destroy()
-            .map_err(|e| conn::call("powering the domain off", &e))?,
-        Step::Clone => {
-            let image_pool = c
-                .lookup_storage_pool_by_name(&cfg.image_pool)
-                .map_err(|e| conn::call("image pool", &e))?;
-            let src = image_pool
-                .lookup_storage_vol_by_name(&image)
-                .map_err(|e| conn::call(&format!("image volume {image}"), &e))?;
-            let capacity = src
-                .info()
-                .map_err(|e| conn::call("image volume", &e))?
-                .capacity;
-            let format = src.xml_desc(0).ok().and_then(|x| xml::volume_format(&x));
-            let spec = xml::volume_xml(&target, capacity, format.as_deref());
-            StorageVol::create_xml_from(&pool, &spec, &src, 0)
-                .map_err(|e| conn::call(&format!("cloning {image} into {target}"), &e))?;
-        }
-        Step::SwitchDisk => {
-            let source = match &disk.source {
-                DiskSource::File(_) => {
-                    let vol = pool
-                        .lookup_storage_vol_by_name(&target)
-                        .map_err(|e| conn::call("the fresh volume", &e))?;
-                    DiskSource::File(vol.path().map_err(|e| conn::call("volume path", &e))?)
-                }
-                DiskSource::Volume { pool, .. } => DiskSource::Volume {
-                    pool: pool.clone(),
-                    volume: target.clone(),
-                },
-            };
-            let redefined = xml::with_disk_source(&inactive, &disk, &source);
-            c.define_domain_xml(&redefined)
-                .map_err(|e| conn::call("pointing the root disk at the fresh volume", &e))?;
-        }
-        Step::DeletePrevious => pool
-            .lookup_storage_vol_by_name(previous)
-            .and_then(|v| v.delete(0))
-            .map_err(|e| conn::call(&format!("deleting the replaced volume {previous}"), &e))?,
-        Step::Start => d
-            .create()
-            .map_err(|e| conn::call("starting the domain", &e))?,
-        Step::MarkDone => write_record(
-            d,
-            &Record {
-                progress: Some(Progress::Done),
-                ..record.clone()
-            },
-        )?,
-        Step::Finished => return Ok(false),
-    }
-    Ok(true)
 }
 
 #[async_trait::async_trait]
@@ -488,7 +461,24 @@ impl Adapter for LibvirtAdapter {
                 }
             }
         });
-        Ok(Box::pin(stream))
+        let finished = tokio_stream::wrappers::BroadcastStream::new(self.finished.subscribe())
+            .filter_map(|e| async move { e.ok() });
+        let Some(store) = self.store.clone() else {
+            return Ok(futures::stream::select(stream, finished).boxed());
+        };
+        // A callback report resumes the operation's worker; the worker's end is the event.
+        let me = self.kicker();
+        let reports = tokio_stream::wrappers::BroadcastStream::new(store.reported()).filter_map(
+            move |token| {
+                let (me, store) = (me.clone(), store.clone());
+                async move {
+                    let rec = store.get(&token.ok()?).await.ok().flatten()?;
+                    me.ensure_worker(&rec.host_id, &rec.token);
+                    None::<BackendEvent>
+                }
+            },
+        );
+        Ok(futures::stream::select(futures::stream::select(stream, finished), reports).boxed())
     }
 
     async fn discover(&self) -> Result<Inventory, AdapterError> {
@@ -524,7 +514,15 @@ impl Adapter for LibvirtAdapter {
             os.to_string(),
             token.to_string(),
         );
-        let status = blocking(move || record_intent(&cfg, &uuid, &os2, &token2)).await?;
+        let status = match cfg.strategy {
+            LibvirtStrategy::Image => {
+                blocking(move || record_intent(&cfg, &uuid, &os2, &token2)).await?
+            }
+            LibvirtStrategy::Iso => {
+                let record = iso::start(&cfg, self.store()?.as_ref(), &uuid, &os2, &token2).await?;
+                status_of(&uuid, &record)
+            }
+        };
         if !status.state.is_terminal() {
             self.ensure_worker(host_id, token);
         }
@@ -552,9 +550,24 @@ impl Adapter for LibvirtAdapter {
         Ok(Some(status))
     }
 
-    async fn cancel(&self, _host_id: &str, _token: &str) -> Result<CancelOutcome, AdapterError> {
-        // Each step is short and the disk may already be replaced: the operation runs to its end.
-        Ok(CancelOutcome::Unsupported)
+    async fn cancel(&self, host_id: &str, token: &str) -> Result<CancelOutcome, AdapterError> {
+        if self.cfg.strategy == LibvirtStrategy::Image {
+            // Each step is short and the disk may already be replaced: it runs to its end.
+            return Ok(CancelOutcome::Unsupported);
+        }
+        let store = self.store()?;
+        if !iso::cancel(store.as_ref(), token).await? {
+            return Ok(CancelOutcome::NotRunning);
+        }
+        // Restore the domain now rather than at the next look.
+        iso::work(
+            self.cfg.clone(),
+            store,
+            host_id.to_string(),
+            token.to_string(),
+        )
+        .await?;
+        Ok(CancelOutcome::Cancelled)
     }
 }
 

@@ -1,15 +1,18 @@
 //! The libvirt adapter: KVM/QEMU and Xen domains (any libvirt driver) as hosts.
 //!
-//! - [`xml`] and [`steps`]: pure — the domain XML osprov reads and rewrites, its metadata record,
-//!   and the image strategy's step machine. They build without the `libvirt` feature, so their
-//!   unit tests always run.
-//! - `conn`, `events`, `adapter` (feature `libvirt`, linking libvirt through the `virt` crate,
-//!   libvirt's own Rust bindings): shared connections with credentials, libvirt's event loop and
-//!   lifecycle callbacks, and [`LibvirtAdapter`] itself.
+//! - [`xml`], [`installer`], [`steps`] and [`iso_steps`]: pure — the domain XML osprov reads and
+//!   rewrites, its metadata record, and the step machines of the `image` and `iso` strategies.
+//!   They build without the `libvirt` feature, so their unit tests always run.
+//! - `conn`, `events`, `adapter`, `image`, `iso` (feature `libvirt`, linking libvirt through the
+//!   `virt` crate, libvirt's own Rust bindings): shared connections with credentials, libvirt's
+//!   event loop and lifecycle callbacks, [`LibvirtAdapter`] itself, and the two strategies'
+//!   performers.
 //!
 //! One adapter serves every libvirt driver; what differs between QEMU and Xen (driver names, disk
 //! buses, `xen:///system` permissions) is in the domain XML osprov leaves as it is. See the
 //! README's libvirt section for what was tested.
+pub mod installer;
+pub mod iso_steps;
 pub mod steps;
 pub mod xml;
 
@@ -19,6 +22,10 @@ mod adapter;
 mod conn;
 #[cfg(feature = "libvirt")]
 mod events;
+#[cfg(feature = "libvirt")]
+mod image;
+#[cfg(feature = "libvirt")]
+mod iso;
 
 #[cfg(feature = "libvirt")]
 pub use adapter::{LibvirtAdapter, LibvirtConfig};

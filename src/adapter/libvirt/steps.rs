@@ -84,6 +84,7 @@ mod tests {
             progress: Some(Progress::Recorded),
             previous: Some("vm1.qcow2".into()),
             message: None,
+            installer: None,
         }
     }
 

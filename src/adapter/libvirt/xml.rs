@@ -25,6 +25,8 @@ pub enum XmlError {
     NoRootDisk(Option<String>),
     #[error("root disk {0} has no source (a disk of type {1})")]
     NoSource(String, String),
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 /// Where a disk's data comes from.
@@ -237,6 +239,21 @@ pub struct Record {
     pub previous: Option<String>,
     /// Why the operation failed.
     pub message: Option<String>,
+    /// The `iso` strategy's progress; `None` for the `image` strategy.
+    pub installer: Option<Installer>,
+}
+
+/// How far the `iso` strategy got on a domain (kept in the record, so a restart resumes).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Installer {
+    /// Path of the ISO volume.
+    pub iso: String,
+    /// What attaching it changed; set just before the domain is redefined with it.
+    pub undo: Option<super::installer::Undo>,
+    /// The domain's id when the power cycle was decided (`off`: it was not running).
+    pub reset_from: Option<String>,
+    /// The domain was started with the installer; never started again for this token.
+    pub started: bool,
 }
 
 impl Record {
@@ -250,7 +267,18 @@ impl Record {
             ("previous", self.previous.as_deref()),
             ("message", self.message.as_deref()),
         ];
-        for (k, v) in fields {
+        let i = self.installer.as_ref();
+        let undo = i.and_then(|i| i.undo.as_ref());
+        let boot = undo.map(|u| u.boot.join(","));
+        let installer = [
+            ("iso", i.map(|i| i.iso.as_str())),
+            ("cdrom", undo.map(|u| u.cdrom.as_str())),
+            ("cdromXml", undo.and_then(|u| u.cdrom_xml.as_deref())),
+            ("boot", boot.as_deref()),
+            ("resetFrom", i.and_then(|i| i.reset_from.as_deref())),
+            ("started", i.filter(|i| i.started).map(|_| "yes")),
+        ];
+        for (k, v) in fields.into_iter().chain(installer) {
             if let Some(v) = v {
                 out.push_str(&format!(" {k}='{}'", escape(v)));
             }
@@ -271,6 +299,7 @@ impl Record {
                         progress: attr(&e, "progress")?.as_deref().and_then(Progress::parse),
                         previous: attr(&e, "previous")?,
                         message: attr(&e, "message")?,
+                        installer: installer(&e)?,
                     });
                 }
                 Event::Eof => return Ok(Record::default()),
@@ -278,6 +307,32 @@ impl Record {
             }
         }
     }
+}
+
+/// The `iso` strategy's attributes of a record element.
+fn installer(e: &BytesStart<'_>) -> Result<Option<Installer>, XmlError> {
+    let Some(iso) = attr(e, "iso")? else {
+        return Ok(None);
+    };
+    let undo = match attr(e, "cdrom")? {
+        Some(cdrom) => Some(super::installer::Undo {
+            cdrom,
+            cdrom_xml: attr(e, "cdromXml")?,
+            boot: attr(e, "boot")?
+                .unwrap_or_default()
+                .split(',')
+                .filter(|d| !d.is_empty())
+                .map(str::to_string)
+                .collect(),
+        }),
+        None => None,
+    };
+    Ok(Some(Installer {
+        iso,
+        undo,
+        reset_from: attr(e, "resetFrom")?,
+        started: attr(e, "started")?.as_deref() == Some("yes"),
+    }))
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@
 //!   once) and, where the BMC offers a server-sent event stream, the systems it says changed (see
 //!   [`events`]); hosts are polled at `lookupInterval` by the session as well.
 //!
-//! Idempotency per token: every token has an [`store::OpRecord`] in an [`store::OpStore`] (a
+//! Idempotency per token: every token has an [`OpRecord`] in an [`OpStore`] (a
 //! Secret owned by the request in the controller). A known token never gets a second record; the
 //! media step is skipped when the BMC already shows this token's image (the URL holds the
 //! token-specific callback, so it identifies the request); the reset is sent at most once, guarded
@@ -28,8 +28,8 @@ mod discovery;
 pub mod events;
 pub mod model;
 mod provision;
-pub mod store;
 
+use crate::adapter::store::{token_key, OpRecord, OpStore, Outcome, OutcomeKind, StoreError};
 use crate::adapter::{
     Adapter, AdapterError, BackendEvent, CancelOutcome, Inventory, OperationState, OperationStatus,
 };
@@ -44,7 +44,6 @@ use rand::Rng;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use store::{OpRecord, OpStore, Outcome, OutcomeKind, StoreError};
 use tracing::instrument;
 
 /// Everything a Redfish adapter is built from.
@@ -57,20 +56,6 @@ pub struct RedfishConfig {
     pub callback_timeout: Duration,
     /// Base URL of the controller's callback endpoint as the hosts reach it; `None` when it is off.
     pub callback_base: Option<String>,
-}
-
-/// The key of a token in Secret names, labels and callback URLs (`[a-z0-9-]`).
-pub fn token_key(token: &str) -> String {
-    token
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '-'
-            }
-        })
-        .collect()
 }
 
 /// Characters escaped in URL components (everything but RFC 3986 unreserved ones).

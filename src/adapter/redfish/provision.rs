@@ -21,8 +21,8 @@
 use super::client::{Idempotent, RedfishError};
 use super::discovery;
 use super::model::{ComputerSystem, VirtualMedia};
-use super::store::OpRecord;
 use super::Inner;
+use crate::adapter::store::OpRecord;
 use k8s_openapi::jiff::Timestamp;
 use serde_json::json;
 use tracing::{info, warn};

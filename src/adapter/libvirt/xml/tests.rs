@@ -93,8 +93,33 @@ fn the_record_round_trips_and_an_empty_label_is_a_record_of_nothing() {
         progress: Some(Progress::Recorded),
         previous: Some("vm1.qcow2".into()),
         message: Some("it's <broken> & \"odd\"".into()),
+        installer: None,
     };
     assert_eq!(Record::parse(&r.to_xml()).expect("parses"), r);
+    let iso = Record {
+        installer: Some(Installer {
+            iso: "/pool/debian-12.iso".into(),
+            undo: Some(crate::adapter::libvirt::installer::Undo {
+                cdrom: "hdc".into(),
+                cdrom_xml: Some(
+                    "<disk type='file' device='cdrom'><target dev='hdc'/></disk>".into(),
+                ),
+                boot: vec!["hd".into(), "network".into()],
+            }),
+            reset_from: Some("7".into()),
+            started: true,
+        }),
+        ..r.clone()
+    };
+    assert_eq!(Record::parse(&iso.to_xml()).expect("parses"), iso);
+    let bare = Record {
+        installer: Some(Installer {
+            iso: "/p/x.iso".into(),
+            ..Default::default()
+        }),
+        ..r
+    };
+    assert_eq!(Record::parse(&bare.to_xml()).expect("parses"), bare);
     assert_eq!(Record::parse("<host/>").expect("parses"), Record::default());
     let prefixed =
         "<osprov:host xmlns:osprov='https://osprov.io/libvirt/v1' os='a' progress='done'/>";

@@ -1,14 +1,28 @@
-//! Durable per-request operation records: what the Redfish adapter did for a token and what the
-//! installer reported back.
+//! Durable per-request operation records: what an installer-driven adapter (Redfish virtual
+//! media, libvirt's `iso` strategy) did for a token and what the installer reported back.
 //!
-//! A BMC cannot say when an install finished nor which request a reset belonged to, so the adapter
-//! keeps one [`OpRecord`] per token in an [`OpStore`]. In the controller the store is a Kubernetes
-//! Secret per request (owned by the request; see `controller::callback`), so the records survive a
-//! controller restart and hold the callback secret. [`MemoryStore`] backs unit tests.
+//! A BMC or a hypervisor cannot say when an install finished nor which request a reset belonged
+//! to, so the adapter keeps one [`OpRecord`] per token in an [`OpStore`]. In the controller the
+//! store is a Kubernetes Secret per request (owned by the request; see `controller::callback`),
+//! so the records survive a controller restart and hold the callback secret. [`MemoryStore`] backs unit tests.
 use k8s_openapi::jiff::Timestamp;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use tokio::sync::broadcast;
+
+/// The key of a token in Secret names, labels and callback URLs (`[a-z0-9-]`).
+pub fn token_key(token: &str) -> String {
+    token
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
 
 /// How an operation ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -157,6 +171,29 @@ pub trait OpStore: Send + Sync {
     async fn list(&self) -> Result<Vec<OpRecord>, StoreError>;
     /// Tokens whose outcome was just recorded by this process (the callback endpoint).
     fn reported(&self) -> broadcast::Receiver<String>;
+}
+
+/// Apply `f` to `token`'s stored record, retrying with a fresh copy when someone else (the
+/// callback endpoint) changed it meanwhile. `None` when there is no record.
+pub async fn mutate(
+    store: &dyn OpStore,
+    token: &str,
+    f: impl Fn(&mut OpRecord),
+) -> Result<Option<OpRecord>, StoreError> {
+    for _ in 0..5 {
+        let Some(mut rec) = store.get(token).await? else {
+            return Ok(None);
+        };
+        f(&mut rec);
+        match store.update(&rec).await {
+            Ok(saved) => return Ok(Some(saved)),
+            Err(StoreError::Conflict) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(StoreError::Other(format!(
+        "record {token} kept changing under osprov"
+    )))
 }
 
 /// An in-memory store, for tests.
