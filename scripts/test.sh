@@ -26,6 +26,13 @@ fi
 if [ "$(id -u)" = 0 ]; then
     # No systemd here to socket-activate them: start virtlogd and libvirtd once.
     mkdir -p /var/log/libvirt /var/run/libvirt
+    # Without udev, /dev/kvm may be root-only. libvirt then finds its QEMU capabilities "probed
+    # with KVM, KVM not available now" on every lookup and probes QEMU again (~4 s each; a domain
+    # define takes ~40 s). Give it the mode Debian's udev rule gives it (group kvm, 0660; QEMU's
+    # user libvirt-qemu is in that group).
+    if [ -c /dev/kvm ] && getent group kvm >/dev/null; then
+        chgrp kvm /dev/kvm && chmod 0660 /dev/kvm || true
+    fi
     pgrep -x virtlogd >/dev/null || virtlogd -d
     pgrep -x libvirtd >/dev/null || libvirtd -d
     for _ in $(seq 50); do [ -S /var/run/libvirt/libvirt-sock ] && break; sleep 0.2; done

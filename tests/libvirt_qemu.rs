@@ -1,7 +1,10 @@
 //! The libvirt adapter against a real hypervisor: libvirtd (`qemu:///system`, started by
 //! `scripts/test.sh`) driving QEMU with software emulation. A tiny domain with a `qemu-img`
-//! disk in a directory pool is reprovisioned with the `image` strategy through the real
-//! controller, and the running domain's live XML must show the fresh volume as its root disk.
+//! disk in a directory pool is reprovisioned through the real controller:
+//! - `image`: the running domain's live XML must show the fresh volume as its root disk;
+//! - `iso`: QEMU must be started with the ISO on the CD-ROM and the callback URL as an SMBIOS
+//!   type 11 string (read from its command line), and after the callback the ISO is ejected from
+//!   the running QEMU and the definition restored.
 //!
 //! `scripts/test.sh` installs libvirtd and QEMU from Debian, starts virtlogd and libvirtd, and
 //! sets `OSPROV_REQUIRE_QEMU=1`,
@@ -17,8 +20,8 @@ use cluster::{Backend, TestCluster};
 use harness::*;
 use kube::api::Api;
 use libvirt_support::libvirt_dispatcher;
-use osprov::adapter::libvirt::shared_connection;
 use osprov::adapter::libvirt::xml::{self, Progress, Record};
+use osprov::adapter::libvirt::{installer, shared_connection};
 use osprov::api::{
     DispatcherState, DomainSelector, LibvirtImage, LibvirtSpec, LibvirtStrategy, OSDispatcher,
     OSProvisioningRequest, Phase,
@@ -90,8 +93,12 @@ impl Lab {
             domain: format!("osprov-{tag}-vm"),
             dir,
         };
-        for vol in ["tiny-os.qcow2", "vm.qcow2"] {
-            let xml = xml::volume_xml(vol, 16 << 20, Some("qcow2"));
+        for (vol, format) in [
+            ("tiny-os.qcow2", "qcow2"),
+            ("vm.qcow2", "qcow2"),
+            ("installer.iso", "raw"),
+        ] {
+            let xml = xml::volume_xml(vol, 16 << 20, Some(format));
             virt::storage_vol::StorageVol::create_xml(&pool, &xml, 0)
                 .map_err(|e| format!("creating volume {vol}: {e}"))?;
         }
@@ -156,29 +163,34 @@ impl Drop for Lab {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_qemu_domain_boots_from_the_fresh_volume() {
+/// The lab, or `None` (with the reason printed) where QEMU cannot run and CI does not require it.
+async fn lab_or_skip(test: &str) -> Option<Arc<Lab>> {
     let required = std::env::var("OSPROV_REQUIRE_QEMU").is_ok_and(|v| v == "1");
     if let Some(why) = missing() {
         assert!(!required, "OSPROV_REQUIRE_QEMU=1 but {why}");
-        eprintln!("SKIPPED a_qemu_domain_boots_from_the_fresh_volume: {why}");
-        return;
+        eprintln!("SKIPPED {test}: {why}");
+        return None;
     }
     let tag = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
-    let t = tag.clone();
-    let lab = match tokio::task::spawn_blocking(move || Lab::set_up(&t)).await {
-        Ok(Ok(lab)) => lab,
+    match tokio::task::spawn_blocking(move || Lab::set_up(&tag)).await {
+        Ok(Ok(lab)) => Some(Arc::new(lab)),
         Ok(Err(why)) => {
             assert!(
                 !required,
                 "OSPROV_REQUIRE_QEMU=1 but libvirt/QEMU cannot run here: {why}"
             );
-            eprintln!("SKIPPED a_qemu_domain_boots_from_the_fresh_volume: {why}");
-            return;
+            eprintln!("SKIPPED {test}: {why}");
+            None
         }
         Err(e) => panic!("setting the lab up panicked: {e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qemu_domain_boots_from_the_fresh_volume() {
+    let Some(lab) = lab_or_skip("a_qemu_domain_boots_from_the_fresh_volume").await else {
+        return;
     };
-    let lab = Arc::new(lab);
     let c = TestCluster::start(Backend::Embedded).await;
     let _ctl = RunningController::start(
         c.client.clone(),
@@ -230,14 +242,144 @@ async fn a_qemu_domain_boots_from_the_fresh_volume() {
         "QEMU runs the fresh volume"
     );
     assert!(active, "the domain runs");
-    assert_eq!(
-        volumes,
-        [fresh.clone(), "tiny-os.qcow2".to_string()],
-        "the old disk is gone"
-    );
+    let mut want = vec![
+        fresh.clone(),
+        "installer.iso".to_string(),
+        "tiny-os.qcow2".to_string(),
+    ];
+    want.sort();
+    assert_eq!(volumes, want, "the old disk is gone");
     let record = record.expect("osprov's record");
     assert_eq!(
         (record.os.as_deref(), record.progress),
         (Some("tiny-os"), Some(Progress::Done))
+    );
+}
+
+/// QEMU's command line for the running domain `name` (libvirt's pid file, then `/proc`).
+fn qemu_cmdline(name: &str) -> Option<String> {
+    let pid = std::fs::read_to_string(format!("/run/libvirt/qemu/{name}.pid")).ok()?;
+    let raw = std::fs::read(format!("/proc/{}/cmdline", pid.trim())).ok()?;
+    Some(String::from_utf8_lossy(&raw).replace('\0', " "))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qemu_domain_boots_the_installer_iso_and_is_restored_after_the_callback() {
+    let test = "a_qemu_domain_boots_the_installer_iso_and_is_restored_after_the_callback";
+    let Some(lab) = lab_or_skip(test).await else {
+        return;
+    };
+    osprov::controller::settings::init_logging(
+        &std::env::var("OSPROV_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+        osprov::controller::settings::LogFormat::Text,
+    );
+    let c = TestCluster::start(Backend::Embedded).await;
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port");
+    let settings = osprov::controller::settings::Settings {
+        callback_addr: osprov::controller::settings::MetricsAddr(Some(addr)),
+        ..fast_settings_in(&c.ns)
+    };
+    let _ctl = RunningController::start(
+        c.client.clone(),
+        settings,
+        Arc::new(osprov::adapter::simulator::SimRegistry::default()),
+    );
+    let dispatchers: Api<OSDispatcher> = c.api();
+    let requests: Api<OSProvisioningRequest> = c.api();
+    let spec = LibvirtSpec {
+        uri: URI.into(),
+        credentials_secret_ref: None,
+        domains: DomainSelector {
+            names: vec![lab.domain.clone()],
+            labelled: false,
+        },
+        image_pool: lab.pool.clone(),
+        images: vec![LibvirtImage {
+            name: "tiny-installer".into(),
+            volume: "installer.iso".into(),
+        }],
+        strategy: LibvirtStrategy::Iso,
+        root_disk: Some("vda".into()),
+        callback_timeout: None,
+    };
+    create(&dispatchers, &libvirt_dispatcher("qemu", spec, "2s")).await;
+    eventually(60, "dispatcher Ready", || async {
+        let d = dispatchers.get("qemu").await.ok()?;
+        (d.status?.state == Some(DispatcherState::Ready)).then_some(())
+    })
+    .await;
+    let definition = |flags: u32| {
+        let l = lab.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let d = l.conn.lookup_domain_by_name(&l.domain).expect("domain");
+                (d.xml_desc(flags).expect("xml"), d.id())
+            })
+            .await
+            .expect("read back")
+        }
+    };
+    let (_, id_before) = definition(0).await;
+    let iso = lab.dir.path().join("installer.iso").display().to_string();
+    let mut r = request("r1", &lab.domain, "tiny-installer");
+    r.spec.max_attempts = Some(1);
+    create(&requests, &r).await;
+    let (live, id) = eventually(120, "QEMU restarted with the installer ISO", || async {
+        let (live, id) = definition(0).await;
+        (id.is_some() && id != id_before && installer::attached(&live, "hdc", &iso).ok()?)
+            .then_some((live, id))
+    })
+    .await;
+    let callback = installer::callback_url(&live).expect("callback URL in the live definition");
+    assert!(
+        callback.starts_with(&format!("http://{addr}/callback/")),
+        "{callback}"
+    );
+    let cmdline = qemu_cmdline(&lab.domain).expect("QEMU's command line");
+    assert!(
+        cmdline.contains(&format!(
+            "type=11,value={}{callback}",
+            installer::CALLBACK_PREFIX
+        )),
+        "QEMU got the callback as an SMBIOS OEM string: {cmdline}"
+    );
+    assert!(cmdline.contains(&iso), "QEMU has the ISO: {cmdline}");
+    wait_phase(&requests, "r1", Phase::Provisioning, 10).await;
+
+    let status = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client")
+        .post(&callback)
+        .body(r#"{"status":"succeeded"}"#)
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0);
+    assert_eq!(status, 200);
+    wait_phase(&requests, "r1", Phase::Succeeded, 60).await;
+    let (live, id_after) = definition(0).await;
+    assert_eq!(id_after, id, "the installed guest keeps running");
+    assert!(
+        !installer::attached(&live, "hdc", &iso).expect("live XML")
+            && !live.contains(&format!("file='{iso}'")),
+        "ejected from the running QEMU: {live}"
+    );
+    let (inactive, _) = definition(virt::sys::VIR_DOMAIN_XML_INACTIVE).await;
+    assert!(installer::callback_url(&inactive).is_none(), "{inactive}");
+    assert!(!inactive.contains("device='cdrom'"), "{inactive}");
+    assert!(!inactive.contains("<boot dev='cdrom'/>"), "{inactive}");
+    let (_, _, record) = {
+        let l = lab.clone();
+        tokio::task::spawn_blocking(move || l.live())
+            .await
+            .expect("record")
+    };
+    let record = record.expect("osprov's record");
+    assert_eq!(
+        (record.os.as_deref(), record.progress),
+        (Some("tiny-installer"), Some(Progress::Done))
     );
 }

@@ -240,6 +240,7 @@ pub(super) async fn work(
         };
         let step = iso_steps::next_step(&l.observed);
         tracing::debug!(domain = %uuid, ?step, "libvirt iso step");
+        let began = std::time::Instant::now();
         match step {
             Step::Wait => return Ok(false),
             Step::Finished => return Ok(true),
@@ -305,6 +306,7 @@ pub(super) async fn work(
                 blocking(move || libvirt_step(step, &l)).await?;
             }
         }
+        tracing::debug!(domain = %uuid, ?step, elapsed = ?began.elapsed(), "libvirt iso step taken");
     }
     Err(AdapterError::Backend {
         message: format!("the iso reprovision of {uuid} did not settle in {MAX_STEPS} steps"),
