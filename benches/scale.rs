@@ -304,6 +304,7 @@ async fn run(backend: Backend, size: &Size) -> Results {
             lookup_interval: None,
             max_concurrent: None,
             libvirt: None,
+            vsphere: None,
             redfish: None,
             simulator: Some(SimulatorSpec {
                 hosts: size.hosts_per_dispatcher as i32,

@@ -43,6 +43,7 @@ pub async fn ensure_sim_dispatcher(
                 ..SimulatorSpec::default()
             }),
             libvirt: None,
+            vsphere: None,
             redfish: None,
         },
     );

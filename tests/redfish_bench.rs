@@ -128,6 +128,7 @@ async fn redfish_scale() {
             max_concurrent: Some(50),
             simulator: None,
             libvirt: None,
+            vsphere: None,
             redfish: Some(RedfishSpec {
                 endpoint: emu.endpoint(),
                 credentials_secret_ref: CredentialsSecretRef {

@@ -62,6 +62,9 @@ pub struct OSDispatcherSpec {
     /// Settings of the libvirt adapter (required when `adapter: libvirt`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub libvirt: Option<super::LibvirtSpec>,
+    /// Settings of the vSphere adapter (required when `adapter: vsphere`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsphere: Option<super::VsphereSpec>,
 }
 
 fn default_provisioner() -> String {

@@ -12,12 +12,14 @@ mod dispatcher;
 mod host;
 mod libvirt;
 mod request;
+mod vsphere;
 pub mod yaml;
 
 pub use dispatcher::*;
 pub use host::*;
 pub use libvirt::*;
 pub use request::*;
+pub use vsphere::*;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;

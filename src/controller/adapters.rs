@@ -2,12 +2,12 @@
 //! [`Adapter`]. Nothing else in osprov matches on [`AdapterKind`].
 //!
 //! Building happens in two steps because some adapters need objects from the API first:
-//! [`AdapterFactory::inputs`] reads them (the Redfish credentials and CA Secrets), and their
+//! [`AdapterFactory::inputs`] reads them (the Redfish and vSphere credentials and CA Secrets), and their
 //! versions become part of the session fingerprint, so a changed Secret rebuilds the adapter;
 //! [`AdapterFactory::build`] then makes the adapter from the spec and those inputs. The simulator
 //! registry lives here, so one factory handed to two controllers (tests, a replica pair) makes
 //! them share simulated fleets the way two controllers share real hardware.
-use super::{libvirt, redfish, Scope};
+use super::{libvirt, redfish, vsphere, Scope};
 use crate::adapter::simulator::{SimRegistry, SimulatorAdapter};
 use crate::adapter::{Adapter, AdapterError};
 use crate::api::{AdapterKind, OSDispatcher};
@@ -27,6 +27,7 @@ pub enum Inputs {
     None,
     Redfish(Result<redfish::Inputs, AdapterError>),
     Libvirt(Result<libvirt::Inputs, AdapterError>),
+    Vsphere(Result<vsphere::Inputs, AdapterError>),
 }
 
 impl Inputs {
@@ -37,7 +38,10 @@ impl Inputs {
             Inputs::None => String::new(),
             Inputs::Redfish(Ok(i)) => format!("|{}", i.version),
             Inputs::Libvirt(Ok(i)) => format!("|{}", i.version),
-            Inputs::Redfish(Err(e)) | Inputs::Libvirt(Err(e)) => format!("|error: {e}"),
+            Inputs::Vsphere(Ok(i)) => format!("|{}", i.version),
+            Inputs::Redfish(Err(e)) | Inputs::Libvirt(Err(e)) | Inputs::Vsphere(Err(e)) => {
+                format!("|error: {e}")
+            }
         }
     }
 }
@@ -53,7 +57,8 @@ impl AdapterFactory {
         match d.spec.adapter {
             AdapterKind::Redfish => Inputs::Redfish(redfish::inputs(scope, d, ns).await),
             AdapterKind::Libvirt => Inputs::Libvirt(libvirt::inputs(scope, d, ns).await),
-            AdapterKind::Simulator | AdapterKind::Vsphere => Inputs::None,
+            AdapterKind::Vsphere => Inputs::Vsphere(vsphere::inputs(scope, d, ns).await),
+            AdapterKind::Simulator => Inputs::None,
         }
     }
 
@@ -94,10 +99,12 @@ impl AdapterFactory {
             (AdapterKind::Libvirt, Inputs::Libvirt(inputs)) => {
                 libvirt::build(key, d, scope, inputs?)
             }
-            (AdapterKind::Redfish | AdapterKind::Libvirt, _) => Err(AdapterError::Config(
-                "the adapter's Secrets were not read".into(),
-            )),
-            (AdapterKind::Vsphere, _) => Err(AdapterError::Unavailable("vsphere")),
+            (AdapterKind::Vsphere, Inputs::Vsphere(inputs)) => {
+                vsphere::build(key, d, scope, inputs?)
+            }
+            (AdapterKind::Redfish | AdapterKind::Libvirt | AdapterKind::Vsphere, _) => Err(
+                AdapterError::Config("the adapter's Secrets were not read".into()),
+            ),
         }
     }
 }

@@ -25,6 +25,7 @@ pub mod perform;
 pub mod redfish;
 pub mod requests;
 pub mod settings;
+pub mod vsphere;
 pub mod world;
 
 pub use context::{Scope, Shared};

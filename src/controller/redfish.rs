@@ -44,7 +44,7 @@ impl std::fmt::Debug for Inputs {
     }
 }
 
-async fn secret_value(
+pub(super) async fn secret_value(
     api: &Api<Secret>,
     ns: &str,
     name: &str,

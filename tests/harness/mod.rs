@@ -96,6 +96,7 @@ pub fn sim_dispatcher(name: &str, sim: SimulatorSpec) -> OSDispatcher {
             max_concurrent: None,
             simulator: Some(sim),
             libvirt: None,
+            vsphere: None,
             redfish: None,
         },
     )

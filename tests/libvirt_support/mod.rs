@@ -142,6 +142,7 @@ pub fn libvirt_dispatcher(name: &str, spec: LibvirtSpec, lookup: &str) -> OSDisp
             simulator: None,
             redfish: None,
             libvirt: Some(spec),
+            vsphere: None,
         },
     )
 }

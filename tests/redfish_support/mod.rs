@@ -486,6 +486,7 @@ pub fn redfish_dispatcher(name: &str, spec: osprov::api::RedfishSpec) -> osprov:
             max_concurrent: None,
             simulator: None,
             libvirt: None,
+            vsphere: None,
             redfish: Some(spec),
         },
     )

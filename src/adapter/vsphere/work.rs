@@ -1,0 +1,343 @@
+//! The `iso` strategy on vSphere performed: the checks before anything is recorded, the worker
+//! that takes the steps of [`super::steps`] (each decided from a fresh read of the VM and the
+//! operation record), vCenter tasks awaited to their end, and cancel.
+use super::adapter::{soap_err, status_of, Inner};
+use super::model::{self, keys, Vm};
+use super::soap::{esc, MoRef, SoapError};
+use super::steps::{self, Observed, Step};
+use crate::adapter::store::{self, token_key, OpRecord, Outcome, OutcomeKind, StoreError};
+use crate::adapter::{AdapterError, OperationStatus};
+use k8s_openapi::jiff::Timestamp;
+use rand::Rng;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A worker gives up after this many steps (a whole operation takes four).
+const MAX_STEPS: usize = 12;
+/// How long a vCenter task (reconfigure, reset) may take.
+const TASK_TIMEOUT: Duration = Duration::from_secs(300);
+
+pub(super) fn store_err(e: StoreError) -> AdapterError {
+    AdapterError::Backend {
+        message: format!("operation record: {e}"),
+        source: Some(Box::new(e)),
+    }
+}
+
+fn callback_url(base: &str, rec: &OpRecord) -> String {
+    format!(
+        "{}/callback/{}.{}",
+        base.trim_end_matches('/'),
+        token_key(&rec.token),
+        rec.secret
+    )
+}
+
+/// Check, record and start `token`'s reprovision of `host` with `os`.
+pub(super) async fn start(
+    inner: &Arc<Inner>,
+    host: &str,
+    os: &str,
+    token: &str,
+) -> Result<OperationStatus, AdapterError> {
+    let image = inner
+        .cfg
+        .images
+        .iter()
+        .find(|i| i.name == os)
+        .ok_or_else(|| AdapterError::UnknownOs {
+            host: host.to_string(),
+            os: os.to_string(),
+        })?;
+    let base = inner.cfg.callback_base.clone().ok_or_else(|| {
+        AdapterError::Config(
+            "the provisioning callback endpoint is off (set --callback-addr); a vSphere \
+             reprovision cannot complete without it"
+                .into(),
+        )
+    })?;
+    let moref = inner.moref_of(host).await?;
+    let vm = inner
+        .vm(&moref)
+        .await
+        .map_err(soap_err)?
+        .ok_or_else(|| AdapterError::UnknownHost(host.to_string()))?;
+    let existing = inner.store.get(token).await.map_err(store_err)?;
+    if let Some(rec) = existing {
+        if rec.host_id != host || rec.os != os {
+            return Err(AdapterError::Config(format!(
+                "token {token} was used for {} with {}, not {host} with {os}",
+                rec.host_id, rec.os
+            )));
+        }
+        let status = status_of(&rec, Some(&vm));
+        if !status.state.is_terminal() {
+            inner.ensure_worker(host, token);
+        }
+        return Ok(status);
+    }
+    if let Some(other) = vm
+        .extra(keys::TOKEN)
+        .filter(|t| *t != token && vm.extra(keys::PROGRESS) == Some("recorded"))
+    {
+        return Err(AdapterError::HostBusy {
+            host: host.to_string(),
+            token: other.to_string(),
+        });
+    }
+    // Refuse what cannot work before anything is recorded.
+    model::attach(&vm, &moref, token, os, &image.iso, &base).map_err(AdapterError::Config)?;
+    let secret: String = rand::rng()
+        .random::<[u8; 24]>()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let rec = inner
+        .store
+        .create(OpRecord {
+            token: token.to_string(),
+            host_id: host.to_string(),
+            os: os.to_string(),
+            image: image.iso.clone(),
+            secret,
+            started_at: Timestamp::now(),
+            reset_requested_at: None,
+            reset_at: None,
+            boot_override: Some("cdrom".into()),
+            outcome: None,
+            cleaned: false,
+            version: None,
+        })
+        .await
+        .map_err(store_err)?;
+    inner.ensure_worker(host, token);
+    Ok(status_of(&rec, Some(&vm)))
+}
+
+/// Record a cancel as the outcome and restore the VM now; false when it had already ended.
+pub(super) async fn cancel(
+    inner: &Arc<Inner>,
+    host: &str,
+    token: &str,
+) -> Result<bool, AdapterError> {
+    let mut cancelled = false;
+    let rec = store::mutate(inner.store.as_ref(), token, |r| {
+        if r.outcome.is_none() {
+            r.outcome = Some(Outcome {
+                kind: OutcomeKind::Cancelled,
+                message: "cancelled through osprov".into(),
+                at: Timestamp::now(),
+            });
+        }
+    })
+    .await
+    .map_err(store_err)?;
+    if let Some(r) = rec {
+        cancelled = r
+            .outcome
+            .as_ref()
+            .is_some_and(|o| o.kind == OutcomeKind::Cancelled);
+        run(inner, host, token).await?;
+    }
+    Ok(cancelled)
+}
+
+/// Wait for a vCenter task to end; its error message when it failed.
+async fn wait_task(inner: &Inner, task: &MoRef) -> Result<(), SoapError> {
+    let sc = inner.soap.service_content().await?;
+    let body = format!(
+        "<RetrievePropertiesEx xmlns=\"urn:vim25\">{}<specSet><propSet><type>Task</type>\
+         <pathSet>info.state</pathSet><pathSet>info.error</pathSet></propSet><objectSet>{}\
+         <skip>false</skip></objectSet></specSet><options/></RetrievePropertiesEx>",
+        sc.property_collector.xml("_this"),
+        task.xml("obj")
+    );
+    let began = Instant::now();
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let text = inner.soap.call(&body).await?;
+        let doc =
+            roxmltree::Document::parse(&text).map_err(|e| SoapError::Malformed(e.to_string()))?;
+        let prop = |name: &str| {
+            doc.descendants()
+                .filter(|n| n.has_tag_name("propSet"))
+                .find(|p| super::soap::child_text(*p, "name").as_deref() == Some(name))
+        };
+        let state = prop("info.state").and_then(|p| super::soap::child_text(p, "val"));
+        match state.as_deref() {
+            Some("success") => return Ok(()),
+            Some("error") => {
+                let message = prop("info.error")
+                    .and_then(|p| {
+                        p.descendants()
+                            .find(|n| n.has_tag_name("localizedMessage"))
+                            .and_then(|n| n.text())
+                            .map(str::to_string)
+                    })
+                    .unwrap_or_else(|| "the task failed".into());
+                return Err(SoapError::Fault {
+                    kind: "TaskError".into(),
+                    message,
+                });
+            }
+            _ if began.elapsed() > TASK_TIMEOUT => {
+                return Err(SoapError::Fault {
+                    kind: "TaskTimeout".into(),
+                    message: format!("task {} did not end in {TASK_TIMEOUT:?}", task.value),
+                })
+            }
+            _ => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(500));
+            }
+        }
+    }
+}
+
+/// Call a `*_Task` method on `vm` and wait for the task.
+async fn task(inner: &Inner, method: &str, vm: &MoRef, args: &str) -> Result<(), SoapError> {
+    let body = format!(
+        "<{method} xmlns=\"urn:vim25\">{}{args}</{method}>",
+        vm.xml("_this")
+    );
+    let text = inner.soap.call(&body).await?;
+    let t = super::adapter::returnval_moref(&text)?;
+    wait_task(inner, &t).await
+}
+
+/// Run a reconfigure body (built by [`model`]) and wait for its task.
+async fn reconfigure(inner: &Inner, body: &str) -> Result<(), SoapError> {
+    let text = inner.soap.call(body).await?;
+    let t = super::adapter::returnval_moref(&text)?;
+    wait_task(inner, &t).await
+}
+
+fn observe(vm: &Vm, rec: Option<&OpRecord>, token: &str, timeout: Duration) -> Observed {
+    let recorded = vm.extra(keys::TOKEN) == Some(token);
+    let iso = rec.map(|r| r.image.as_str()).unwrap_or_default();
+    Observed {
+        recorded,
+        finished: recorded
+            && matches!(
+                vm.extra(keys::PROGRESS),
+                Some("done" | "failed" | "cancelled")
+            ),
+        attached: model::attached(vm, iso),
+        reset_requested: rec.is_some_and(|r| r.reset_requested_at.is_some()),
+        // A record gone means the request is gone (its Secret is collected with it).
+        outcome: match rec {
+            Some(r) => r.outcome.as_ref().map(|o| o.kind),
+            None => Some(OutcomeKind::Cancelled),
+        },
+        timed_out: rec.is_some_and(|r| {
+            r.outcome.is_none()
+                && r.reset_requested_at.is_some_and(|t| {
+                    let waited = Timestamp::now().duration_since(t);
+                    Duration::try_from(waited).unwrap_or(Duration::ZERO) >= timeout
+                })
+        }),
+    }
+}
+
+/// Carry `token`'s operation on `host` as far as it goes now; true once it is finished.
+pub(super) async fn run(inner: &Arc<Inner>, host: &str, token: &str) -> Result<bool, AdapterError> {
+    for _ in 0..MAX_STEPS {
+        let rec = inner.store.get(token).await.map_err(store_err)?;
+        let moref = inner.moref_of(host).await?;
+        let Some(vm) = inner.vm(&moref).await.map_err(soap_err)? else {
+            return Err(AdapterError::UnknownHost(host.to_string()));
+        };
+        let step = steps::next_step(&observe(
+            &vm,
+            rec.as_ref(),
+            token,
+            inner.cfg.callback_timeout,
+        ));
+        tracing::debug!(host, ?step, "vSphere iso step");
+        match (step, rec) {
+            (Step::Wait, _) => return Ok(false),
+            (Step::Finished, _) => return Ok(true),
+            (Step::Detach(kind), rec) => {
+                let progress = match kind {
+                    OutcomeKind::Succeeded => "done",
+                    OutcomeKind::Failed => "failed",
+                    OutcomeKind::Cancelled => "cancelled",
+                };
+                reconfigure(inner, &model::detach(&vm, &moref, progress))
+                    .await
+                    .map_err(soap_err)?;
+                if rec.is_some() {
+                    store::mutate(inner.store.as_ref(), token, |r| r.cleaned = true)
+                        .await
+                        .map_err(store_err)?;
+                }
+            }
+            (_, None) => return Ok(true),
+            (Step::RecordTimeout, Some(_)) => {
+                let message = format!(
+                    "no callback from the installer within {}s of the reset (callbackTimeout)",
+                    inner.cfg.callback_timeout.as_secs()
+                );
+                store::mutate(inner.store.as_ref(), token, |r| {
+                    r.outcome.get_or_insert(Outcome {
+                        kind: OutcomeKind::Failed,
+                        message: message.clone(),
+                        at: Timestamp::now(),
+                    });
+                })
+                .await
+                .map_err(store_err)?;
+            }
+            (Step::Attach, Some(rec)) => {
+                let base = inner.cfg.callback_base.clone().unwrap_or_default();
+                let body = model::attach(
+                    &vm,
+                    &moref,
+                    token,
+                    &rec.os,
+                    &rec.image,
+                    &callback_url(&base, &rec),
+                )
+                .map_err(AdapterError::Config)?;
+                reconfigure(inner, &body).await.map_err(soap_err)?;
+            }
+            (Step::Reset, Some(_)) => {
+                store::mutate(inner.store.as_ref(), token, |r| {
+                    r.reset_requested_at.get_or_insert(Timestamp::now());
+                })
+                .await
+                .map_err(store_err)?;
+                let method = if vm.power == "poweredOn" {
+                    "ResetVM_Task"
+                } else {
+                    "PowerOnVM_Task"
+                };
+                if let Err(e) = task(inner, method, &moref, "").await {
+                    // vCenter refused, or the task failed: nothing was reset, so a later try is
+                    // no second reset. A lost answer or a task still running may have reset the
+                    // VM: the record keeps "requested" and the callback timeout decides.
+                    let refused =
+                        matches!(&e, SoapError::Fault { kind, .. } if kind != "TaskTimeout");
+                    if refused {
+                        store::mutate(inner.store.as_ref(), token, |r| r.reset_requested_at = None)
+                            .await
+                            .map_err(store_err)?;
+                    }
+                    return Err(soap_err(e));
+                }
+                store::mutate(inner.store.as_ref(), token, |r| {
+                    r.reset_at.get_or_insert(Timestamp::now());
+                })
+                .await
+                .map_err(store_err)?;
+            }
+        }
+    }
+    Err(AdapterError::Backend {
+        message: format!(
+            "the reprovision of {host} did not settle in {MAX_STEPS} steps ({})",
+            esc(token)
+        ),
+        source: None,
+    })
+}
