@@ -9,10 +9,12 @@
 //! Sessions: one login per client (single-flight), the `vmware_soap_session` cookie on every
 //! call, a re-login and one resend on `NotAuthenticated` (an expired or revoked session), and
 //! `logout` when the dispatcher session ends. Calls in flight are bounded by a semaphore.
-//! Credentials are never logged; a refused login is [`SoapError::InvalidLogin`].
+//! Credentials are never logged; a refused login is [`SoapError::InvalidLogin`], and the account
+//! is not tried again for a growing wait (10 s doubling to 5 min), so a wrong password neither
+//! floods vCenter nor locks the account.
 use reqwest::header::{HeaderValue, CONTENT_TYPE, COOKIE, SET_COOKIE};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
 /// The vim25 version osprov speaks (every vCenter since 7.0 accepts it).
@@ -119,7 +121,15 @@ pub struct Soap {
     calls: std::sync::atomic::AtomicU64,
     /// Logins so far: objects made in a session (views, filters) are valid for one epoch.
     epoch: std::sync::atomic::AtomicU64,
+    /// After a refused login: no new try before this instant, and the wait that led to it.
+    refused: Mutex<Option<(Instant, Duration)>>,
 }
+
+/// The first wait after a refused login, and the longest (it doubles in between). A refused
+/// account is not tried again sooner, so a wrong password does not lock the vCenter account nor
+/// flood its log; a fixed Secret builds a new client at once.
+const REFUSED_FIRST: Duration = Duration::from_secs(10);
+const REFUSED_MAX: Duration = Duration::from_secs(300);
 
 /// The `Body`'s first element of a SOAP response, as text to parse.
 fn body_of(doc: &roxmltree::Document<'_>) -> Result<roxmltree::NodeId, SoapError> {
@@ -196,6 +206,7 @@ impl Soap {
             permits,
             calls: std::sync::atomic::AtomicU64::new(0),
             epoch: std::sync::atomic::AtomicU64::new(0),
+            refused: Mutex::new(None),
         }
     }
 
@@ -306,6 +317,10 @@ impl Soap {
         if !stale {
             return Ok(());
         }
+        let refused = *self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        if refused.is_some_and(|(until, _)| Instant::now() < until) {
+            return Err(SoapError::InvalidLogin);
+        }
         let sc = self.service_content().await?;
         let body = format!(
             "<Login xmlns=\"urn:vim25\">{}<userName>{}</userName><password>{}</password></Login>",
@@ -314,7 +329,18 @@ impl Soap {
             esc(&self.cfg.password)
         );
         self.set_cookie(None);
-        let (_, cookie) = self.post(&body).await?;
+        let (_, cookie) = match self.post(&body).await {
+            Err(SoapError::InvalidLogin) => {
+                let wait = refused
+                    .map(|(_, w)| (w * 2).min(REFUSED_MAX))
+                    .unwrap_or(REFUSED_FIRST);
+                *self.refused.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some((Instant::now() + wait, wait));
+                return Err(SoapError::InvalidLogin);
+            }
+            other => other?,
+        };
+        *self.refused.lock().unwrap_or_else(|p| p.into_inner()) = None;
         let cookie =
             cookie.ok_or_else(|| SoapError::Malformed("Login set no session cookie".into()))?;
         self.set_cookie(Some(cookie));

@@ -1,0 +1,280 @@
+//! End-to-end: the real controller with a vSphere dispatcher against govmomi's vCenter simulator
+//! (vcsim, built from its Go module), on both API backends. What the VMs hold (CD-ROM backing,
+//! boot order, extraConfig) is read back through a vim25 session of the test's own; vcsim's
+//! SOAP trace counts what osprov sent (reconfigures, resets, logins).
+mod cluster;
+mod harness;
+mod support;
+mod vsphere_support;
+
+use cluster::TestCluster;
+use harness::*;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, PostParams};
+use osprov::adapter::vsphere::model::{keys, BootDev};
+use osprov::api::{
+    DispatcherState, ManagedHost, OSDispatcher, OSProvisioningRequest, Phase, PowerState,
+};
+use osprov::controller::settings::{MetricsAddr, Settings};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use vsphere_support::*;
+
+on_both_backends!(
+    discovers_vms_and_installs_from_the_iso_with_one_reset,
+    power_changes_made_in_vcenter_reach_the_managed_host_through_updates,
+    wrong_credentials_are_authentication_failed_without_a_retry_storm,
+    a_vcenter_restarted_mid_install_gets_no_second_reconfigure_or_reset,
+);
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn controller(c: &TestCluster, callback: SocketAddr) -> RunningController {
+    RunningController::start(
+        c.client.clone(),
+        Settings {
+            callback_addr: MetricsAddr(Some(callback)),
+            ..fast_settings_in(&c.ns)
+        },
+        Arc::new(osprov::adapter::simulator::SimRegistry::default()),
+    )
+}
+
+async fn account(c: &TestCluster, password: &str) {
+    let secrets: Api<Secret> = c.api();
+    let s = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some("vcenter".into()),
+            ..Default::default()
+        },
+        string_data: Some(
+            [
+                ("username".to_string(), USER.to_string()),
+                ("password".to_string(), password.to_string()),
+            ]
+            .into(),
+        ),
+        ..Default::default()
+    };
+    secrets
+        .create(&PostParams::default(), &s)
+        .await
+        .expect("Secret");
+}
+
+fn once(name: &str, host: &str, os: &str) -> OSProvisioningRequest {
+    let mut r = request(name, host, os);
+    r.spec.max_attempts = Some(1);
+    r
+}
+
+async fn post(url: &str, body: &str) -> u16 {
+    reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client")
+        .post(url)
+        .body(body.to_string())
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
+/// Wait until VM `name` holds the installer; its callback URL.
+async fn installer_attached(sim: &Vcsim, name: &str) -> String {
+    let soap = sim.client();
+    eventually(30, "installer attached", || async {
+        let vm = vm(&soap, name).await;
+        let cd = vm.cdrom.clone()?;
+        (cd.iso.as_deref() == Some(&format!("[LocalDS_0] {ISO}")[..]) && cd.start_connected)
+            .then_some(())?;
+        vm.extra(keys::CALLBACK).map(str::to_string)
+    })
+    .await
+}
+
+async fn discovers_vms_and_installs_from_the_iso_with_one_reset(c: TestCluster) {
+    let sim = Vcsim::start(3);
+    account(&c, PASSWORD).await;
+    let callback = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let ctl = controller(&c, callback);
+    let dispatchers: Api<OSDispatcher> = c.api();
+    let hosts: Api<ManagedHost> = c.api();
+    let requests: Api<OSProvisioningRequest> = c.api();
+    create(
+        &dispatchers,
+        &vsphere_dispatcher("vc", vsphere_spec(&sim), "1s"),
+    )
+    .await;
+    let mh = eventually(30, "VM1 mirrored", || async {
+        hosts.get("dc0-c0-rp0-vm1").await.ok()
+    })
+    .await;
+    let st = mh.status.expect("status");
+    assert_eq!(st.available_os, ["debian-12"]);
+    assert_eq!(st.power, Some(PowerState::On));
+    let soap = sim.client();
+    let before = vm(&soap, "DC0_C0_RP0_VM1").await;
+    assert_eq!(mh.spec.backend_id, before.id());
+
+    create(&requests, &once("r1", "dc0-c0-rp0-vm1", "debian-12")).await;
+    let url = installer_attached(&sim, "DC0_C0_RP0_VM1").await;
+    assert!(
+        url.starts_with(&format!("http://{callback}/callback/")),
+        "{url}"
+    );
+    let during = vm(&soap, "DC0_C0_RP0_VM1").await;
+    assert_eq!(
+        during.boot.first(),
+        Some(&BootDev::Cdrom),
+        "CD-ROM boots first"
+    );
+    eventually(30, "one reset", || async {
+        (sim.count("ResetVM_Task") == 1).then_some(())
+    })
+    .await;
+    wait_phase(&requests, "r1", Phase::Provisioning, 10).await;
+
+    // A restarted controller neither reconfigures nor resets again.
+    ctl.stop().await;
+    let reconfigs = sim.count("ReconfigVM_Task");
+    let _ctl = controller(&c, callback);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(sim.count("ResetVM_Task"), 1);
+    assert_eq!(sim.count("ReconfigVM_Task"), reconfigs);
+
+    assert_eq!(post(&url, r#"{"status":"succeeded"}"#).await, 200);
+    wait_phase(&requests, "r1", Phase::Succeeded, 30).await;
+    let after = vm(&soap, "DC0_C0_RP0_VM1").await;
+    let cd = after.cdrom.clone().expect("cdrom");
+    assert!(!cd.start_connected && cd.iso.is_none(), "{cd:?}");
+    assert!(!after.boot.contains(&BootDev::Cdrom), "{:?}", after.boot);
+    assert_eq!(after.extra(keys::PROGRESS), Some("done"));
+    assert_eq!(after.extra(keys::CALLBACK), None);
+    assert_eq!(
+        (sim.count("ResetVM_Task"), sim.count("PowerOnVM_Task")),
+        (1, 0)
+    );
+    // Nobody asked for VM0 or VM2.
+    for other in ["DC0_C0_RP0_VM0", "DC0_C0_RP0_VM2"] {
+        assert_eq!(vm(&soap, other).await.extra(keys::TOKEN), None);
+    }
+    eventually(30, "current OS mirrored", || async {
+        let mh = hosts.get("dc0-c0-rp0-vm1").await.ok()?;
+        (mh.status?.current_os.as_deref() == Some("debian-12")).then_some(())
+    })
+    .await;
+}
+
+async fn power_changes_made_in_vcenter_reach_the_managed_host_through_updates(c: TestCluster) {
+    let sim = Vcsim::start(2);
+    account(&c, PASSWORD).await;
+    let _ctl = controller(&c, SocketAddr::from(([127, 0, 0, 1], free_port())));
+    let dispatchers: Api<OSDispatcher> = c.api();
+    let hosts: Api<ManagedHost> = c.api();
+    // A one-hour lookup: only the change feed can bring the power change.
+    create(
+        &dispatchers,
+        &vsphere_dispatcher("vc", vsphere_spec(&sim), "1h"),
+    )
+    .await;
+    eventually(30, "VM0 on", || async {
+        let mh = hosts.get("dc0-c0-rp0-vm0").await.ok()?;
+        (mh.status?.power == Some(PowerState::On)).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let soap = sim.client();
+    let vm0 = vm(&soap, "DC0_C0_RP0_VM0").await;
+    power(&soap, &vm0, "PowerOffVM_Task").await;
+    eventually(5, "VM0 off through WaitForUpdatesEx", || async {
+        let mh = hosts.get("dc0-c0-rp0-vm0").await.ok()?;
+        (mh.status?.power == Some(PowerState::Off)).then_some(())
+    })
+    .await;
+    assert!(sim.count("WaitForUpdatesEx") >= 1);
+}
+
+async fn wrong_credentials_are_authentication_failed_without_a_retry_storm(c: TestCluster) {
+    let sim = Vcsim::start(1);
+    account(&c, "not-the-password").await;
+    let _ctl = controller(&c, SocketAddr::from(([127, 0, 0, 1], free_port())));
+    let dispatchers: Api<OSDispatcher> = c.api();
+    create(
+        &dispatchers,
+        &vsphere_dispatcher("vc", vsphere_spec(&sim), "1s"),
+    )
+    .await;
+    let d = eventually(30, "AuthenticationFailed", || async {
+        let d = dispatchers.get("vc").await.ok()?;
+        let ready = d
+            .status
+            .as_ref()?
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")?
+            .clone();
+        (ready.reason == "AuthenticationFailed").then_some(d)
+    })
+    .await;
+    let text = serde_json::to_string(&d.status).expect("json");
+    assert!(!text.contains("not-the-password"), "{text}");
+    let logins = sim.count("Login");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let more = sim.count("Login") - logins;
+    assert!(more <= 3, "{more} more logins in 5 s: a retry storm");
+    assert_ne!(d.status.and_then(|s| s.state), Some(DispatcherState::Ready));
+}
+
+async fn a_vcenter_restarted_mid_install_gets_no_second_reconfigure_or_reset(c: TestCluster) {
+    let sim = Vcsim::start(2);
+    let port = sim.port;
+    account(&c, PASSWORD).await;
+    let callback = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let _ctl = controller(&c, callback);
+    let dispatchers: Api<OSDispatcher> = c.api();
+    let requests: Api<OSProvisioningRequest> = c.api();
+    let hosts: Api<ManagedHost> = c.api();
+    create(
+        &dispatchers,
+        &vsphere_dispatcher("vc", vsphere_spec(&sim), "1s"),
+    )
+    .await;
+    eventually(30, "VM0 mirrored", || async {
+        hosts.get("dc0-c0-rp0-vm0").await.ok()
+    })
+    .await;
+    create(&requests, &once("r1", "dc0-c0-rp0-vm0", "debian-12")).await;
+    let url = installer_attached(&sim, "DC0_C0_RP0_VM0").await;
+    eventually(30, "one reset", || async {
+        (sim.count("ResetVM_Task") == 1).then_some(())
+    })
+    .await;
+    // vCenter goes away and comes back (vcsim forgets everything; the VMs are the same ones).
+    drop(sim);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let sim = Vcsim::start_on(2, port);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        (
+            sim.count("ReconfigVM_Task"),
+            sim.count("ResetVM_Task"),
+            sim.count("PowerOnVM_Task")
+        ),
+        (0, 0, 0),
+        "nothing repeated after the restart"
+    );
+    assert_eq!(post(&url, r#"{"status":"succeeded"}"#).await, 200);
+    wait_phase(&requests, "r1", Phase::Succeeded, 30).await;
+    assert_eq!(
+        (sim.count("ResetVM_Task"), sim.count("PowerOnVM_Task")),
+        (0, 0)
+    );
+}

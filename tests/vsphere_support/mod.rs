@@ -1,0 +1,254 @@
+//! vSphere test fixtures: govmomi's vcsim (built from its Go module by `scripts/vcsim.sh`, see
+//! `tests/vcsim/main.go`) started per test on a free port, with SOAP tracing on so a test can
+//! count what osprov sent it; the dispatcher pointing at it; and a second, independent vim25
+//! session (osprov's SOAP client, as any other vCenter client) to read and change VMs.
+#![allow(dead_code)]
+use osprov::adapter::vsphere::model::{self, Vm};
+use osprov::adapter::vsphere::soap::{MoRef, Soap, SoapConfig};
+use osprov::adapter::vsphere::tls::{http_client, Trust};
+use osprov::api::{
+    AdapterKind, CredentialsSecretRef, OSDispatcher, OSDispatcherSpec, VmSelector, VsphereImage,
+    VsphereSpec, VsphereStrategy, VsphereTls,
+};
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub const USER: &str = "administrator@vsphere.local";
+pub const PASSWORD: &str = "vcsim-pass";
+pub const ISO: &str = "debian-12-netinst.iso";
+
+/// The vcsim binary: `$OSPROV_VCSIM`, else built (or found cached) by `scripts/vcsim.sh`.
+pub fn binary() -> PathBuf {
+    if let Ok(p) = std::env::var("OSPROV_VCSIM") {
+        return PathBuf::from(p);
+    }
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = Command::new("bash")
+        .arg(format!("{root}/scripts/vcsim.sh"))
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("running scripts/vcsim.sh");
+    assert!(out.status.success(), "scripts/vcsim.sh failed");
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+/// What vcsim printed when it started.
+#[derive(Debug, serde::Deserialize)]
+pub struct Started {
+    pub url: String,
+    pub thumbprint: String,
+    pub datastore: String,
+    pub vms: Vec<String>,
+}
+
+/// A running vcsim; stopped on drop (its stdin closes).
+pub struct Vcsim {
+    child: Child,
+    pub info: Started,
+    pub port: u16,
+    /// SOAP requests vcsim received (its `-trace` output), method names in order.
+    trace: Arc<Mutex<Vec<String>>>,
+}
+
+impl Vcsim {
+    pub fn start(vms: usize) -> Vcsim {
+        Self::start_on(vms, 0)
+    }
+
+    /// Start on `port` (0: a free one).
+    pub fn start_on(vms: usize, port: u16) -> Vcsim {
+        let mut child = Command::new(binary())
+            .args([
+                "-listen",
+                &format!("127.0.0.1:{port}"),
+                "-vms",
+                &vms.to_string(),
+                "-username",
+                USER,
+                "-password",
+                PASSWORD,
+                "-isos",
+                ISO,
+                "-trace",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting vcsim");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("vcsim's first line");
+        let info: Started = serde_json::from_str(&line).expect("vcsim's JSON line");
+        let port = info
+            .url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.trim_end_matches("/sdk").parse().ok())
+            .expect("port");
+        let trace = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().expect("stderr");
+        let t = trace.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                for method in methods_in(&line) {
+                    t.lock().expect("trace").push(method);
+                }
+            }
+        });
+        Vcsim {
+            child,
+            info,
+            port,
+            trace,
+        }
+    }
+
+    /// How many requests of `method` vcsim has received.
+    pub fn count(&self, method: &str) -> usize {
+        self.trace
+            .lock()
+            .expect("trace")
+            .iter()
+            .filter(|m| *m == method)
+            .count()
+    }
+
+    /// A fresh vim25 session of its own (as govc or the vSphere Client would have).
+    pub fn client(&self) -> Soap {
+        let http = http_client(
+            &Trust {
+                insecure_skip_verify: true,
+                ..Default::default()
+            },
+            2,
+        )
+        .expect("http client");
+        Soap::new(
+            SoapConfig {
+                url: self.info.url.clone(),
+                username: USER.into(),
+                password: PASSWORD.into(),
+                max_connections: 2,
+                timeout: Duration::from_secs(30),
+            },
+            http,
+        )
+    }
+}
+
+impl Drop for Vcsim {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// vim25 method names in one line of vcsim's trace (request bodies: `<Method xmlns="urn:vim25"`).
+fn methods_in(line: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = line;
+    while let Some(i) = rest.find(" xmlns=\"urn:vim25\"") {
+        let head = &rest[..i];
+        if let Some(open) = head.rfind('<') {
+            let name = &head[open + 1..];
+            if !name.is_empty() && !name.ends_with("Response") && !name.contains(['/', ' ']) {
+                out.push(name.to_string());
+            }
+        }
+        rest = &rest[i + 1..];
+    }
+    out
+}
+
+/// Every VM vcsim has, read through `soap`.
+pub async fn vms(soap: &Soap) -> Vec<Vm> {
+    let sc = soap.service_content().await.expect("service content");
+    let body = format!(
+        "<CreateContainerView xmlns=\"urn:vim25\">{}{}<type>VirtualMachine</type>\
+         <recursive>true</recursive></CreateContainerView>",
+        sc.view_manager.xml("_this"),
+        sc.root_folder.xml("container")
+    );
+    let text = soap.call(&body).await.expect("view");
+    let doc = roxmltree::Document::parse(&text).expect("xml");
+    let rv = doc
+        .descendants()
+        .find(|n| n.has_tag_name("returnval"))
+        .expect("returnval");
+    let view = MoRef::new(
+        rv.attribute("type").unwrap_or_default(),
+        rv.text().unwrap_or_default(),
+    );
+    let text = soap
+        .call(&model::retrieve_all(&sc.property_collector, &view))
+        .await
+        .expect("retrieve");
+    model::parse_vms(&text).expect("parse").0
+}
+
+/// The VM named `name`.
+pub async fn vm(soap: &Soap, name: &str) -> Vm {
+    vms(soap)
+        .await
+        .into_iter()
+        .find(|v| v.name == name)
+        .unwrap_or_else(|| panic!("no VM {name}"))
+}
+
+/// Run a power task (`PowerOffVM_Task`, `PowerOnVM_Task`) on `vm` from this session.
+pub async fn power(soap: &Soap, vm: &Vm, method: &str) {
+    let m = vm.moref.clone().expect("moref");
+    let body = format!(
+        "<{method} xmlns=\"urn:vim25\">{}</{method}>",
+        m.xml("_this")
+    );
+    soap.call(&body).await.expect("power task");
+}
+
+/// The dispatcher's spec: vcsim's URL, its certificate pinned by thumbprint, the ISO as the one
+/// image.
+pub fn vsphere_spec(sim: &Vcsim) -> VsphereSpec {
+    VsphereSpec {
+        url: sim.info.url.clone(),
+        credentials_secret_ref: CredentialsSecretRef {
+            name: "vcenter".into(),
+            username_key: None,
+            password_key: None,
+        },
+        tls: Some(VsphereTls {
+            ca_secret_ref: None,
+            thumbprint: Some(sim.info.thumbprint.clone()),
+            insecure_skip_verify: false,
+        }),
+        vms: VmSelector::default(),
+        images: vec![VsphereImage {
+            name: "debian-12".into(),
+            iso: format!("[{}] {ISO}", sim.info.datastore),
+        }],
+        strategy: VsphereStrategy::Iso,
+        callback_timeout: None,
+        max_connections: None,
+    }
+}
+
+pub fn vsphere_dispatcher(name: &str, spec: VsphereSpec, lookup: &str) -> OSDispatcher {
+    OSDispatcher::new(
+        name,
+        OSDispatcherSpec {
+            adapter: AdapterKind::Vsphere,
+            provisioner: "osp".into(),
+            lookup_interval: Some(lookup.into()),
+            max_concurrent: None,
+            simulator: None,
+            redfish: None,
+            libvirt: None,
+            vsphere: Some(spec),
+        },
+    )
+}
