@@ -44,6 +44,10 @@ fi
 OSPROV_K8S_TOOLS=$(bash scripts/k8s-tools.sh)
 export OSPROV_K8S_TOOLS
 export PATH="$OSPROV_K8S_TOOLS:$PATH"
+# govmomi's vCenter simulator (vcsim) for the vSphere tests, built from its Go module
+# (tests/vcsim/) and cached under target/vcsim/.
+OSPROV_VCSIM=$(bash scripts/vcsim.sh)
+export OSPROV_VCSIM
 
 # Python tools (sushy-tools, the Helm SDK, pytest…) in a venv under target/.
 VENV=${OSPROV_VENV:-$ROOT/target/venv}

@@ -51,6 +51,8 @@ pub struct Vcsim {
     pub port: u16,
     /// SOAP requests vcsim received (its `-trace` output), method names in order.
     trace: Arc<Mutex<Vec<String>>>,
+    /// vcsim's TMPDIR (its datastore directories), removed after it stops.
+    _tmp: tempfile::TempDir,
 }
 
 impl Vcsim {
@@ -60,7 +62,9 @@ impl Vcsim {
 
     /// Start on `port` (0: a free one).
     pub fn start_on(vms: usize, port: u16) -> Vcsim {
+        let tmp = tempfile::tempdir().expect("tempdir");
         let mut child = Command::new(binary())
+            .env("TMPDIR", tmp.path())
             .args([
                 "-listen",
                 &format!("127.0.0.1:{port}"),
@@ -106,6 +110,7 @@ impl Vcsim {
             info,
             port,
             trace,
+            _tmp: tmp,
         }
     }
 
@@ -117,6 +122,20 @@ impl Vcsim {
             .iter()
             .filter(|m| *m == method)
             .count()
+    }
+
+    /// Every request vcsim has received.
+    pub fn total(&self) -> usize {
+        self.trace.lock().expect("trace").len()
+    }
+
+    /// Requests received so far, by method.
+    pub fn snapshot(&self) -> std::collections::HashMap<String, usize> {
+        let mut m = std::collections::HashMap::new();
+        for method in self.trace.lock().expect("trace").iter() {
+            *m.entry(method.clone()).or_insert(0) += 1;
+        }
+        m
     }
 
     /// A fresh vim25 session of its own (as govc or the vSphere Client would have).
@@ -144,6 +163,15 @@ impl Vcsim {
 
 impl Drop for Vcsim {
     fn drop(&mut self) {
+        // Closing its stdin stops vcsim cleanly (it removes its datastore directory); a kill is
+        // the fallback.
+        drop(self.child.stdin.take());
+        for _ in 0..50 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(40));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -364,8 +364,15 @@ impl Adapter for VsphereAdapter {
         let Some(rec) = inner.store.get(token).await.map_err(work::store_err)? else {
             return Ok(None);
         };
-        let moref = inner.moref_of(host_id).await?;
-        let vm = inner.vm(&moref).await.map_err(soap_err)?;
+        // Until the installer reports, the record alone says where the operation is; only the
+        // end needs the VM (restored yet?), so a poll costs vCenter nothing before then.
+        // `cleaned` (set after the VM was restored) makes that read unneeded too.
+        let vm = if rec.outcome.is_some() && !rec.cleaned {
+            let moref = inner.moref_of(host_id).await?;
+            inner.vm(&moref).await.map_err(soap_err)?
+        } else {
+            None
+        };
         let status = status_of(&rec, vm.as_ref());
         if !status.state.is_terminal() {
             inner.ensure_worker(host_id, token);

@@ -162,6 +162,17 @@ fn fault(node: roxmltree::Node<'_, '_>) -> Option<SoapError> {
     })
 }
 
+/// Whether a property-collector answer lists properties it could not read for want of a session
+/// (vcsim answers a read without a session so, where vCenter sends a `NotAuthenticated` fault).
+fn unauthenticated_read(doc: &roxmltree::Document<'_>) -> bool {
+    doc.descendants()
+        .filter(|n| n.has_tag_name("missingSet"))
+        .flat_map(|m| m.descendants())
+        .any(|f| {
+            f.tag_name().name() == "fault" && xsi_type(f).as_deref() == Some("NotAuthenticated")
+        })
+}
+
 /// The `xsi:type` of an element, without a namespace prefix.
 pub fn xsi_type(node: roxmltree::Node<'_, '_>) -> Option<String> {
     node.attribute(("http://www.w3.org/2001/XMLSchema-instance", "type"))
@@ -285,6 +296,9 @@ impl Soap {
             .ok_or_else(|| SoapError::Malformed("no SOAP Body".into()))?;
         if let Some(f) = fault(node) {
             return Err(f);
+        }
+        if unauthenticated_read(&doc) {
+            return Err(SoapError::NotAuthenticated);
         }
         if status >= 400 {
             return Err(SoapError::Status { status });
@@ -436,6 +450,17 @@ mod tests {
             sc.session_manager.xml("_this"),
             "<_this type=\"SessionManager\">SessionManager</_this>"
         );
+    }
+
+    #[test]
+    fn a_read_without_a_session_is_not_authenticated() {
+        let text = r#"<Envelope xmlns="http://schemas.xmlsoap.org/soap/envelope/"><Body><RetrievePropertiesExResponse xmlns="urn:vim25"><returnval><objects><obj type="VirtualMachine">vm-1</obj><missingSet><path>name</path><fault xmlns:x="http://www.w3.org/2001/XMLSchema-instance" x:type="LocalizedMethodFault"><fault x:type="NotAuthenticated"><privilegeId>System.Read</privilegeId></fault></fault></missingSet></objects></returnval></RetrievePropertiesExResponse></Body></Envelope>"#;
+        let doc = roxmltree::Document::parse(text).expect("xml");
+        assert!(unauthenticated_read(&doc));
+        let fine = text.replace("NotAuthenticated", "NoPermission");
+        assert!(!unauthenticated_read(
+            &roxmltree::Document::parse(&fine).expect("xml")
+        ));
     }
 
     #[test]

@@ -271,6 +271,8 @@ pub(super) async fn run(inner: &Arc<Inner>, host: &str, token: &str) -> Result<b
                         .await
                         .map_err(store_err)?;
                 }
+                // Restored and recorded in one task: nothing is left (no read to find that out).
+                return Ok(true);
             }
             (_, None) => return Ok(true),
             (Step::RecordTimeout, Some(_)) => {
