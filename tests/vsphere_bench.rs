@@ -84,6 +84,7 @@ async fn vsphere_scale() {
     let mut d = vsphere_dispatcher("vc", vsphere_spec(&sim), "1h");
     d.spec.max_concurrent = Some(20);
     let calls_before = sim.total();
+    let discovery_before = sim.snapshot();
     let t = Instant::now();
     create(&dispatchers, &d).await;
     eventually(600, "every VM mirrored", || async {
@@ -93,6 +94,17 @@ async fn vsphere_scale() {
     .await;
     let discovery = t.elapsed();
     let discovery_calls = sim.total() - calls_before;
+    let mut by_method: Vec<(String, usize)> = sim
+        .snapshot()
+        .into_iter()
+        .map(|(m, n)| {
+            let before = discovery_before.get(&m).copied().unwrap_or(0);
+            (m, n - before)
+        })
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    by_method.sort();
+    println!("discovery calls by method: {by_method:?}");
 
     let names: Vec<String> = (0..k).map(|i| format!("dc0-c0-rp0-vm{i}")).collect();
     let before = sim.snapshot();

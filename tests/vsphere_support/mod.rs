@@ -83,6 +83,17 @@ impl Vcsim {
             .stderr(Stdio::piped())
             .spawn()
             .expect("starting vcsim");
+        // Drain stderr from the start: a full pipe would stall vcsim.
+        let trace = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().expect("stderr");
+        let t = trace.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                for method in methods_in(&line) {
+                    t.lock().expect("trace").push(method);
+                }
+            }
+        });
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
         BufReader::new(stdout)
@@ -95,16 +106,6 @@ impl Vcsim {
             .next()
             .and_then(|p| p.trim_end_matches("/sdk").parse().ok())
             .expect("port");
-        let trace = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().expect("stderr");
-        let t = trace.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                for method in methods_in(&line) {
-                    t.lock().expect("trace").push(method);
-                }
-            }
-        });
         Vcsim {
             child,
             info,

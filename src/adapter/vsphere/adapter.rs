@@ -42,9 +42,11 @@ pub(super) struct Inner {
     pub store: Arc<dyn OpStore>,
     /// Host id → VM reference, from the last discovery.
     pub vms: Mutex<HashMap<String, MoRef>>,
+    /// The last known state of every VM (discovery, reads, the change feed).
+    pub known: Mutex<HashMap<MoRef, Vm>>,
     /// The ContainerView of VMs and the session it belongs to.
     view: tokio::sync::Mutex<Option<(u64, MoRef)>>,
-    workers: Mutex<HashSet<String>>,
+    pub workers: Mutex<HashSet<String>>,
     finished: broadcast::Sender<BackendEvent>,
 }
 
@@ -137,7 +139,16 @@ impl Inner {
             .call(&model::retrieve_one(&sc.property_collector, moref))
             .await
         {
-            Ok(text) => Ok(model::parse_vms(&text)?.0.into_iter().next()),
+            Ok(text) => {
+                let vm = model::parse_vms(&text)?.0.into_iter().next();
+                if let Some(v) = &vm {
+                    self.known
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(moref.clone(), v.clone());
+                }
+                Ok(vm)
+            }
             Err(SoapError::Fault { kind, .. }) if kind == "ManagedObjectNotFound" => Ok(None),
             Err(e) => Err(e),
         }
@@ -207,6 +218,10 @@ impl Inner {
 
     pub async fn discover(&self) -> Result<Inventory, AdapterError> {
         let vms = self.all_vms().await.map_err(soap_err)?;
+        *self.known.lock().unwrap_or_else(|p| p.into_inner()) = vms
+            .iter()
+            .filter_map(|v| Some((v.moref.clone()?, v.clone())))
+            .collect();
         let mut map = HashMap::new();
         let mut hosts = Vec::new();
         for vm in vms.iter().filter(|v| self.selected(v)) {
@@ -307,6 +322,7 @@ impl VsphereAdapter {
                 cfg,
                 store,
                 vms: Mutex::new(HashMap::new()),
+                known: Mutex::new(HashMap::new()),
                 view: tokio::sync::Mutex::new(None),
                 workers: Mutex::new(HashSet::new()),
                 finished: broadcast::channel(256).0,
@@ -367,6 +383,23 @@ impl Adapter for VsphereAdapter {
         // Until the installer reports, the record alone says where the operation is; only the
         // end needs the VM (restored yet?), so a poll costs vCenter nothing before then.
         // `cleaned` (set after the VM was restored) makes that read unneeded too.
+        // While a worker restores the VM, it reports the end itself.
+        let restoring = self
+            .inner
+            .workers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(host_id);
+        if rec.outcome.is_some() && !rec.cleaned && restoring {
+            return Ok(Some(OperationStatus {
+                id: format!("{}/{}", rec.host_id, rec.token),
+                state: OperationState::Running {
+                    progress: Some(
+                        "the installer reported; restoring the CD-ROM and boot order".into(),
+                    ),
+                },
+            }));
+        }
         let vm = if rec.outcome.is_some() && !rec.cleaned {
             let moref = inner.moref_of(host_id).await?;
             inner.vm(&moref).await.map_err(soap_err)?

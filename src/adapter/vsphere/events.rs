@@ -1,6 +1,7 @@
 //! vCenter's change feed: a PropertyFilter over a ContainerView of every VM, long-polled with
-//! `WaitForUpdatesEx`. Each VM that changed is read again and reported as a host change (or a
-//! removal), so the cache follows vCenter without waiting for the next lookup. The stream ends
+//! `WaitForUpdatesEx`. The changed properties are applied to the adapter's copy of each VM (a VM
+//! it does not know yet is read) and reported as a host change (or a removal), so the cache
+//! follows vCenter without waiting for the next lookup and without reading VMs again. The stream ends
 //! when vCenter cannot be reached, so the engine's session reconnects with backoff.
 use super::adapter::{returnval_moref, Inner};
 use super::model;
@@ -61,7 +62,10 @@ async fn next(mut feed: Feed) -> Option<(BackendEvent, Feed)> {
                 return None;
             }
         };
-        let updates = model::parse_updates(&text).ok()?;
+        let updates = {
+            let mut known = inner.known.lock().unwrap_or_else(|p| p.into_inner());
+            model::apply_updates(&text, &mut known).ok()?
+        };
         if let Some(v) = updates.version {
             // The first answer reports every VM (the initial state): discovery has that.
             let initial = feed.version.is_empty();
@@ -82,7 +86,19 @@ async fn next(mut feed: Feed) -> Option<(BackendEvent, Feed)> {
                 feed.pending.push_back(BackendEvent::HostRemoved { id });
             }
         }
-        for moref in updates.changed {
+        for moref in updates.applied {
+            let vm = inner
+                .known
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&moref)
+                .cloned();
+            if let Some(vm) = vm.filter(|v| inner.selected(v)) {
+                feed.pending
+                    .push_back(BackendEvent::HostChanged(inner.host(&vm)));
+            }
+        }
+        for moref in updates.unknown {
             match inner.vm(&moref).await {
                 Ok(Some(vm)) if inner.selected(&vm) => {
                     feed.pending

@@ -257,15 +257,22 @@ pub fn parse_vms(text: &str) -> Result<(Vec<Vm>, Option<String>), SoapError> {
     Ok((vms, child_text(rv, "token")))
 }
 
-/// What one `WaitForUpdatesEx` answer says: the new version, and the VMs that changed or left.
+/// What one `WaitForUpdatesEx` answer says: the new version, the VMs whose changes were applied
+/// to the known copies, the VMs not known yet (to be read), and the VMs that left.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Updates {
     pub version: Option<String>,
-    pub changed: Vec<MoRef>,
+    pub applied: Vec<MoRef>,
+    pub unknown: Vec<MoRef>,
     pub left: Vec<MoRef>,
 }
 
-pub fn parse_updates(text: &str) -> Result<Updates, SoapError> {
+/// Read a `WaitForUpdatesEx` answer, applying each changed property to the VM in `known` (the
+/// feed follows vCenter without reading a VM again).
+pub fn apply_updates(
+    text: &str,
+    known: &mut std::collections::HashMap<MoRef, Vm>,
+) -> Result<Updates, SoapError> {
     let doc = roxmltree::Document::parse(text).map_err(|e| SoapError::Malformed(e.to_string()))?;
     let mut u = Updates::default();
     let Some(rv) = doc.descendants().find(|n| n.has_tag_name("returnval")) else {
@@ -278,10 +285,23 @@ pub fn parse_updates(text: &str) -> Result<Updates, SoapError> {
                 continue;
             };
             if child_text(os, "kind").as_deref() == Some("leave") {
+                known.remove(&obj);
                 u.left.push(obj);
-            } else {
-                u.changed.push(obj);
+                continue;
             }
+            let Some(vm) = known.get_mut(&obj) else {
+                u.unknown.push(obj);
+                continue;
+            };
+            for change in children(os, "changeSet") {
+                let name = child_text(change, "name").unwrap_or_default();
+                let val = match child_text(change, "op").as_deref() {
+                    Some("remove" | "indirectRemove") => None,
+                    _ => children(change, "val").next(),
+                };
+                apply(vm, &name, val);
+            }
+            u.applied.push(obj);
         }
     }
     Ok(u)

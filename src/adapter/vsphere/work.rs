@@ -57,11 +57,21 @@ pub(super) async fn start(
         )
     })?;
     let moref = inner.moref_of(host).await?;
-    let vm = inner
-        .vm(&moref)
-        .await
-        .map_err(soap_err)?
-        .ok_or_else(|| AdapterError::UnknownHost(host.to_string()))?;
+    // The VM as discovery and the change feed keep it (the worker reads it before acting).
+    let known = inner
+        .known
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&moref)
+        .cloned();
+    let vm = match known {
+        Some(vm) => vm,
+        None => inner
+            .vm(&moref)
+            .await
+            .map_err(soap_err)?
+            .ok_or_else(|| AdapterError::UnknownHost(host.to_string()))?,
+    };
     let existing = inner.store.get(token).await.map_err(store_err)?;
     if let Some(rec) = existing {
         if rec.host_id != host || rec.os != os {
@@ -153,8 +163,12 @@ async fn wait_task(inner: &Inner, task: &MoRef) -> Result<(), SoapError> {
         task.xml("obj")
     );
     let began = Instant::now();
-    let mut pause = Duration::from_millis(50);
+    // Most tasks (a reconfigure, a reset) end within a fraction of a second: a first look after
+    // a short pause usually finds the end, then the pauses grow.
+    let mut pause = Duration::from_millis(100);
     loop {
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(1000));
         let text = inner.soap.call(&body).await?;
         let doc =
             roxmltree::Document::parse(&text).map_err(|e| SoapError::Malformed(e.to_string()))?;
@@ -186,10 +200,7 @@ async fn wait_task(inner: &Inner, task: &MoRef) -> Result<(), SoapError> {
                     message: format!("task {} did not end in {TASK_TIMEOUT:?}", task.value),
                 })
             }
-            _ => {
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(500));
-            }
+            _ => {}
         }
     }
 }
@@ -241,11 +252,18 @@ fn observe(vm: &Vm, rec: Option<&OpRecord>, token: &str, timeout: Duration) -> O
 
 /// Carry `token`'s operation on `host` as far as it goes now; true once it is finished.
 pub(super) async fn run(inner: &Arc<Inner>, host: &str, token: &str) -> Result<bool, AdapterError> {
+    // The VM as this run left it after a task it saw succeed (no need to read it again).
+    let mut attached_now: Option<Vm> = None;
     for _ in 0..MAX_STEPS {
         let rec = inner.store.get(token).await.map_err(store_err)?;
         let moref = inner.moref_of(host).await?;
-        let Some(vm) = inner.vm(&moref).await.map_err(soap_err)? else {
-            return Err(AdapterError::UnknownHost(host.to_string()));
+        let vm = match attached_now.take() {
+            Some(vm) => vm,
+            None => inner
+                .vm(&moref)
+                .await
+                .map_err(soap_err)?
+                .ok_or_else(|| AdapterError::UnknownHost(host.to_string()))?,
         };
         let step = steps::next_step(&observe(
             &vm,
@@ -302,6 +320,15 @@ pub(super) async fn run(inner: &Arc<Inner>, host: &str, token: &str) -> Result<b
                 )
                 .map_err(AdapterError::Config)?;
                 reconfigure(inner, &body).await.map_err(soap_err)?;
+                // The task succeeded: the VM now is what the reconfigure made it.
+                let mut now = vm.clone();
+                now.extra.insert(keys::TOKEN.into(), token.into());
+                now.extra.insert(keys::PROGRESS.into(), "recorded".into());
+                if let Some(cd) = now.cdrom.as_mut() {
+                    cd.iso = Some(rec.image.clone());
+                    cd.start_connected = true;
+                }
+                attached_now = Some(now);
             }
             (Step::Reset, Some(_)) => {
                 store::mutate(inner.store.as_ref(), token, |r| {
@@ -332,6 +359,8 @@ pub(super) async fn run(inner: &Arc<Inner>, host: &str, token: &str) -> Result<b
                 })
                 .await
                 .map_err(store_err)?;
+                // Reset requested and done: the installer runs, nothing to do until it reports.
+                return Ok(false);
             }
         }
     }

@@ -129,12 +129,24 @@ fn boot_orders_round_trip_through_text() {
 }
 
 #[test]
-fn updates_name_the_vms_that_changed_or_left() {
-    let text = r#"<Envelope xmlns="http://schemas.xmlsoap.org/soap/envelope/"><Body><WaitForUpdatesExResponse xmlns="urn:vim25"><returnval><version>3</version><filterSet><filter type="PropertyFilter">f1</filter><objectSet><kind>modify</kind><obj type="VirtualMachine">vm-1</obj><changeSet><name>runtime.powerState</name><op>assign</op><val>poweredOff</val></changeSet></objectSet><objectSet><kind>leave</kind><obj type="VirtualMachine">vm-2</obj></objectSet></filterSet></returnval></WaitForUpdatesExResponse></Body></Envelope>"#;
-    let u = parse_updates(text).expect("parsed");
+fn updates_apply_to_known_vms_and_name_the_others() {
+    let text = r#"<Envelope xmlns="http://schemas.xmlsoap.org/soap/envelope/"><Body><WaitForUpdatesExResponse xmlns="urn:vim25"><returnval><version>3</version><filterSet><filter type="PropertyFilter">f1</filter><objectSet><kind>modify</kind><obj type="VirtualMachine">vm-42</obj><changeSet><name>runtime.powerState</name><op>assign</op><val>poweredOff</val></changeSet></objectSet><objectSet><kind>enter</kind><obj type="VirtualMachine">vm-7</obj></objectSet><objectSet><kind>leave</kind><obj type="VirtualMachine">vm-2</obj></objectSet></filterSet></returnval></WaitForUpdatesExResponse></Body></Envelope>"#;
+    let mut known = std::collections::HashMap::new();
+    let v = vm();
+    let m42 = MoRef::new("VirtualMachine", "vm-42");
+    known.insert(m42.clone(), v.clone());
+    known.insert(MoRef::new("VirtualMachine", "vm-2"), v);
+    let u = apply_updates(text, &mut known).expect("parsed");
     assert_eq!(u.version.as_deref(), Some("3"));
-    assert_eq!(u.changed, [MoRef::new("VirtualMachine", "vm-1")]);
+    assert_eq!(u.applied, std::slice::from_ref(&m42));
+    assert_eq!(u.unknown, [MoRef::new("VirtualMachine", "vm-7")]);
     assert_eq!(u.left, [MoRef::new("VirtualMachine", "vm-2")]);
+    assert_eq!(known[&m42].power, "poweredOff");
+    assert_eq!(known[&m42].name, "web-1", "other properties kept");
+    assert_eq!(known.len(), 1);
     let empty = r#"<Envelope xmlns="http://schemas.xmlsoap.org/soap/envelope/"><Body><WaitForUpdatesExResponse xmlns="urn:vim25"></WaitForUpdatesExResponse></Body></Envelope>"#;
-    assert_eq!(parse_updates(empty).expect("parsed"), Updates::default());
+    assert_eq!(
+        apply_updates(empty, &mut known).expect("parsed"),
+        Updates::default()
+    );
 }
