@@ -145,11 +145,15 @@ async fn discovers_vms_and_installs_from_the_iso_with_one_reset(c: TestCluster) 
     // A restarted controller neither reconfigures nor resets again.
     ctl.stop().await;
     let reconfigs = sim.count("ReconfigVM_Task");
-    let _ctl = controller(&c, callback);
+    // The new controller listens on another port (the old one's may linger a moment); the
+    // callback's path is what identifies the operation.
+    let callback2 = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let _ctl = controller(&c, callback2);
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(sim.count("ResetVM_Task"), 1);
     assert_eq!(sim.count("ReconfigVM_Task"), reconfigs);
 
+    let url = url.replace(&callback.to_string(), &callback2.to_string());
     assert_eq!(post(&url, r#"{"status":"succeeded"}"#).await, 200);
     wait_phase(&requests, "r1", Phase::Succeeded, 30).await;
     let after = vm(&soap, "DC0_C0_RP0_VM1").await;

@@ -407,7 +407,14 @@ impl Adapter for VsphereAdapter {
             None
         };
         let status = status_of(&rec, vm.as_ref());
-        if !status.state.is_terminal() {
+        // While the installer runs there is nothing to do until it reports (the callback wakes
+        // the worker) or the timeout passes: polls then cost vCenter nothing.
+        let installing = rec.outcome.is_none()
+            && rec.reset_requested_at.is_some_and(|t| {
+                let waited = k8s_openapi::jiff::Timestamp::now().duration_since(t);
+                Duration::try_from(waited).unwrap_or(Duration::ZERO) < inner.cfg.callback_timeout
+            });
+        if !status.state.is_terminal() && !installing {
             inner.ensure_worker(host_id, token);
         }
         Ok(Some(status))

@@ -163,12 +163,12 @@ async fn wait_task(inner: &Inner, task: &MoRef) -> Result<(), SoapError> {
         task.xml("obj")
     );
     let began = Instant::now();
-    // Most tasks (a reconfigure, a reset) end within a fraction of a second: a first look after
-    // a short pause usually finds the end, then the pauses grow.
-    let mut pause = Duration::from_millis(100);
+    // A reconfigure or a reset takes vCenter a fraction of a second to a few seconds: the first
+    // look comes after a pause that usually finds the end, then the pauses grow.
+    let mut pause = Duration::from_millis(300);
     loop {
         tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(1000));
+        pause = (pause * 2).min(Duration::from_secs(2));
         let text = inner.soap.call(&body).await?;
         let doc =
             roxmltree::Document::parse(&text).map_err(|e| SoapError::Malformed(e.to_string()))?;
