@@ -381,7 +381,7 @@ async fn helm_installs_a_controller_the_real_rbac_authorizer_lets_work() {
     let c = TestCluster::start(Backend::Real).await;
     let plane = c.plane().expect("the real control plane");
     let release = format!("osprov-{}", &c.ns[2..]);
-    let callback = SocketAddr::from(([127, 0, 0, 1], redfish_support::free_port()));
+    let callback = SocketAddr::from(([127, 0, 0, 1], harness::free_port()));
     let values_file = c.dir().join("values.json");
     std::fs::write(&values_file, values(&c.ns, callback).to_string()).expect("values");
     let chart = root().join("charts/osprov").display().to_string();

@@ -31,13 +31,6 @@ on_both_backends!(
 
 const ISO: &str = "/disks/debian-12-netinst.iso";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
 /// A node with `domains` domains whose pool also holds an installer ISO.
 fn iso_node(domains: usize) -> Node {
     let xml = node_xml(domains, None).replace(
@@ -116,26 +109,6 @@ async fn installer_running(uri: &str, name: &str, before: Option<u32>) -> (Strin
         Some((url, id?))
     })
     .await
-}
-
-/// A request with one attempt (a failure is final).
-fn once(name: &str, host: &str, os: &str) -> OSProvisioningRequest {
-    let mut r = request(name, host, os);
-    r.spec.max_attempts = Some(1);
-    r
-}
-
-async fn post(url: &str, body: &str) -> u16 {
-    reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("client")
-        .post(url)
-        .body(body.to_string())
-        .send()
-        .await
-        .map(|r| r.status().as_u16())
-        .unwrap_or(0)
 }
 
 async fn an_iso_install_power_cycles_once_and_restores_the_domain_after_the_callback(

@@ -45,7 +45,7 @@ async fn scenario(namespaces: &[&str]) -> Access {
     let sims = Arc::new(SimRegistry::default());
     let mut settings = fast_settings();
     settings.namespaces = namespaces.iter().map(|s| s.to_string()).collect();
-    let callback = SocketAddr::from(([127, 0, 0, 1], redfish_support::free_port()));
+    let callback = SocketAddr::from(([127, 0, 0, 1], harness::free_port()));
     settings.callback_addr = MetricsAddr(Some(callback));
     let controller = Replica::start(
         "ctl",

@@ -28,13 +28,6 @@ on_both_backends!(
     a_vcenter_restarted_mid_install_gets_no_second_reconfigure_or_reset,
 );
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
 fn controller(c: &TestCluster, callback: SocketAddr) -> RunningController {
     RunningController::start(
         c.client.clone(),
@@ -66,25 +59,6 @@ async fn account(c: &TestCluster, password: &str) {
         .create(&PostParams::default(), &s)
         .await
         .expect("Secret");
-}
-
-fn once(name: &str, host: &str, os: &str) -> OSProvisioningRequest {
-    let mut r = request(name, host, os);
-    r.spec.max_attempts = Some(1);
-    r
-}
-
-async fn post(url: &str, body: &str) -> u16 {
-    reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("client")
-        .post(url)
-        .body(body.to_string())
-        .send()
-        .await
-        .map(|r| r.status().as_u16())
-        .unwrap_or(0)
 }
 
 /// Wait until VM `name` holds the installer; its callback URL.

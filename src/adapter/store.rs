@@ -24,6 +24,25 @@ pub fn token_key(token: &str) -> String {
         .collect()
 }
 
+/// A fresh callback secret (24 random bytes, hex).
+pub fn new_secret() -> String {
+    use rand::Rng;
+    rand::rng()
+        .random::<[u8; 24]>()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The callback URL of `token` with `secret` under the endpoint's `base` URL.
+pub fn callback_url(base: &str, token: &str, secret: &str) -> String {
+    format!(
+        "{}/callback/{}.{secret}",
+        base.trim_end_matches('/'),
+        token_key(token)
+    )
+}
+
 /// How an operation ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OutcomeKind {
@@ -86,6 +105,29 @@ pub struct OpRecord {
 }
 
 impl OpRecord {
+    /// The record of an operation starting now, with a fresh callback secret.
+    pub fn starting(token: &str, host_id: &str, os: &str, image: &str) -> OpRecord {
+        OpRecord {
+            token: token.to_string(),
+            host_id: host_id.to_string(),
+            os: os.to_string(),
+            image: image.to_string(),
+            secret: new_secret(),
+            started_at: Timestamp::now(),
+            reset_requested_at: None,
+            reset_at: None,
+            boot_override: None,
+            outcome: None,
+            cleaned: false,
+            version: None,
+        }
+    }
+
+    /// Where the installer reports this operation's end.
+    pub fn callback_url(&self, base: &str) -> String {
+        callback_url(base, &self.token, &self.secret)
+    }
+
     /// The record as string fields (how a Secret stores it).
     pub fn to_fields(&self) -> BTreeMap<String, String> {
         let mut m = BTreeMap::new();

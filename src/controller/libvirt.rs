@@ -12,10 +12,6 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use std::sync::Arc;
 
-/// `iso` strategy: an installer not heard from within this after the power cycle has failed.
-#[cfg(feature = "libvirt")]
-const DEFAULT_CALLBACK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
-
 /// What a libvirt adapter reads from the API.
 pub struct Inputs {
     /// User name and password, when the spec names a Secret.
@@ -64,10 +60,7 @@ pub fn build(
 ) -> Result<Arc<dyn Adapter>, AdapterError> {
     use crate::adapter::libvirt::{Credentials, LibvirtAdapter, LibvirtConfig};
     let spec = spec(d)?;
-    let callback_timeout = match spec.callback_timeout.as_deref() {
-        Some(s) => super::settings::parse_duration(s).map_err(AdapterError::Config)?,
-        None => DEFAULT_CALLBACK_TIMEOUT,
-    };
+    let callback_timeout = super::redfish::callback_timeout(spec.callback_timeout.as_deref())?;
     let cfg = LibvirtConfig {
         uri: spec.uri.clone(),
         credentials: inputs

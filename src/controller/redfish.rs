@@ -17,7 +17,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 // Defaults of the `spec.redfish` knobs a dispatcher may leave out, and per-call limits.
-/// A provisioning callback not received within this ends the attempt as failed.
+/// A provisioning callback not received within this ends the attempt as failed (every
+/// installer-driven adapter's default for `callbackTimeout`).
 const DEFAULT_CALLBACK_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Calls per second to one BMC: below what iDRAC/iLO throttle at.
 const DEFAULT_REQUESTS_PER_SECOND: u32 = 10;
@@ -138,6 +139,14 @@ pub async fn inputs(scope: &Scope, d: &OSDispatcher, ns: &str) -> Result<Inputs,
     })
 }
 
+/// A spec's `callbackTimeout`, or the default when it is not set.
+pub(super) fn callback_timeout(value: Option<&str>) -> Result<Duration, AdapterError> {
+    match value {
+        Some(s) => super::settings::parse_duration(s).map_err(AdapterError::Config),
+        None => Ok(DEFAULT_CALLBACK_TIMEOUT),
+    }
+}
+
 /// The base URL of the callback endpoint as hosts reach it.
 pub fn callback_base(scope: &Scope) -> Option<String> {
     let s = &scope.shared.settings;
@@ -189,10 +198,7 @@ pub fn build(
         .redfish
         .as_ref()
         .ok_or_else(|| AdapterError::Config("adapter redfish needs spec.redfish".into()))?;
-    let callback_timeout = match spec.callback_timeout.as_deref() {
-        Some(s) => super::settings::parse_duration(s).map_err(AdapterError::Config)?,
-        None => DEFAULT_CALLBACK_TIMEOUT,
-    };
+    let callback_timeout = callback_timeout(spec.callback_timeout.as_deref())?;
     let store = operation_store(key, scope);
     let cfg = RedfishConfig {
         client: ClientConfig {

@@ -15,8 +15,6 @@ use kube::Api;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// An installer not heard from within this after the reset has failed.
-const DEFAULT_CALLBACK_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Concurrent SOAP calls to one vCenter.
 const DEFAULT_MAX_CONNECTIONS: usize = 4;
 /// One SOAP call (above `WaitForUpdatesEx`'s 20 s wait).
@@ -75,10 +73,7 @@ pub fn build(
     inputs: Inputs,
 ) -> Result<Arc<dyn Adapter>, AdapterError> {
     let spec = spec(d)?;
-    let callback_timeout = match spec.callback_timeout.as_deref() {
-        Some(s) => super::settings::parse_duration(s).map_err(AdapterError::Config)?,
-        None => DEFAULT_CALLBACK_TIMEOUT,
-    };
+    let callback_timeout = super::redfish::callback_timeout(spec.callback_timeout.as_deref())?;
     let connections = spec
         .max_connections
         .and_then(|m| usize::try_from(m).ok())

@@ -174,3 +174,32 @@ pub async fn wait_phase(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// POST `body` to `url` as an installer would; the HTTP status (0: no answer).
+pub async fn post(url: &str, body: &str) -> u16 {
+    reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client")
+        .post(url)
+        .body(body.to_string())
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
+/// [`request`] with one attempt, so a failure is final.
+pub fn once(name: &str, host: &str, os: &str) -> OSProvisioningRequest {
+    let mut r = request(name, host, os);
+    r.spec.max_attempts = Some(1);
+    r
+}

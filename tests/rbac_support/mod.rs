@@ -154,9 +154,9 @@ async fn redfish(c: &kube::Client, ns: &str, callback: SocketAddr) {
     );
     wait_phase(&requests, "bmc-0", Phase::Provisioning, 30).await;
     let unknown = format!("http://{callback}/callback/osprov-none.{}", "0".repeat(48));
-    assert_eq!(redfish_support::post(&unknown, "").await, 404);
+    assert_eq!(crate::harness::post(&unknown, "").await, 404);
     assert_eq!(
-        redfish_support::post(&url, r#"{"status":"succeeded"}"#).await,
+        crate::harness::post(&url, r#"{"status":"succeeded"}"#).await,
         200
     );
     wait_phase(&requests, "bmc-0", Phase::Succeeded, 60).await;

@@ -6,6 +6,7 @@
 //! The emulator's access log (one line per request) is kept in a file across restarts so tests
 //! can count what osprov actually sent.
 #![allow(dead_code)]
+use crate::harness::free_port;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -18,13 +19,6 @@ pub const USER: &str = "osprov";
 pub const PASSWORD: &str = "s3cret-bmc-pass";
 
 /// A free 127.0.0.1 port (bound and released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
 pub fn venv_bin(name: &str) -> PathBuf {
     if let Ok(py) = std::env::var("OSPROV_PYTHON") {
         if let Some(dir) = Path::new(&py).parent() {
@@ -518,18 +512,4 @@ pub async fn wait_inserted(emu: &Emulator, iso: &IsoServer, i: usize) -> String 
         .decode_utf8()
         .expect("utf8")
         .to_string()
-}
-
-/// POST `body` to `url` as the installer would; the HTTP status (0: no answer).
-pub async fn post(url: &str, body: &str) -> u16 {
-    reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("client")
-        .post(url)
-        .body(body.to_string())
-        .send()
-        .await
-        .map(|r| r.status().as_u16())
-        .unwrap_or(0)
 }

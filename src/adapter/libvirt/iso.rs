@@ -15,10 +15,9 @@ use super::installer::{self, Undo};
 use super::iso_steps::{self, Observed, Step};
 use super::xml::{Installer, Progress, Record};
 use super::LibvirtConfig;
-use crate::adapter::store::{self, token_key, OpRecord, OpStore, Outcome, OutcomeKind, StoreError};
+use crate::adapter::store::{self, OpRecord, OpStore, Outcome, OutcomeKind, StoreError};
 use crate::adapter::AdapterError;
 use k8s_openapi::jiff::Timestamp;
-use rand::Rng;
 use std::time::Duration;
 use virt::domain::Domain;
 use virt::sys;
@@ -35,16 +34,6 @@ fn store_err(e: StoreError) -> AdapterError {
 
 fn config_err(e: super::xml::XmlError) -> AdapterError {
     AdapterError::Config(format!("iso strategy: {e}"))
-}
-
-/// The callback URL of an operation record.
-fn callback_url(base: &str, op: &OpRecord) -> String {
-    format!(
-        "{}/callback/{}.{}",
-        base.trim_end_matches('/'),
-        token_key(&op.token),
-        op.secret
-    )
 }
 
 fn inactive_xml(d: &Domain) -> Result<String, AdapterError> {
@@ -99,25 +88,10 @@ pub(super) async fn start(
         Err(existing) => return Ok(existing),
         Ok(iso) => iso,
     };
-    let secret: String = rand::rng()
-        .random::<[u8; 24]>()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
     store
         .create(OpRecord {
-            token: token.to_string(),
-            host_id: uuid.to_string(),
-            os: os.to_string(),
-            image: iso.clone(),
-            secret,
-            started_at: Timestamp::now(),
-            reset_requested_at: None,
-            reset_at: None,
             boot_override: Some("cdrom".into()),
-            outcome: None,
-            cleaned: false,
-            version: None,
+            ..OpRecord::starting(token, uuid, os, &iso)
         })
         .await
         .map_err(store_err)?;
@@ -298,7 +272,7 @@ pub(super) async fn work(
                 let base = cfg.callback_base.clone().unwrap_or_default();
                 let url = op
                     .as_ref()
-                    .map(|o| callback_url(&base, o))
+                    .map(|o| o.callback_url(&base))
                     .unwrap_or_default();
                 blocking(move || attach(&l, &url)).await?;
             }

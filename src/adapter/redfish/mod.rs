@@ -40,7 +40,6 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 use k8s_openapi::jiff::Timestamp;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
-use rand::Rng;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -324,13 +323,9 @@ impl Inner {
                     .into(),
             )
         })?;
-        let secret: String = rand::rng()
-            .random::<[u8; 24]>()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let secret = crate::adapter::store::new_secret();
         let callback_token = format!("{}.{secret}", token_key(token));
-        let callback_url = format!("{}/callback/{callback_token}", base.trim_end_matches('/'));
+        let callback_url = crate::adapter::store::callback_url(base, token, &secret);
         let rec = OpRecord {
             token: token.to_string(),
             host_id: host_id.to_string(),

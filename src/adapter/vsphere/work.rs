@@ -5,10 +5,9 @@ use super::adapter::{soap_err, status_of, Inner};
 use super::model::{self, keys, Vm};
 use super::soap::{esc, MoRef, SoapError};
 use super::steps::{self, Observed, Step};
-use crate::adapter::store::{self, token_key, OpRecord, Outcome, OutcomeKind, StoreError};
+use crate::adapter::store::{self, OpRecord, Outcome, OutcomeKind, StoreError};
 use crate::adapter::{AdapterError, OperationStatus};
 use k8s_openapi::jiff::Timestamp;
-use rand::Rng;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,15 +21,6 @@ pub(super) fn store_err(e: StoreError) -> AdapterError {
         message: format!("operation record: {e}"),
         source: Some(Box::new(e)),
     }
-}
-
-fn callback_url(base: &str, rec: &OpRecord) -> String {
-    format!(
-        "{}/callback/{}.{}",
-        base.trim_end_matches('/'),
-        token_key(&rec.token),
-        rec.secret
-    )
 }
 
 /// Check, record and start `token`'s reprovision of `host` with `os`.
@@ -97,26 +87,11 @@ pub(super) async fn start(
     }
     // Refuse what cannot work before anything is recorded.
     model::attach(&vm, &moref, token, os, &image.iso, &base).map_err(AdapterError::Config)?;
-    let secret: String = rand::rng()
-        .random::<[u8; 24]>()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
     let rec = inner
         .store
         .create(OpRecord {
-            token: token.to_string(),
-            host_id: host.to_string(),
-            os: os.to_string(),
-            image: image.iso.clone(),
-            secret,
-            started_at: Timestamp::now(),
-            reset_requested_at: None,
-            reset_at: None,
             boot_override: Some("cdrom".into()),
-            outcome: None,
-            cleaned: false,
-            version: None,
+            ..OpRecord::starting(token, host, os, &image.iso)
         })
         .await
         .map_err(store_err)?;
@@ -316,7 +291,7 @@ pub(super) async fn run(inner: &Arc<Inner>, host: &str, token: &str) -> Result<b
                     token,
                     &rec.os,
                     &rec.image,
-                    &callback_url(&base, &rec),
+                    &rec.callback_url(&base),
                 )
                 .map_err(AdapterError::Config)?;
                 reconfigure(inner, &body).await.map_err(soap_err)?;
