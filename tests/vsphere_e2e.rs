@@ -26,6 +26,7 @@ on_both_backends!(
     power_changes_made_in_vcenter_reach_the_managed_host_through_updates,
     wrong_credentials_are_authentication_failed_without_a_retry_storm,
     a_vcenter_restarted_mid_install_gets_no_second_reconfigure_or_reset,
+    a_silent_installer_fails_the_request_and_the_vm_is_restored,
 );
 
 fn controller(c: &TestCluster, callback: SocketAddr) -> RunningController {
@@ -255,4 +256,31 @@ async fn a_vcenter_restarted_mid_install_gets_no_second_reconfigure_or_reset(c: 
         (sim.count("ResetVM_Task"), sim.count("PowerOnVM_Task")),
         (0, 0)
     );
+}
+
+async fn a_silent_installer_fails_the_request_and_the_vm_is_restored(c: TestCluster) {
+    let sim = Vcsim::start(1);
+    account(&c, PASSWORD).await;
+    let _ctl = controller(&c, SocketAddr::from(([127, 0, 0, 1], free_port())));
+    let dispatchers: Api<OSDispatcher> = c.api();
+    let requests: Api<OSProvisioningRequest> = c.api();
+    let hosts: Api<ManagedHost> = c.api();
+    let mut spec = vsphere_spec(&sim);
+    spec.callback_timeout = Some("3s".into());
+    create(&dispatchers, &vsphere_dispatcher("vc", spec, "1s")).await;
+    eventually(30, "VM0 mirrored", || async {
+        hosts.get("dc0-c0-rp0-vm0").await.ok()
+    })
+    .await;
+    create(&requests, &once("r1", "dc0-c0-rp0-vm0", "debian-12")).await;
+    installer_attached(&sim, "DC0_C0_RP0_VM0").await;
+    let r = wait_phase(&requests, "r1", Phase::Failed, 60).await;
+    let text = serde_json::to_string(&r.status).expect("json");
+    assert!(text.contains("callbackTimeout"), "{text}");
+    let after = vm(&sim.client(), "DC0_C0_RP0_VM0").await;
+    let cd = after.cdrom.clone().expect("cdrom");
+    assert!(!cd.start_connected && cd.iso.is_none(), "{cd:?}");
+    assert_eq!(after.extra(keys::PROGRESS), Some("failed"));
+    assert_eq!(after.extra(keys::CALLBACK), None);
+    assert_eq!(sim.count("ResetVM_Task"), 1);
 }
