@@ -337,7 +337,12 @@ async fn a_qemu_domain_boots_the_installer_iso_and_is_restored_after_the_callbac
         callback.starts_with(&format!("http://{addr}/callback/")),
         "{callback}"
     );
-    let cmdline = qemu_cmdline(&lab.domain).expect("QEMU's command line");
+    // The pid file and /proc can lag the live definition for a moment (a process still being
+    // exec'd has an empty command line): read until QEMU's own arguments are there.
+    let cmdline = eventually(20, "QEMU's command line", || async {
+        qemu_cmdline(&lab.domain).filter(|c| c.contains("qemu-system"))
+    })
+    .await;
     assert!(
         cmdline.contains(&format!(
             "type=11,value={}{callback}",
