@@ -15,8 +15,8 @@
 //! Like [`super::xml`], edits are byte ranges replaced in the XML libvirt wrote; everything osprov
 //! does not touch stays as it was. [`Undo`] is what the domain's metadata record keeps so that a
 //! restarted controller can restore the domain.
-use super::xml::XmlError;
-use quick_xml::events::{BytesStart, Event};
+use super::xml::{attr, pos, XmlError};
+use quick_xml::events::Event;
 use quick_xml::Reader;
 
 /// The SMBIOS OEM string prefix carrying the callback URL.
@@ -56,20 +56,6 @@ struct Layout {
     device_boot_order: bool,
     /// `<sysinfo type='smbios'>` elements, and whether they carry osprov's callback.
     sysinfos: Vec<((usize, usize), bool)>,
-}
-
-fn attr(e: &BytesStart<'_>, name: &str) -> Result<Option<String>, XmlError> {
-    for a in e.attributes() {
-        let a = a?;
-        if a.key.as_ref() == name.as_bytes() {
-            return Ok(Some(a.unescape_value()?.into_owned()));
-        }
-    }
-    Ok(None)
-}
-
-fn pos(reader: &Reader<&[u8]>) -> usize {
-    usize::try_from(reader.buffer_position()).unwrap_or(usize::MAX)
 }
 
 /// Append a text or entity event's characters to `out`.

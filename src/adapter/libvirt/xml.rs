@@ -48,7 +48,8 @@ pub struct RootDisk {
     span: (usize, usize),
 }
 
-fn attr(e: &BytesStart<'_>, name: &str) -> Result<Option<String>, XmlError> {
+/// The unescaped value of attribute `name`.
+pub(super) fn attr(e: &BytesStart<'_>, name: &str) -> Result<Option<String>, XmlError> {
     for a in e.attributes() {
         let a = a?;
         if a.key.as_ref() == name.as_bytes() {
@@ -58,7 +59,8 @@ fn attr(e: &BytesStart<'_>, name: &str) -> Result<Option<String>, XmlError> {
     Ok(None)
 }
 
-fn pos(reader: &Reader<&[u8]>) -> usize {
+/// The reader's byte offset.
+pub(super) fn pos(reader: &Reader<&[u8]>) -> usize {
     usize::try_from(reader.buffer_position()).unwrap_or(usize::MAX)
 }
 
