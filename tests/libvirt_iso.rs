@@ -160,7 +160,7 @@ async fn an_iso_install_power_cycles_once_and_restores_the_domain_after_the_call
     let wrong = format!("http://{addr2}/callback/{key}.{}", "0".repeat(48));
     assert_eq!(post(&wrong, "").await, 401);
     let url = format!("http://{addr2}/callback/{path}");
-    assert_eq!(post(&url, r#"{"status":"succeeded"}"#).await, 200);
+    assert_eq!(report(&url, r#"{"status":"succeeded"}"#).await, 200);
     wait_phase(&requests, "r1", Phase::Succeeded, 30).await;
     let (after, active, id_end) = read(&node.uri, "vm-1").await;
     assert_eq!(
@@ -213,7 +213,7 @@ async fn a_failed_or_silent_installer_fails_the_request_and_restores_the_domain(
     create(&requests, &once("r0", "vm-0", "debian-12")).await;
     let (url, _) = installer_running(&node.uri, "vm-0", id0).await;
     let body = r#"{"status":"failed","message":"no disk large enough"}"#;
-    assert_eq!(post(&url, body).await, 200);
+    assert_eq!(report(&url, body).await, 200);
     let r = wait_phase(&requests, "r0", Phase::Failed, 30).await;
     let text = serde_json::to_string(&r.status).expect("json");
     assert!(text.contains("no disk large enough"), "{text}");

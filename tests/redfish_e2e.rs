@@ -185,7 +185,7 @@ impl Rig {
         let callback = self.wait_inserted(i).await;
         wait_phase(&self.requests, name, Phase::Provisioning, 30).await;
         eventually(30, "reset", || async { (self.resets(i) > 0).then_some(()) }).await;
-        assert_eq!(post(&callback, r#"{"status":"succeeded"}"#).await, 200);
+        assert_eq!(report(&callback, r#"{"status":"succeeded"}"#).await, 200);
         wait_phase(&self.requests, name, Phase::Succeeded, 60).await;
     }
 }
@@ -233,7 +233,7 @@ async fn discovers_and_reprovisions_through_virtual_media_and_callback(c: TestCl
     assert_eq!(rig.media(1).await["Inserted"], true);
 
     // The installer reports success.
-    assert_eq!(post(&callback, r#"{"status":"succeeded"}"#).await, 200);
+    assert_eq!(report(&callback, r#"{"status":"succeeded"}"#).await, 200);
     let r = wait_phase(&rig.requests, "r1", Phase::Succeeded, 30).await;
     let st = r.status.expect("status");
     assert!(conditions::is_true(&st.conditions, "Provisioned"), "{st:?}");
@@ -242,7 +242,7 @@ async fn discovers_and_reprovisions_through_virtual_media_and_callback(c: TestCl
     assert_ne!(rig.boot_target(1).await, "Cd", "boot override cleared");
     assert_eq!((rig.inserts(1), rig.resets(1)), (1, 1));
     // A repeated callback is harmless; other systems were never touched.
-    assert_eq!(post(&callback, "").await, 200);
+    assert_eq!(report(&callback, "").await, 200);
     assert_eq!((rig.inserts(0), rig.resets(0), rig.inserts(2)), (0, 0, 0));
     // The next discovery shows the OS osprov installed.
     eventually(30, "current OS on the ManagedHost", || async {
@@ -358,14 +358,23 @@ async fn bmc_and_controller_restarts_mid_way_do_not_repeat_the_insert_and_reset(
     rig.stop_controller().await;
     rig.start_controller();
     tokio::time::sleep(Duration::from_secs(4)).await;
-    assert_eq!((rig.inserts(0), rig.resets(0)), (1, 1));
+    assert_eq!(
+        (rig.inserts(0), rig.resets(0)),
+        (1, 1),
+        "(inserts, resets) after the controller restart"
+    );
 
     // The BMC is away when the installer calls back: the outcome is kept; cleanup waits.
     rig.emu.stop();
-    assert_eq!(post(&callback, r#"{"status":"succeeded"}"#).await, 200);
+    assert_eq!(report(&callback, r#"{"status":"succeeded"}"#).await, 200);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let r = rig.requests.get("r0").await.expect("r0");
-    assert_eq!(r.status.and_then(|s| s.phase), Some(Phase::Provisioning));
+    let status = r.status.unwrap_or_default();
+    assert_eq!(
+        status.phase,
+        Some(Phase::Provisioning),
+        "cleanup waits for the BMC: {status:?}"
+    );
     rig.emu.restart().await;
     wait_phase(&rig.requests, "r0", Phase::Succeeded, 60).await;
     assert_eq!(rig.media(0).await["Inserted"], false);

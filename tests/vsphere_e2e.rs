@@ -129,7 +129,7 @@ async fn discovers_vms_and_installs_from_the_iso_with_one_reset(c: TestCluster) 
     assert_eq!(sim.count("ReconfigVM_Task"), reconfigs);
 
     let url = url.replace(&callback.to_string(), &callback2.to_string());
-    assert_eq!(post(&url, r#"{"status":"succeeded"}"#).await, 200);
+    assert_eq!(report(&url, r#"{"status":"succeeded"}"#).await, 200);
     wait_phase(&requests, "r1", Phase::Succeeded, 30).await;
     let after = vm(&soap, "DC0_C0_RP0_VM1").await;
     let cd = after.cdrom.clone().expect("cdrom");
@@ -250,7 +250,7 @@ async fn a_vcenter_restarted_mid_install_gets_no_second_reconfigure_or_reset(c: 
         (0, 0, 0),
         "nothing repeated after the restart"
     );
-    assert_eq!(post(&url, r#"{"status":"succeeded"}"#).await, 200);
+    assert_eq!(report(&url, r#"{"status":"succeeded"}"#).await, 200);
     wait_phase(&requests, "r1", Phase::Succeeded, 30).await;
     assert_eq!(
         (sim.count("ResetVM_Task"), sim.count("PowerOnVM_Task")),
