@@ -100,6 +100,8 @@ pub struct OpRecord {
     pub outcome: Option<Outcome>,
     /// Media ejected and boot override cleared after the outcome.
     pub cleaned: bool,
+    /// Set once the image was copied for the host (vSphere `template`: the disk copy).
+    pub copied_at: Option<Timestamp>,
     /// Store version for optimistic concurrency (a resourceVersion).
     pub version: Option<String>,
 }
@@ -119,6 +121,7 @@ impl OpRecord {
             boot_override: None,
             outcome: None,
             cleaned: false,
+            copied_at: None,
             version: None,
         }
     }
@@ -157,6 +160,9 @@ impl OpRecord {
         if self.cleaned {
             put("cleaned", "true".into());
         }
+        if let Some(t) = self.copied_at {
+            put("copiedAt", t.to_string());
+        }
         m
     }
 
@@ -186,6 +192,7 @@ impl OpRecord {
             boot_override: m.get("bootOverride").cloned(),
             outcome,
             cleaned: m.get("cleaned").is_some_and(|c| c == "true"),
+            copied_at: ts("copiedAt"),
             version,
         })
     }
@@ -353,6 +360,7 @@ mod tests {
                 at: Timestamp::now(),
             }),
             cleaned: true,
+            copied_at: Some(Timestamp::now()),
             version: Some("7".into()),
         };
         let back = OpRecord::from_fields(&rec.to_fields(), Some("7".into()));

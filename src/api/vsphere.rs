@@ -1,13 +1,18 @@
 //! `spec.vsphere` of an OSDispatcher: how to reach a vCenter (or a standalone ESXi host) through
-//! its vim25 SOAP API, which virtual machines are the hosts, which installer ISOs they may boot,
-//! and how long an installer may take.
+//! its vim25 SOAP API, which virtual machines are the hosts, which installer ISOs or templates
+//! they may take, and how long an installer may take.
+//!
+//! Two CEL rules keep a catalogue usable by its strategy, so a dispatcher that names an image
+//! without the ISO (or template) its strategy needs is refused by the API server with a 422.
 use super::{CredentialsSecretRef, SecretKeyRef};
+use kube::KubeSchema;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Settings of a vSphere dispatcher.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.images.all(i, (has(self.strategy) && self.strategy == 'template') ? has(i.template) : has(i.iso))").message("every image needs `iso` with strategy iso, and `template` with strategy template"))]
 pub struct VsphereSpec {
     /// The SDK URL of vCenter or ESXi, e.g. `https://vcenter.example.net/sdk`.
     #[schemars(regex(pattern = r"^https?://[^\s/]+(/.*)?$"), length(max = 2048))]
@@ -20,8 +25,8 @@ pub struct VsphereSpec {
     /// Which virtual machines are hosts.
     #[serde(default)]
     pub vms: VmSelector,
-    /// The OS catalogue: image name → installer ISO on a datastore.
-    #[schemars(length(min = 1))]
+    /// The OS catalogue: image name → installer ISO on a datastore, or VM template.
+    #[schemars(length(min = 1, max = 256))]
     pub images: Vec<VsphereImage>,
     /// How a VM is reprovisioned.
     #[serde(default)]
@@ -63,7 +68,8 @@ pub struct VmSelector {
     pub names: Vec<String>,
 }
 
-/// One entry of the OS catalogue.
+/// One entry of the OS catalogue: an installer ISO (strategy `iso`), a template (strategy
+/// `template`), or both.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VsphereImage {
@@ -71,8 +77,13 @@ pub struct VsphereImage {
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
     /// The installer ISO as a datastore path: `[datastore] folder/file.iso`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^\[[^\]]+\] .+$"), length(max = 1024))]
-    pub iso: String,
+    pub iso: Option<String>,
+    /// The name of a VM template whose (first) disk holds the installed OS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 80))]
+    pub template: Option<String>,
 }
 
 /// How a vSphere VM is reprovisioned.
@@ -84,4 +95,8 @@ pub enum VsphereStrategy {
     /// VM's `guestinfo.osprov.callback`). The CD-ROM and boot order are restored afterwards.
     #[default]
     Iso,
+    /// Replace the VM's boot disk by a copy of the template's disk: copy the disk file next to
+    /// the VM's, power the VM off, swap the disks in one reconfigure (the old disk file is
+    /// deleted), power on. Done when the VM runs on the new disk.
+    Template,
 }

@@ -99,6 +99,7 @@ pub fn build(
     let cfg = VsphereConfig {
         names: spec.vms.names.clone(),
         images: spec.images.clone(),
+        strategy: spec.strategy,
         callback_base: super::redfish::callback_base(scope),
         callback_timeout,
     };

@@ -4,7 +4,7 @@
 // Usage:
 //
 //	vcsim [-listen 127.0.0.1:0] [-hosts 1] [-vms 2] [-username U -password P]
-//	      [-isos a.iso,b.iso] [-plain] [-poweroff] [-trace]
+//	      [-isos a.iso,b.iso] [-templates t1,t2] [-plain] [-poweroff] [-trace]
 //
 //	-listen ADDR     address to listen on; port 0 picks a free port (default 127.0.0.1:0)
 //	-hosts N         ESXi hosts in the one cluster DC0_C0 (>= 1; default 1)
@@ -14,6 +14,10 @@
 //	-password P      non-empty user name and password are accepted (vcsim's default).
 //	-isos LIST       comma-separated file names created (small, fixed content) in the backing
 //	                 directory of datastore LocalDS_0, so "[LocalDS_0] NAME" exists
+//	-templates LIST  comma-separated names of VM templates to make (needs -vms >= 1): each is a
+//	                 clone of the first VM marked as template (CloneVM_Task with template=true,
+//	                 through the simulator's own SOAP API), in DC0/vm; its disk's flat file then
+//	                 holds the text "vcsim template NAME\n", so a copy of it can be told apart
 //	-plain           serve HTTP instead of HTTPS
 //	-poweroff        leave the VMs powered off (default: powered on, as vcsim does)
 //	-trace           log every SOAP request and response to stderr
@@ -27,7 +31,8 @@
 //
 //	{"url":"https://127.0.0.1:PORT/sdk","thumbprint":"AA:BB:..","datastore":"LocalDS_0",
 //	 "datastore_dir":"/tmp/govcsim-../DC0-LocalDS_0","datacenter":"DC0","cluster":"DC0_C0",
-//	 "hosts":["DC0_C0_H0"],"vms":["DC0_C0_RP0_VM0","DC0_C0_RP0_VM1"]}
+//	 "hosts":["DC0_C0_H0"],"vms":["DC0_C0_RP0_VM0","DC0_C0_RP0_VM1"],
+//	 "templates":{"t1":"[LocalDS_0] t1/t1.vmdk"}}
 //
 // "thumbprint" is the SHA-1 thumbprint of the TLS certificate ("" with -plain); the certificate
 // is Go's fixed httptest localhost certificate, so the thumbprint is the same on every run.
@@ -44,6 +49,7 @@
 package main
 
 import (
+	"context"
 	"crypto/tls"
 	"encoding/json"
 	"flag"
@@ -58,8 +64,12 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/vmware/govmomi"
+	"github.com/vmware/govmomi/find"
+	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/simulator"
 	_ "github.com/vmware/govmomi/vapi/simulator" // vAPI REST endpoints (/rest), as vcsim has
+	"github.com/vmware/govmomi/vim25/types"
 )
 
 type info struct {
@@ -71,6 +81,8 @@ type info struct {
 	Cluster      string   `json:"cluster"`
 	Hosts        []string `json:"hosts"`
 	VMs          []string `json:"vms"`
+	// Template name -> its disk's datastore path.
+	Templates map[string]string `json:"templates"`
 }
 
 func main() {
@@ -83,6 +95,7 @@ func main() {
 	username := flag.String("username", "", "the only user name Login accepts (with -password)")
 	password := flag.String("password", "", "the only password Login accepts (with -username)")
 	isos := flag.String("isos", "", "comma-separated files to create on LocalDS_0")
+	templates := flag.String("templates", "", "comma-separated VM templates to make")
 	plain := flag.Bool("plain", false, "serve HTTP instead of HTTPS")
 	poweroff := flag.Bool("poweroff", false, "leave the VMs powered off")
 	trace := flag.Bool("trace", false, "log SOAP traffic to stderr")
@@ -129,7 +142,7 @@ func main() {
 		svc.TLS = new(tls.Config)
 	}
 
-	out := info{Datastore: "LocalDS_0", Datacenter: "DC0", Cluster: "DC0_C0", Hosts: []string{}, VMs: []string{}}
+	out := info{Datastore: "LocalDS_0", Datacenter: "DC0", Cluster: "DC0_C0", Hosts: []string{}, VMs: []string{}, Templates: map[string]string{}}
 	reg := model.Map()
 	for _, e := range reg.All("Datastore") {
 		if ds, ok := e.(*simulator.Datastore); ok && ds.Name == out.Datastore {
@@ -170,6 +183,25 @@ func main() {
 	}
 	defer server.Close()
 
+	for _, name := range strings.Split(*templates, ",") {
+		if name = strings.TrimSpace(name); name == "" {
+			continue
+		}
+		if len(out.VMs) == 0 {
+			fatal("-templates needs -vms >= 1")
+		}
+		file, err := makeTemplate(server, out.VMs[0], name)
+		if err != nil {
+			fatal("-templates: %s: %v", name, err)
+		}
+		p := filepath.Join(out.DatastoreDir, filepath.FromSlash(strings.TrimPrefix(file, "["+out.Datastore+"] ")))
+		flat := simulator.VirtualDiskBackingFileName(p)
+		if err := os.WriteFile(flat, []byte("vcsim template "+name+"\n"), 0o644); err != nil {
+			fatal("-templates: %v", err)
+		}
+		out.Templates[name] = file
+	}
+
 	u := *server.URL
 	u.User = nil
 	out.URL = u.String()
@@ -191,6 +223,54 @@ func main() {
 		}()
 	}
 	log.Printf("stopping: %s", <-done)
+}
+
+// makeTemplate clones VM `from` into a template `name` through the simulator's SOAP API and
+// returns the datastore path of the template's disk.
+func makeTemplate(server *simulator.Server, from, name string) (string, error) {
+	ctx := context.Background()
+	u := *server.URL
+	if u.User == nil {
+		u.User = url.UserPassword("user", "pass")
+	}
+	c, err := govmomi.NewClient(ctx, &u, true)
+	if err != nil {
+		return "", err
+	}
+	defer func() { _ = c.Logout(ctx) }()
+	finder := find.NewFinder(c.Client, true)
+	dc, err := finder.DefaultDatacenter(ctx)
+	if err != nil {
+		return "", err
+	}
+	finder.SetDatacenter(dc)
+	vm, err := finder.VirtualMachine(ctx, from)
+	if err != nil {
+		return "", err
+	}
+	folders, err := dc.Folders(ctx)
+	if err != nil {
+		return "", err
+	}
+	task, err := vm.Clone(ctx, folders.VmFolder, name, types.VirtualMachineCloneSpec{Template: true})
+	if err != nil {
+		return "", err
+	}
+	res, err := task.WaitForResult(ctx)
+	if err != nil {
+		return "", err
+	}
+	tmpl := object.NewVirtualMachine(c.Client, res.Result.(types.ManagedObjectReference))
+	devices, err := tmpl.Device(ctx)
+	if err != nil {
+		return "", err
+	}
+	for _, d := range devices.SelectByType((*types.VirtualDisk)(nil)) {
+		if b, ok := d.(*types.VirtualDisk).Backing.(types.BaseVirtualDeviceFileBackingInfo); ok {
+			return b.GetVirtualDeviceFileBackingInfo().FileName, nil
+		}
+	}
+	return "", fmt.Errorf("the clone has no file-backed disk")
 }
 
 // newServer starts the HTTP(S) server; the simulator panics when it cannot listen.

@@ -41,7 +41,12 @@ pub struct Started {
     pub url: String,
     pub thumbprint: String,
     pub datastore: String,
+    /// The datastore's backing directory on this machine.
+    pub datastore_dir: String,
     pub vms: Vec<String>,
+    /// Template name → its disk's datastore path (`-templates`).
+    #[serde(default)]
+    pub templates: std::collections::HashMap<String, String>,
 }
 
 /// A running vcsim; stopped on drop (its stdin closes).
@@ -62,9 +67,16 @@ impl Vcsim {
 
     /// Start on `port` (0: a free one).
     pub fn start_on(vms: usize, port: u16) -> Vcsim {
+        Self::start_with(vms, port, &[])
+    }
+
+    /// Start on `port` (0: a free one) with VM templates named `templates` (clones of the first
+    /// VM whose disk holds "vcsim template NAME\n").
+    pub fn start_with(vms: usize, port: u16, templates: &[&str]) -> Vcsim {
         let tmp = tempfile::tempdir().expect("tempdir");
         let mut child = Command::new(binary())
             .env("TMPDIR", tmp.path())
+            .args(["-templates", &templates.join(",")])
             .args([
                 "-listen",
                 &format!("127.0.0.1:{port}"),
@@ -123,6 +135,15 @@ impl Vcsim {
             .iter()
             .filter(|m| *m == method)
             .count()
+    }
+
+    /// The file behind datastore path `[ds] path` on this machine.
+    pub fn file(&self, datastore_path: &str) -> PathBuf {
+        let rel = datastore_path
+            .split_once("] ")
+            .map(|(_, p)| p)
+            .unwrap_or(datastore_path);
+        PathBuf::from(&self.info.datastore_dir).join(rel)
     }
 
     /// Every request vcsim has received.
@@ -258,11 +279,28 @@ pub fn vsphere_spec(sim: &Vcsim) -> VsphereSpec {
         vms: VmSelector::default(),
         images: vec![VsphereImage {
             name: "debian-12".into(),
-            iso: format!("[{}] {ISO}", sim.info.datastore),
+            iso: Some(format!("[{}] {ISO}", sim.info.datastore)),
+            template: None,
         }],
         strategy: VsphereStrategy::Iso,
         callback_timeout: None,
         max_connections: None,
+    }
+}
+
+/// The dispatcher's spec with the `template` strategy: one image per template.
+pub fn template_spec(sim: &Vcsim, images: &[(&str, &str)]) -> VsphereSpec {
+    VsphereSpec {
+        images: images
+            .iter()
+            .map(|(name, template)| VsphereImage {
+                name: name.to_string(),
+                iso: None,
+                template: Some(template.to_string()),
+            })
+            .collect(),
+        strategy: VsphereStrategy::Template,
+        ..vsphere_spec(sim)
     }
 }
 

@@ -338,6 +338,7 @@ impl Inner {
             boot_override: None,
             outcome: None,
             cleaned: false,
+            copied_at: None,
             version: None,
         };
         let saved = self

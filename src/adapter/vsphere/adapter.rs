@@ -1,4 +1,5 @@
-//! [`VsphereAdapter`]: vCenter's virtual machines as hosts, reprovisioned with the `iso` strategy.
+//! [`VsphereAdapter`]: vCenter's virtual machines as hosts, reprovisioned with the `iso` or the
+//! `template` strategy.
 //!
 //! - Discovery: one `RetrievePropertiesEx` over a ContainerView of every VM (paged with
 //!   `ContinueRetrievePropertiesEx`), templates left out, optionally only some VMs by name. A
@@ -8,7 +9,8 @@
 //!   `WaitForUpdatesEx`; each VM that changed is read again and reported, so power changes made in
 //!   vCenter reach the ManagedHost within a second. A callback report resumes its worker.
 //! - `reprovision` checks the image, the VM and its CD-ROM, creates the operation record (the
-//!   callback secret) and hands the rest to a worker (`work.rs`) that follows [`super::steps`].
+//!   callback secret) and hands the rest to a worker (`work.rs`) that follows [`super::steps`]
+//!   (`iso`) or [`super::template`] (`template`, in `template_work.rs`).
 use super::model::{self, keys, Vm};
 use super::soap::{MoRef, Soap, SoapError};
 use super::work;
@@ -17,7 +19,7 @@ use crate::adapter::{
     Adapter, AdapterError, BackendEvent, CancelOutcome, HostInfo, Inventory, OperationState,
     OperationStatus,
 };
-use crate::api::{HostProvisioningState, PowerState, VsphereImage};
+use crate::api::{HostProvisioningState, PowerState, VsphereImage, VsphereStrategy};
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -31,6 +33,7 @@ pub struct VsphereConfig {
     /// Only these VMs; empty: all.
     pub names: Vec<String>,
     pub images: Vec<VsphereImage>,
+    pub strategy: VsphereStrategy,
     pub callback_base: Option<String>,
     pub callback_timeout: Duration,
 }
@@ -278,7 +281,11 @@ pub(super) fn returnval_moref(text: &str) -> Result<MoRef, SoapError> {
 }
 
 /// The status of `token`'s operation from its record and the VM.
-pub(super) fn status_of(rec: &OpRecord, vm: Option<&Vm>) -> OperationStatus {
+pub(super) fn status_of(
+    rec: &OpRecord,
+    vm: Option<&Vm>,
+    strategy: VsphereStrategy,
+) -> OperationStatus {
     let ours = vm.filter(|v| v.extra(keys::TOKEN) == Some(rec.token.as_str()));
     let restored = match ours {
         Some(v) => matches!(
@@ -296,21 +303,37 @@ pub(super) fn status_of(rec: &OpRecord, vm: Option<&Vm>) -> OperationStatus {
             OutcomeKind::Cancelled => OperationState::Cancelled,
         },
         (Some(_), false) => OperationState::Running {
-            progress: Some("the installer reported; restoring the CD-ROM and boot order".into()),
+            progress: Some(finishing(strategy).into()),
         },
         (None, _) => OperationState::Running {
-            progress: Some(match rec.reset_at {
-                Some(_) => format!(
+            progress: Some(match (strategy, rec.reset_at, rec.copied_at) {
+                (VsphereStrategy::Iso, Some(_), _) => format!(
                     "installing {} from its ISO; waiting for the installer's callback",
                     rec.os
                 ),
-                None => format!("attaching the {} installer ISO and resetting", rec.os),
+                (VsphereStrategy::Iso, None, _) => {
+                    format!("attaching the {} installer ISO and resetting", rec.os)
+                }
+                (VsphereStrategy::Template, _, None) => {
+                    format!("copying the {} template's disk", rec.os)
+                }
+                (VsphereStrategy::Template, _, Some(_)) => {
+                    "replacing the VM's disk with the copy and powering on".into()
+                }
             }),
         },
     };
     OperationStatus {
         id: format!("{}/{}", rec.host_id, rec.token),
         state,
+    }
+}
+
+/// What a finished operation still does on the VM.
+fn finishing(strategy: VsphereStrategy) -> &'static str {
+    match strategy {
+        VsphereStrategy::Iso => "the installer reported; restoring the CD-ROM and boot order",
+        VsphereStrategy::Template => "recording the outcome on the VM",
     }
 }
 
@@ -394,9 +417,7 @@ impl Adapter for VsphereAdapter {
             return Ok(Some(OperationStatus {
                 id: format!("{}/{}", rec.host_id, rec.token),
                 state: OperationState::Running {
-                    progress: Some(
-                        "the installer reported; restoring the CD-ROM and boot order".into(),
-                    ),
+                    progress: Some(finishing(inner.cfg.strategy).into()),
                 },
             }));
         }
@@ -406,7 +427,7 @@ impl Adapter for VsphereAdapter {
         } else {
             None
         };
-        let status = status_of(&rec, vm.as_ref());
+        let status = status_of(&rec, vm.as_ref(), inner.cfg.strategy);
         // While the installer runs there is nothing to do until it reports (the callback wakes
         // the worker) or the timeout passes: polls then cost vCenter nothing.
         let installing = rec.outcome.is_none()
@@ -421,6 +442,10 @@ impl Adapter for VsphereAdapter {
     }
 
     async fn cancel(&self, host_id: &str, token: &str) -> Result<CancelOutcome, AdapterError> {
+        if self.inner.cfg.strategy == VsphereStrategy::Template {
+            // Each step is short and the disk may already be replaced: it runs to its end.
+            return Ok(CancelOutcome::Unsupported);
+        }
         if !work::cancel(&self.inner, host_id, token).await? {
             return Ok(CancelOutcome::NotRunning);
         }

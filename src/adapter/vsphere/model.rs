@@ -49,7 +49,7 @@ pub enum BootDev {
 }
 
 impl BootDev {
-    fn xml(&self) -> String {
+    pub(super) fn xml(&self) -> String {
         match self {
             BootDev::Cdrom => {
                 "<bootOrder xsi:type=\"VirtualMachineBootOptionsBootableCdromDevice\"/>".into()
@@ -106,6 +106,17 @@ pub struct Cdrom {
     pub connected: bool,
 }
 
+/// A VM's virtual disk.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Disk {
+    pub key: i32,
+    pub controller_key: i32,
+    pub unit_number: Option<i32>,
+    /// Its file (`[ds] dir/name.vmdk`), if file-backed.
+    pub file: Option<String>,
+    pub capacity_kb: Option<i64>,
+}
+
 /// One virtual machine as osprov sees it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Vm {
@@ -120,8 +131,8 @@ pub struct Vm {
     pub memory_mb: String,
     pub extra: BTreeMap<String, String>,
     pub cdrom: Option<Cdrom>,
-    /// The first virtual disk's key.
-    pub disk: Option<i32>,
+    /// Its virtual disks, in device order.
+    pub disks: Vec<Disk>,
     pub boot: Vec<BootDev>,
 }
 
@@ -133,6 +144,17 @@ impl Vm {
         } else {
             self.instance_uuid.clone()
         }
+    }
+
+    /// The disk it boots from: the first disk in its boot order, else its first disk.
+    pub fn boot_disk(&self) -> Option<&Disk> {
+        self.boot
+            .iter()
+            .find_map(|b| match b {
+                BootDev::Disk(k) => self.disks.iter().find(|d| d.key == *k),
+                _ => None,
+            })
+            .or_else(|| self.disks.first())
     }
 
     pub fn extra(&self, key: &str) -> Option<&str> {
@@ -177,7 +199,16 @@ fn read_devices(vm: &mut Vm, val: roxmltree::Node<'_, '_>) {
                     connected: conn.is_some_and(|c| flag(c, "connected")),
                 });
             }
-            Some("VirtualDisk") if vm.disk.is_none() => vm.disk = int(d, "key"),
+            Some("VirtualDisk") => {
+                let backing = children(d, "backing").next();
+                vm.disks.push(Disk {
+                    key: int(d, "key").unwrap_or_default(),
+                    controller_key: int(d, "controllerKey").unwrap_or_default(),
+                    unit_number: int(d, "unitNumber"),
+                    file: backing.and_then(|b| child_text(b, "fileName")),
+                    capacity_kb: child_text(d, "capacityInKB").and_then(|t| t.trim().parse().ok()),
+                });
+            }
             _ => {}
         }
     }
@@ -220,7 +251,7 @@ fn apply(vm: &mut Vm, name: &str, val: Option<roxmltree::Node<'_, '_>>) {
         }
         "config.hardware.device" => {
             vm.cdrom = None;
-            vm.disk = None;
+            vm.disks.clear();
             if let Some(v) = val {
                 read_devices(vm, v);
             }
@@ -359,7 +390,7 @@ pub fn create_filter(pc: &MoRef, view: &MoRef) -> String {
     )
 }
 
-fn option_value(key: &str, value: &str) -> String {
+pub(super) fn option_value(key: &str, value: &str) -> String {
     format!(
         "<extraConfig><key>{}</key><value xsi:type=\"xsd:string\">{}</value></extraConfig>",
         esc(key),
@@ -392,7 +423,7 @@ fn cdrom_edit(c: &Cdrom, iso: Option<&str>, on: bool) -> String {
     )
 }
 
-fn reconfigure(vm: &MoRef, spec: &str) -> String {
+pub(super) fn reconfigure(vm: &MoRef, spec: &str) -> String {
     format!(
         "<ReconfigVM_Task xmlns=\"urn:vim25\">{}<spec>{spec}</spec></ReconfigVM_Task>",
         vm.xml("_this")
@@ -418,7 +449,7 @@ pub fn attach(
     })?;
     let mut order = vec![BootDev::Cdrom];
     if vm.boot.is_empty() {
-        order.extend(vm.disk.map(BootDev::Disk));
+        order.extend(vm.boot_disk().map(|d| BootDev::Disk(d.key)));
     } else {
         order.extend(vm.boot.iter().filter(|b| **b != BootDev::Cdrom).cloned());
     }
@@ -451,7 +482,7 @@ pub fn detach(vm: &Vm, moref: &MoRef, progress: &str) -> String {
     let mut boot = boot_from_string(vm.extra(keys::PREVIOUS_BOOT).unwrap_or_default());
     if boot.is_empty() {
         // No order was set before; booting the disk first is what an unset order does.
-        boot.extend(vm.disk.map(BootDev::Disk));
+        boot.extend(vm.boot_disk().map(|d| BootDev::Disk(d.key)));
     }
     let device = vm
         .cdrom

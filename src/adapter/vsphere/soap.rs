@@ -89,6 +89,8 @@ pub struct ServiceContent {
     pub property_collector: MoRef,
     pub view_manager: MoRef,
     pub session_manager: MoRef,
+    /// The VirtualDiskManager (the `template` strategy copies and deletes disks with it).
+    pub virtual_disk_manager: Option<MoRef>,
 }
 
 /// How to reach one vCenter.
@@ -413,6 +415,7 @@ pub fn parse_service_content(text: &str) -> Result<ServiceContent, SoapError> {
         property_collector: get("propertyCollector")?,
         view_manager: get("viewManager")?,
         session_manager: get("sessionManager")?,
+        virtual_disk_manager: get("virtualDiskManager").ok(),
     })
 }
 

@@ -1,18 +1,22 @@
-//! The `iso` strategy on vSphere performed: the checks before anything is recorded, the worker
-//! that takes the steps of [`super::steps`] (each decided from a fresh read of the VM and the
-//! operation record), vCenter tasks awaited to their end, and cancel.
+//! The `iso` strategy on vSphere performed: the checks before anything is recorded (for both
+//! strategies), the worker that takes the steps of [`super::steps`] (each decided from a fresh
+//! read of the VM and the operation record), vCenter tasks awaited to their end, and cancel.
+//! The `template` strategy's worker is in `template_work.rs`.
 use super::adapter::{soap_err, status_of, Inner};
 use super::model::{self, keys, Vm};
 use super::soap::{esc, MoRef, SoapError};
 use super::steps::{self, Observed, Step};
+use super::template_work;
 use crate::adapter::store::{self, OpRecord, Outcome, OutcomeKind, StoreError};
 use crate::adapter::{AdapterError, OperationStatus};
+use crate::api::VsphereStrategy;
 use k8s_openapi::jiff::Timestamp;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// A worker gives up after this many steps (a whole operation takes four).
-const MAX_STEPS: usize = 12;
+/// A worker gives up after this many steps (a whole `iso` operation takes four, a `template`
+/// one eight).
+pub(super) const MAX_STEPS: usize = 12;
 /// How long a vCenter task (reconfigure, reset) may take.
 const TASK_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -39,13 +43,6 @@ pub(super) async fn start(
             host: host.to_string(),
             os: os.to_string(),
         })?;
-    let base = inner.cfg.callback_base.clone().ok_or_else(|| {
-        AdapterError::Config(
-            "the provisioning callback endpoint is off (set --callback-addr); a vSphere \
-             reprovision cannot complete without it"
-                .into(),
-        )
-    })?;
     let moref = inner.moref_of(host).await?;
     // The VM as discovery and the change feed keep it (the worker reads it before acting).
     let known = inner
@@ -70,7 +67,7 @@ pub(super) async fn start(
                 rec.host_id, rec.os
             )));
         }
-        let status = status_of(&rec, Some(&vm));
+        let status = status_of(&rec, Some(&vm), inner.cfg.strategy);
         if !status.state.is_terminal() {
             inner.ensure_worker(host, token);
         }
@@ -86,17 +83,34 @@ pub(super) async fn start(
         });
     }
     // Refuse what cannot work before anything is recorded.
-    model::attach(&vm, &moref, token, os, &image.iso, &base).map_err(AdapterError::Config)?;
-    let rec = inner
-        .store
-        .create(OpRecord {
-            boot_override: Some("cdrom".into()),
-            ..OpRecord::starting(token, host, os, &image.iso)
-        })
-        .await
-        .map_err(store_err)?;
+    let rec = match inner.cfg.strategy {
+        VsphereStrategy::Iso => {
+            let iso = image.iso.as_deref().ok_or_else(|| {
+                AdapterError::Config(format!("image {os} has no iso (strategy iso)"))
+            })?;
+            let base = inner.cfg.callback_base.clone().ok_or_else(|| {
+                AdapterError::Config(
+                    "the provisioning callback endpoint is off (set --callback-addr); a vSphere \
+                     iso reprovision cannot complete without it"
+                        .into(),
+                )
+            })?;
+            model::attach(&vm, &moref, token, os, iso, &base).map_err(AdapterError::Config)?;
+            OpRecord {
+                boot_override: Some("cdrom".into()),
+                ..OpRecord::starting(token, host, os, iso)
+            }
+        }
+        VsphereStrategy::Template => {
+            let source = template_work::template_disk(inner, image).await?;
+            super::template::target_file(&vm, token).map_err(AdapterError::Config)?;
+            let file = source.file.unwrap_or_default();
+            OpRecord::starting(token, host, os, &file)
+        }
+    };
+    let rec = inner.store.create(rec).await.map_err(store_err)?;
     inner.ensure_worker(host, token);
-    Ok(status_of(&rec, Some(&vm)))
+    Ok(status_of(&rec, Some(&vm), inner.cfg.strategy))
 }
 
 /// Record a cancel as the outcome and restore the VM now; false when it had already ended.
@@ -156,7 +170,8 @@ async fn wait_task(inner: &Inner, task: &MoRef) -> Result<(), SoapError> {
         match state.as_deref() {
             Some("success") => return Ok(()),
             Some("error") => {
-                let message = prop("info.error")
+                let error = prop("info.error");
+                let message = error
                     .and_then(|p| {
                         p.descendants()
                             .find(|n| n.has_tag_name("localizedMessage"))
@@ -164,10 +179,12 @@ async fn wait_task(inner: &Inner, task: &MoRef) -> Result<(), SoapError> {
                             .map(str::to_string)
                     })
                     .unwrap_or_else(|| "the task failed".into());
-                return Err(SoapError::Fault {
-                    kind: "TaskError".into(),
-                    message,
-                });
+                // The fault's own type (e.g. `InvalidPowerState`, `FileNotFound`) when given.
+                let kind = error
+                    .and_then(|p| p.descendants().find(|n| n.has_tag_name("fault")))
+                    .and_then(super::soap::xsi_type)
+                    .unwrap_or_else(|| "TaskError".into());
+                return Err(SoapError::Fault { kind, message });
             }
             _ if began.elapsed() > TASK_TIMEOUT => {
                 return Err(SoapError::Fault {
@@ -181,7 +198,12 @@ async fn wait_task(inner: &Inner, task: &MoRef) -> Result<(), SoapError> {
 }
 
 /// Call a `*_Task` method on `vm` and wait for the task.
-async fn task(inner: &Inner, method: &str, vm: &MoRef, args: &str) -> Result<(), SoapError> {
+pub(super) async fn task(
+    inner: &Inner,
+    method: &str,
+    vm: &MoRef,
+    args: &str,
+) -> Result<(), SoapError> {
     let body = format!(
         "<{method} xmlns=\"urn:vim25\">{}{args}</{method}>",
         vm.xml("_this")
@@ -191,8 +213,8 @@ async fn task(inner: &Inner, method: &str, vm: &MoRef, args: &str) -> Result<(),
     wait_task(inner, &t).await
 }
 
-/// Run a reconfigure body (built by [`model`]) and wait for its task.
-async fn reconfigure(inner: &Inner, body: &str) -> Result<(), SoapError> {
+/// Run a task-returning body (a reconfigure built by [`model`], a disk copy) and wait for it.
+pub(super) async fn reconfigure(inner: &Inner, body: &str) -> Result<(), SoapError> {
     let text = inner.soap.call(body).await?;
     let t = super::adapter::returnval_moref(&text)?;
     wait_task(inner, &t).await
@@ -227,6 +249,9 @@ fn observe(vm: &Vm, rec: Option<&OpRecord>, token: &str, timeout: Duration) -> O
 
 /// Carry `token`'s operation on `host` as far as it goes now; true once it is finished.
 pub(super) async fn run(inner: &Arc<Inner>, host: &str, token: &str) -> Result<bool, AdapterError> {
+    if inner.cfg.strategy == VsphereStrategy::Template {
+        return template_work::run(inner, host, token).await;
+    }
     // The VM as this run left it after a task it saw succeed (no need to read it again).
     let mut attached_now: Option<Vm> = None;
     for _ in 0..MAX_STEPS {

@@ -18,7 +18,8 @@ const VMS: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
 </val></propSet>
 <propSet><name>config.hardware.device</name><val xsi:type="ArrayOfVirtualDevice">
   <VirtualDevice xsi:type="VirtualIDEController"><key>200</key></VirtualDevice>
-  <VirtualDevice xsi:type="VirtualDisk"><key>2000</key><controllerKey>1000</controllerKey><unitNumber>0</unitNumber></VirtualDevice>
+  <VirtualDevice xsi:type="VirtualDisk"><key>2001</key><backing xsi:type="VirtualDiskFlatVer2BackingInfo"><fileName>[ds1] web-1/data.vmdk</fileName><diskMode>persistent</diskMode></backing><controllerKey>1000</controllerKey><unitNumber>1</unitNumber><capacityInKB>1024</capacityInKB></VirtualDevice>
+  <VirtualDevice xsi:type="VirtualDisk"><key>2000</key><backing xsi:type="VirtualDiskFlatVer2BackingInfo"><fileName>[ds1] web-1/web-1.vmdk</fileName><diskMode>persistent</diskMode></backing><controllerKey>1000</controllerKey><unitNumber>0</unitNumber><capacityInKB>10485760</capacityInKB></VirtualDevice>
   <VirtualDevice xsi:type="VirtualCdrom"><key>3002</key>
     <backing xsi:type="VirtualCdromIsoBackingInfo"><fileName>[ds1] old.iso</fileName></backing>
     <connectable><startConnected>false</startConnected><allowGuestControl>true</allowGuestControl><connected>false</connected></connectable>
@@ -44,7 +45,19 @@ fn a_vm_is_read_with_its_devices_boot_order_and_record() {
     assert_eq!((vm.name.as_str(), vm.id().as_str()), ("web-1", "5029-aaaa"));
     assert_eq!((vm.power.as_str(), vm.num_cpu.as_str()), ("poweredOn", "2"));
     assert_eq!(vm.extra(keys::TOKEN), Some("u1/1/1"));
-    assert_eq!(vm.disk, Some(2000));
+    // The disk the boot order names, not the first one in device order.
+    let disk = vm.boot_disk().cloned().expect("boot disk");
+    assert_eq!(
+        (
+            disk.key,
+            disk.controller_key,
+            disk.unit_number,
+            disk.capacity_kb
+        ),
+        (2000, 1000, Some(0), Some(10485760))
+    );
+    assert_eq!(disk.file.as_deref(), Some("[ds1] web-1/web-1.vmdk"));
+    assert_eq!(vm.disks.len(), 2);
     let cdrom = vm.cdrom.clone().expect("cdrom");
     assert_eq!(
         (cdrom.key, cdrom.controller_key, cdrom.unit_number),

@@ -1,0 +1,211 @@
+//! End-to-end: the vSphere `template` strategy through the real controller against govmomi's
+//! vCenter simulator (vcsim), on both API backends. vcsim really copies the template's disk
+//! files on its datastore directory and really deletes the old ones, so the test reads the
+//! result from disk (the new disk holds the template's marker text) as well as through a vim25
+//! session of its own; vcsim's SOAP trace counts the copies, reconfigures and power tasks.
+mod cluster;
+mod harness;
+mod support;
+mod vsphere_support;
+
+use cluster::TestCluster;
+use harness::*;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, PostParams};
+use osprov::adapter::vsphere::model::keys;
+use osprov::api::{ManagedHost, OSDispatcher, OSProvisioningRequest, Phase, PowerState};
+use osprov::controller::settings::Settings;
+use std::sync::Arc;
+use std::time::Duration;
+use vsphere_support::*;
+
+on_both_backends!(
+    the_template_disk_replaces_the_vm_disk_once_across_a_controller_restart,
+    a_missing_template_fails_the_request_and_leaves_the_vm_alone,
+    a_catalogue_that_does_not_fit_the_strategy_is_refused_by_the_api,
+);
+
+const TEMPLATE: &str = "tmpl-ubuntu";
+const VM: &str = "DC0_C0_RP0_VM1";
+const HOST: &str = "dc0-c0-rp0-vm1";
+
+fn controller(c: &TestCluster) -> RunningController {
+    RunningController::start(
+        c.client.clone(),
+        Settings {
+            ..fast_settings_in(&c.ns)
+        },
+        Arc::new(osprov::adapter::simulator::SimRegistry::default()),
+    )
+}
+
+async fn account(c: &TestCluster) {
+    let secrets: Api<Secret> = c.api();
+    let s = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some("vcenter".into()),
+            ..Default::default()
+        },
+        string_data: Some(
+            [
+                ("username".to_string(), USER.to_string()),
+                ("password".to_string(), PASSWORD.to_string()),
+            ]
+            .into(),
+        ),
+        ..Default::default()
+    };
+    secrets
+        .create(&PostParams::default(), &s)
+        .await
+        .expect("Secret");
+}
+
+async fn the_template_disk_replaces_the_vm_disk_once_across_a_controller_restart(c: TestCluster) {
+    let sim = Vcsim::start_with(2, 0, &[TEMPLATE]);
+    let template_disk = sim.info.templates[TEMPLATE].clone();
+    account(&c).await;
+    let ctl = controller(&c);
+    let dispatchers: Api<OSDispatcher> = c.api();
+    let hosts: Api<ManagedHost> = c.api();
+    let requests: Api<OSProvisioningRequest> = c.api();
+    let spec = template_spec(&sim, &[("ubuntu-24.04", TEMPLATE)]);
+    create(&dispatchers, &vsphere_dispatcher("vc", spec, "1s")).await;
+    let mirrored = eventually(30, "two VMs mirrored", || async {
+        let list = hosts.list(&Default::default()).await.ok()?;
+        (list.items.len() == 2 && list.items.iter().all(|h| h.status.is_some()))
+            .then_some(list.items)
+    })
+    .await;
+    assert!(
+        mirrored
+            .iter()
+            .all(|h| !h.metadata.name.clone().unwrap_or_default().contains("tmpl")),
+        "the template is no host: {mirrored:?}"
+    );
+
+    let soap = sim.client();
+    let before = vm(&soap, VM).await;
+    let old_disk = before
+        .boot_disk()
+        .and_then(|d| d.file.clone())
+        .expect("VM1's disk file");
+    assert!(sim.file(&old_disk).exists(), "{old_disk}");
+
+    // The controller dies right after it asked for the copy; a new one carries on.
+    create(&requests, &once("r1", HOST, "ubuntu-24.04")).await;
+    eventually(30, "the template's disk copied", || async {
+        (sim.count("CopyVirtualDisk_Task") >= 1).then_some(())
+    })
+    .await;
+    ctl.stop().await;
+    let ctl = controller(&c);
+    let r = wait_phase(&requests, "r1", Phase::Succeeded, 60).await;
+    let message = serde_json::to_string(&r.status).expect("json");
+
+    let after = vm(&soap, VM).await;
+    assert_eq!(after.disks.len(), 1, "{:?}", after.disks);
+    let new_disk = after.disks[0].file.clone().expect("file");
+    assert!(
+        new_disk.starts_with(&format!("[LocalDS_0] {VM}/osprov-")),
+        "{new_disk}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(sim.file(&new_disk.replace(".vmdk", "-flat.vmdk")))
+            .expect("the new disk's data"),
+        format!("vcsim template {TEMPLATE}\n"),
+        "the VM's disk is a copy of the template's"
+    );
+    assert!(!sim.file(&old_disk).exists(), "the old disk is deleted");
+    assert!(
+        sim.file(&template_disk).exists(),
+        "the template keeps its disk"
+    );
+    assert_eq!(after.power, "poweredOn", "{message}");
+    assert_eq!(after.extra(keys::PROGRESS), Some("done"));
+    assert_eq!(after.extra(keys::OS), Some("ubuntu-24.04"));
+    eventually(30, "the current OS on the ManagedHost", || async {
+        let st = hosts.get(HOST).await.ok()?.status?;
+        (st.current_os.as_deref() == Some("ubuntu-24.04") && st.power == Some(PowerState::On))
+            .then_some(())
+    })
+    .await;
+
+    // One wipe: one power-off, one disk swap (record, swap, finish: three reconfigures).
+    assert_eq!(sim.count("PowerOffVM_Task"), 1);
+    assert_eq!(sim.count("PowerOnVM_Task"), 1);
+    assert_eq!(sim.count("ReconfigVM_Task"), 3);
+    let copies = sim.count("CopyVirtualDisk_Task");
+    assert!((1..=2).contains(&copies), "{copies} copies");
+
+    // Another restart finds nothing left to do; the other VM was never touched.
+    ctl.stop().await;
+    let _ctl = controller(&c);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(sim.count("ReconfigVM_Task"), 3);
+    assert_eq!(sim.count("CopyVirtualDisk_Task"), copies);
+    let other = vm(&soap, "DC0_C0_RP0_VM0").await;
+    assert_eq!(other.extra(keys::TOKEN), None);
+}
+
+async fn a_missing_template_fails_the_request_and_leaves_the_vm_alone(c: TestCluster) {
+    let sim = Vcsim::start_with(2, 0, &[TEMPLATE]);
+    account(&c).await;
+    let _ctl = controller(&c);
+    let dispatchers: Api<OSDispatcher> = c.api();
+    let hosts: Api<ManagedHost> = c.api();
+    let requests: Api<OSProvisioningRequest> = c.api();
+    let spec = template_spec(&sim, &[("ubuntu-24.04", TEMPLATE), ("rhel-9", "no-such")]);
+    create(&dispatchers, &vsphere_dispatcher("vc", spec, "1s")).await;
+    eventually(30, "VM1 mirrored", || async { hosts.get(HOST).await.ok() }).await;
+    let soap = sim.client();
+    let before = vm(&soap, VM).await;
+
+    create(&requests, &once("r1", HOST, "rhel-9")).await;
+    let r = wait_phase(&requests, "r1", Phase::Failed, 30).await;
+    let text = serde_json::to_string(&r.status).expect("json");
+    assert!(text.contains("no-such"), "{text}");
+    assert_eq!(vm(&soap, VM).await, before, "untouched");
+    assert_eq!(sim.count("ReconfigVM_Task"), 0);
+    assert_eq!(sim.count("CopyVirtualDisk_Task"), 0);
+}
+
+async fn a_catalogue_that_does_not_fit_the_strategy_is_refused_by_the_api(c: TestCluster) {
+    let sim = Vcsim::start(1);
+    let dispatchers: Api<OSDispatcher> = c.api();
+    // Strategy template, but the image only has an ISO.
+    let mut spec = vsphere_spec(&sim);
+    spec.strategy = osprov::api::VsphereStrategy::Template;
+    let err = dispatchers
+        .create(
+            &PostParams::default(),
+            &vsphere_dispatcher("vc", spec, "1s"),
+        )
+        .await
+        .expect_err("refused");
+    match err {
+        kube::Error::Api(s) => {
+            assert_eq!(s.code, 422, "{s:?}");
+            assert!(
+                s.message.contains("`template` with strategy template"),
+                "{}",
+                s.message
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // And an iso dispatcher whose image has only a template.
+    let mut spec = template_spec(&sim, &[("ubuntu-24.04", TEMPLATE)]);
+    spec.strategy = osprov::api::VsphereStrategy::Iso;
+    let err = dispatchers
+        .create(
+            &PostParams::default(),
+            &vsphere_dispatcher("vc", spec, "1s"),
+        )
+        .await
+        .expect_err("refused");
+    assert!(
+        matches!(&err, kube::Error::Api(s) if s.code == 422),
+        "{err:?}"
+    );
+}
