@@ -23,6 +23,7 @@ on_both_backends!(
     the_template_disk_replaces_the_vm_disk_once_across_a_controller_restart,
     a_missing_template_fails_the_request_and_leaves_the_vm_alone,
     a_catalogue_that_does_not_fit_the_strategy_is_refused_by_the_api,
+    a_request_deleted_mid_way_leaves_the_vm_ready_for_the_next_one,
 );
 
 const TEMPLATE: &str = "tmpl-ubuntu";
@@ -208,4 +209,85 @@ async fn a_catalogue_that_does_not_fit_the_strategy_is_refused_by_the_api(c: Tes
         matches!(&err, kube::Error::Api(s) if s.code == 422),
         "{err:?}"
     );
+}
+
+async fn a_request_deleted_mid_way_leaves_the_vm_ready_for_the_next_one(c: TestCluster) {
+    let sim = Vcsim::start_with(2, 0, &[TEMPLATE]);
+    account(&c).await;
+    let ctl = controller(&c);
+    let dispatchers: Api<OSDispatcher> = c.api();
+    let hosts: Api<ManagedHost> = c.api();
+    let requests: Api<OSProvisioningRequest> = c.api();
+    let spec = template_spec(&sim, &[("ubuntu-24.04", TEMPLATE), ("debian-12", TEMPLATE)]);
+    create(&dispatchers, &vsphere_dispatcher("vc", spec, "1s")).await;
+    eventually(30, "VM1 mirrored", || async { hosts.get(HOST).await.ok() }).await;
+
+    // The controller dies mid-way; the request is deleted while none runs.
+    create(&requests, &once("r1", HOST, "ubuntu-24.04")).await;
+    eventually(30, "the template's disk copied", || async {
+        (sim.count("CopyVirtualDisk_Task") >= 1).then_some(())
+    })
+    .await;
+    ctl.stop().await;
+    requests
+        .delete("r1", &Default::default())
+        .await
+        .expect("delete r1");
+    let _ctl = controller(&c);
+    eventually(60, "r1 gone", || async {
+        requests.get_opt("r1").await.ok()?.is_none().then_some(())
+    })
+    .await;
+
+    // The VM does not stay busy: the next request for it goes through.
+    create(&requests, &once("r2", HOST, "debian-12")).await;
+    let r = wait_phase(&requests, "r2", Phase::Succeeded, 90).await;
+    let soap = sim.client();
+    let after = vm(&soap, VM).await;
+    let uid = r.metadata.uid.clone().expect("uid");
+    assert_eq!(after.extra(keys::OS), Some("debian-12"));
+    assert_eq!(after.extra(keys::PROGRESS), Some("done"));
+    assert_eq!(after.power, "poweredOn");
+    assert_eq!(after.disks.len(), 1, "{:?}", after.disks);
+    let disk = after.disks[0].file.clone().unwrap_or_default();
+    assert!(disk.contains(&uid.to_lowercase()), "r2's copy: {disk}");
+
+    // A mark left behind by a request that is gone (its controller died after the request was
+    // released, before its worker finished): the next discovery finishes it, so the VM does not
+    // refuse every later request as busy.
+    let vm0 = vm(&soap, "DC0_C0_RP0_VM0").await;
+    let moref = vm0.moref.clone().expect("moref");
+    let marks: String = [
+        ("osprov.token", "0f0f0f0f-gone/1/1"),
+        ("osprov.os", "ubuntu-24.04"),
+        ("osprov.progress", "recorded"),
+        (
+            "osprov.disk",
+            "[LocalDS_0] DC0_C0_RP0_VM0/osprov-0f0f0f0f-gone-1-1.vmdk",
+        ),
+        ("osprov.previousPower", "poweredOn"),
+    ]
+    .iter()
+    .map(|(k, v)| {
+        format!(
+            "<extraConfig><key>{k}</key><value xsi:type=\"xsd:string\">{v}</value></extraConfig>"
+        )
+    })
+    .collect();
+    soap.call(&format!(
+        "<ReconfigVM_Task xmlns=\"urn:vim25\">{}<spec>{marks}</spec></ReconfigVM_Task>",
+        moref.xml("_this")
+    ))
+    .await
+    .expect("reconfigure");
+    eventually(10, "the orphan mark on VM0", || async {
+        let v = vm(&soap, "DC0_C0_RP0_VM0").await;
+        (v.extra(keys::PROGRESS) == Some("recorded")).then_some(())
+    })
+    .await;
+    create(&requests, &once("r3", "dc0-c0-rp0-vm0", "ubuntu-24.04")).await;
+    wait_phase(&requests, "r3", Phase::Succeeded, 90).await;
+    let v = vm(&soap, "DC0_C0_RP0_VM0").await;
+    assert_eq!(v.extra(keys::OS), Some("ubuntu-24.04"));
+    assert_eq!(v.power, "poweredOn");
 }

@@ -237,6 +237,35 @@ impl Inner {
         Ok(Inventory { hosts })
     }
 
+    /// Carry to their end the operations whose request is gone: a VM still marked `recorded`
+    /// for a token with no operation record (the request was deleted while nothing drove its
+    /// worker, e.g. across a controller restart, or while a `template` operation could not be
+    /// cancelled). Its worker then restores the VM (`iso`; `template` before the swap) or finishes
+    /// the install (`template` after it), so the VM does not stay busy for the next request.
+    async fn finish_orphans(self: &Arc<Self>) {
+        let marked: Vec<(String, String)> = self
+            .known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|v| self.selected(v) && v.extra(keys::PROGRESS) == Some("recorded"))
+            .filter_map(|v| Some((v.id(), v.extra(keys::TOKEN)?.to_string())))
+            .collect();
+        if marked.is_empty() {
+            return;
+        }
+        let Ok(records) = self.store.list().await else {
+            return;
+        };
+        let live: HashSet<String> = records.into_iter().map(|r| r.token).collect();
+        for (host, token) in marked {
+            if !live.contains(&token) {
+                tracing::info!(host = %host, "finishing an operation whose request is gone");
+                self.ensure_worker(&host, &token);
+            }
+        }
+    }
+
     /// Start `token`'s worker on `host` unless one runs.
     pub fn ensure_worker(self: &Arc<Self>, host: &str, token: &str) {
         if !self
@@ -382,7 +411,9 @@ impl Adapter for VsphereAdapter {
     }
 
     async fn discover(&self) -> Result<Inventory, AdapterError> {
-        self.inner.discover().await
+        let inventory = self.inner.discover().await?;
+        self.inner.finish_orphans().await;
+        Ok(inventory)
     }
 
     async fn reprovision(
