@@ -49,6 +49,13 @@ enum Command {
     Cli(osprov::cli::Command),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completion { shell: clap_complete::Shell },
+    /// Serve simulated fleets over HTTP, out of the controller's process (for simulator
+    /// dispatchers with `spec.simulator.endpoint`); prints `listening on <addr>` once bound.
+    Simulate {
+        /// Address to listen on; port 0 picks a free port.
+        #[arg(long, default_value = "127.0.0.1:7070", env = "OSPROV_SIMULATE_LISTEN")]
+        listen: SocketAddr,
+    },
     /// Run the controller against a Kubernetes API (kubeconfig or in-cluster configuration).
     Controller {
         #[command(flatten)]
@@ -92,6 +99,7 @@ fn main() -> ExitCode {
             standalone(opts, settings, sim_hosts)
         }
         Command::Controller { settings, election } => controller(settings, election),
+        Command::Simulate { listen } => simulate(listen),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -142,6 +150,19 @@ fn controller(
         };
         let client = kube::Client::try_from(config)?;
         osprov::controller::run_with(client, settings, runtime, shutdown_signal()).await?;
+        Ok(())
+    })
+}
+
+fn simulate(listen: SocketAddr) -> anyhow::Result<()> {
+    tokio::runtime::Runtime::new()?.block_on(async {
+        let serve = osprov::adapter::simulator::serve::serve(listen, |addr| {
+            println!("listening on {addr}");
+        });
+        tokio::select! {
+            r = serve => r?,
+            () = shutdown_signal() => {}
+        }
         Ok(())
     })
 }

@@ -72,7 +72,8 @@ async fn discovers_domains_and_reprovisions_by_replacing_the_root_disk(c: TestCl
     .await;
     dispatcher_state(&dispatchers, "kvm", DispatcherState::Ready).await;
     let mh = eventually(30, "vm-1 mirrored", || async {
-        hosts.get("vm-1").await.ok()
+        // Mirrored means with a status (the real API writes the object, then its status).
+        hosts.get("vm-1").await.ok().filter(|h| h.status.is_some())
     })
     .await;
     assert_eq!(mh.spec.backend_id, uuid_of(1));

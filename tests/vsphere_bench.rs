@@ -15,7 +15,7 @@ mod vsphere_support;
 
 use harness::*;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, ListParams};
 use osprov::api::{ManagedHost, OSDispatcher, OSProvisioningRequest, Phase};
 use osprov::controller::settings::{MetricsAddr, Settings};
 use std::collections::HashSet;
@@ -45,24 +45,7 @@ async fn vsphere_scale() {
     );
     let c = cluster::TestCluster::start(cluster::Backend::Embedded).await;
     let secrets: Api<Secret> = c.api();
-    let s = Secret {
-        metadata: kube::api::ObjectMeta {
-            name: Some("vcenter".into()),
-            ..Default::default()
-        },
-        string_data: Some(
-            [
-                ("username".to_string(), USER.to_string()),
-                ("password".to_string(), PASSWORD.to_string()),
-            ]
-            .into(),
-        ),
-        ..Default::default()
-    };
-    secrets
-        .create(&PostParams::default(), &s)
-        .await
-        .expect("Secret");
+    account_secret(&secrets, PASSWORD).await;
     let callback: std::net::SocketAddr = ([127, 0, 0, 1], {
         std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())

@@ -9,8 +9,7 @@ mod vsphere_support;
 
 use cluster::TestCluster;
 use harness::*;
-use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, PostParams};
+use kube::api::Api;
 use osprov::adapter::vsphere::model::{keys, BootDev};
 use osprov::api::{
     DispatcherState, ManagedHost, OSDispatcher, OSProvisioningRequest, Phase, PowerState,
@@ -41,25 +40,7 @@ fn controller(c: &TestCluster, callback: SocketAddr) -> RunningController {
 }
 
 async fn account(c: &TestCluster, password: &str) {
-    let secrets: Api<Secret> = c.api();
-    let s = Secret {
-        metadata: kube::api::ObjectMeta {
-            name: Some("vcenter".into()),
-            ..Default::default()
-        },
-        string_data: Some(
-            [
-                ("username".to_string(), USER.to_string()),
-                ("password".to_string(), password.to_string()),
-            ]
-            .into(),
-        ),
-        ..Default::default()
-    };
-    secrets
-        .create(&PostParams::default(), &s)
-        .await
-        .expect("Secret");
+    account_secret(&c.api(), password).await;
 }
 
 /// Wait until VM `name` holds the installer; its callback URL.
@@ -89,7 +70,12 @@ async fn discovers_vms_and_installs_from_the_iso_with_one_reset(c: TestCluster) 
     )
     .await;
     let mh = eventually(30, "VM1 mirrored", || async {
-        hosts.get("dc0-c0-rp0-vm1").await.ok()
+        // Mirrored means with a status (the real API writes the object, then its status).
+        hosts
+            .get("dc0-c0-rp0-vm1")
+            .await
+            .ok()
+            .filter(|h| h.status.is_some())
     })
     .await;
     let st = mh.status.expect("status");

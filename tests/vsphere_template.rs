@@ -10,7 +10,6 @@ mod vsphere_support;
 
 use cluster::TestCluster;
 use harness::*;
-use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PostParams};
 use osprov::adapter::vsphere::model::keys;
 use osprov::api::{ManagedHost, OSDispatcher, OSProvisioningRequest, Phase, PowerState};
@@ -41,25 +40,7 @@ fn controller(c: &TestCluster) -> RunningController {
 }
 
 async fn account(c: &TestCluster) {
-    let secrets: Api<Secret> = c.api();
-    let s = Secret {
-        metadata: kube::api::ObjectMeta {
-            name: Some("vcenter".into()),
-            ..Default::default()
-        },
-        string_data: Some(
-            [
-                ("username".to_string(), USER.to_string()),
-                ("password".to_string(), PASSWORD.to_string()),
-            ]
-            .into(),
-        ),
-        ..Default::default()
-    };
-    secrets
-        .create(&PostParams::default(), &s)
-        .await
-        .expect("Secret");
+    account_secret(&c.api(), PASSWORD).await;
 }
 
 async fn the_template_disk_replaces_the_vm_disk_once_across_a_controller_restart(c: TestCluster) {
@@ -158,7 +139,10 @@ async fn a_missing_template_fails_the_request_and_leaves_the_vm_alone(c: TestClu
     let requests: Api<OSProvisioningRequest> = c.api();
     let spec = template_spec(&sim, &[("ubuntu-24.04", TEMPLATE), ("rhel-9", "no-such")]);
     create(&dispatchers, &vsphere_dispatcher("vc", spec, "1s")).await;
-    eventually(30, "VM1 mirrored", || async { hosts.get(HOST).await.ok() }).await;
+    eventually(30, "VM1 mirrored", || async {
+        hosts.get(HOST).await.ok().filter(|h| h.status.is_some())
+    })
+    .await;
     let soap = sim.client();
     let before = vm(&soap, VM).await;
 
@@ -220,7 +204,10 @@ async fn a_request_deleted_mid_way_leaves_the_vm_ready_for_the_next_one(c: TestC
     let requests: Api<OSProvisioningRequest> = c.api();
     let spec = template_spec(&sim, &[("ubuntu-24.04", TEMPLATE), ("debian-12", TEMPLATE)]);
     create(&dispatchers, &vsphere_dispatcher("vc", spec, "1s")).await;
-    eventually(30, "VM1 mirrored", || async { hosts.get(HOST).await.ok() }).await;
+    eventually(30, "VM1 mirrored", || async {
+        hosts.get(HOST).await.ok().filter(|h| h.status.is_some())
+    })
+    .await;
 
     // The controller dies mid-way; the request is deleted while none runs.
     create(&requests, &once("r1", HOST, "ubuntu-24.04")).await;

@@ -12,10 +12,11 @@ pub mod vsphere;
 
 use crate::api::{HostProvisioningState, PowerState};
 use futures::stream::BoxStream;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// One host as the management software reports it.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HostInfo {
     /// The backend's identifier for the host.
     pub id: String,
@@ -32,13 +33,13 @@ pub struct HostInfo {
 }
 
 /// Everything one discovery found.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Inventory {
     pub hosts: Vec<HostInfo>,
 }
 
 /// A change the backend announces between discoveries.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum BackendEvent {
     /// A host's facts changed (including a host that appeared).
     HostChanged(HostInfo),
@@ -53,7 +54,7 @@ pub enum BackendEvent {
 }
 
 /// Progress of one backend operation.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OperationState {
     /// Still running.
     Running { progress: Option<String> },
@@ -73,7 +74,7 @@ impl OperationState {
 }
 
 /// What the backend knows about one operation.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OperationStatus {
     /// The backend's own id for the operation.
     pub id: String,
@@ -81,7 +82,7 @@ pub struct OperationStatus {
 }
 
 /// The outcome of a cancel.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CancelOutcome {
     /// The backend stopped the operation.
     Cancelled,

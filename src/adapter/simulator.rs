@@ -5,7 +5,14 @@
 //! (`namespace/name`). It provisions with a configurable duration, injects failures (the Nth
 //! provisioning, a seeded fraction, an outage), announces every change as an event, and counts what
 //! it was asked to do so tests can check the controller's behaviour (calls per token, discoveries,
-//! the most reprovisions ever running at once).
+//! the most reprovisions ever running at once). A registry made [`SimRegistry::with_ledger`] also
+//! keeps, per fleet, a ledger of every provisioning started and ended with its token, which
+//! `osprov simulate` (the fleet served out of process, see `serve`) hands to fault-injection
+//! tests. The served form and its client adapter are in `simulator/serve.rs` and
+//! `simulator/remote.rs`.
+pub mod remote;
+pub mod serve;
+
 use super::{
     Adapter, AdapterError, BackendEvent, CancelOutcome, HostInfo, Inventory, OperationState,
     OperationStatus,
@@ -15,22 +22,32 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 
 /// All simulated fleets of one process, keyed by dispatcher (`namespace/name`).
 #[derive(Default)]
 pub struct SimRegistry {
     fleets: Mutex<HashMap<String, Arc<SimFleet>>>,
+    /// Fleets keep a ledger.
+    ledger: bool,
 }
 
 impl SimRegistry {
+    /// A registry whose fleets keep a ledger of every provisioning.
+    pub fn with_ledger() -> Self {
+        SimRegistry {
+            ledger: true,
+            ..Default::default()
+        }
+    }
+
     /// The fleet for a dispatcher, created on first use and reconfigured from `spec` afterwards.
     pub fn fleet(&self, key: &str, spec: &SimulatorSpec) -> Arc<SimFleet> {
         let mut fleets = self.fleets.lock().unwrap_or_else(|p| p.into_inner());
         let fleet = fleets
             .entry(key.to_string())
-            .or_insert_with(|| Arc::new(SimFleet::new(spec)))
+            .or_insert_with(|| Arc::new(SimFleet::new(spec, self.ledger)))
             .clone();
         drop(fleets);
         fleet.configure(spec);
@@ -69,6 +86,17 @@ impl SimStats {
     pub fn started(&self) -> u64 {
         self.started_per_host.values().map(|n| u64::from(*n)).sum()
     }
+}
+
+/// One line of a fleet's ledger.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LedgerEntry {
+    /// Milliseconds since the fleet was made.
+    pub at_ms: u64,
+    pub host: String,
+    pub token: String,
+    /// `started`, `succeeded`, `failed` or `cancelled`.
+    pub event: String,
 }
 
 struct SimOp {
@@ -115,6 +143,22 @@ struct FleetState {
     busy: HashMap<String, String>,
     started_total: u64,
     stats: SimStats,
+    ledger: Option<Vec<LedgerEntry>>,
+    born: Instant,
+}
+
+impl FleetState {
+    fn note(&mut self, host: &str, token: &str, event: &str) {
+        let at_ms = u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX);
+        if let Some(l) = self.ledger.as_mut() {
+            l.push(LedgerEntry {
+                at_ms,
+                host: host.to_string(),
+                token: token.to_string(),
+                event: event.to_string(),
+            });
+        }
+    }
 }
 
 /// One simulated management software and its hosts.
@@ -129,7 +173,7 @@ fn host_name(prefix: &str, index: usize, count: usize) -> String {
 }
 
 impl SimFleet {
-    fn new(spec: &SimulatorSpec) -> Self {
+    fn new(spec: &SimulatorSpec, ledger: bool) -> Self {
         // A small ring: a subscriber that lags loses events and the next discovery catches it up,
         // while a large ring would keep thousands of old events alive per fleet.
         let (events, _) = broadcast::channel(256);
@@ -141,6 +185,8 @@ impl SimFleet {
                 busy: HashMap::new(),
                 started_total: 0,
                 stats: SimStats::default(),
+                ledger: ledger.then(Vec::new),
+                born: Instant::now(),
             }),
             events,
         }
@@ -181,6 +227,11 @@ impl SimFleet {
     /// Counters so far.
     pub fn stats(&self) -> SimStats {
         self.lock().stats.clone()
+    }
+
+    /// The ledger so far (empty unless the registry keeps one).
+    pub fn ledger(&self) -> Vec<LedgerEntry> {
+        self.lock().ledger.clone().unwrap_or_default()
     }
 
     /// A host's current facts.
@@ -249,6 +300,7 @@ impl SimFleet {
             OperationState::Succeeded
         };
         let (host_id, os, state) = (op.host.clone(), op.os.clone(), op.state.clone());
+        st.note(&host_id, token, if fail { "failed" } else { "succeeded" });
         st.busy.remove(&host_id);
         st.stats.in_flight = st.stats.in_flight.saturating_sub(1);
         if let Some(host) = st.hosts.get_mut(&host_id) {
@@ -359,6 +411,7 @@ impl Adapter for SimulatorAdapter {
             },
         );
         st.busy.insert(host_id.to_string(), token.to_string());
+        st.note(host_id, token, "started");
         *st.stats
             .started_per_host
             .entry(host_id.to_string())
@@ -411,6 +464,7 @@ impl Adapter for SimulatorAdapter {
         }
         op.state = OperationState::Cancelled;
         let host_id = op.host.clone();
+        st.note(&host_id, token, "cancelled");
         st.busy.remove(&host_id);
         st.stats.in_flight = st.stats.in_flight.saturating_sub(1);
         st.stats.cancelled += 1;

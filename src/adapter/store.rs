@@ -245,6 +245,24 @@ pub async fn mutate(
     )))
 }
 
+/// Record `kind` with `message` as the outcome of `token`'s operation, unless one is recorded
+/// already (the first outcome stands).
+pub async fn record_outcome(
+    store: &dyn OpStore,
+    token: &str,
+    kind: OutcomeKind,
+    message: &str,
+) -> Result<Option<OpRecord>, StoreError> {
+    mutate(store, token, |r| {
+        r.outcome.get_or_insert(Outcome {
+            kind,
+            message: message.to_string(),
+            at: Timestamp::now(),
+        });
+    })
+    .await
+}
+
 /// An in-memory store, for tests.
 pub struct MemoryStore {
     records: Mutex<HashMap<String, OpRecord>>,

@@ -134,6 +134,11 @@ pub struct SimulatorSpec {
     /// Failure injection, for testing and demos.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failures: Option<SimulatorFailures>,
+    /// The URL of a simulator served out of process (`osprov simulate`), where the fleet lives
+    /// and outlasts controller restarts. Unset: the fleet lives in the controller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^https?://[^\s/]+/?$"), length(max = 2048))]
+    pub endpoint: Option<String>,
 }
 
 impl Default for SimulatorSpec {
@@ -145,6 +150,7 @@ impl Default for SimulatorSpec {
             initial_os: None,
             provision_millis: default_provision_millis(),
             failures: None,
+            endpoint: None,
         }
     }
 }

@@ -8,6 +8,7 @@
 //! registry lives here, so one factory handed to two controllers (tests, a replica pair) makes
 //! them share simulated fleets the way two controllers share real hardware.
 use super::{libvirt, redfish, vsphere, Scope};
+use crate::adapter::simulator::remote::RemoteSimulator;
 use crate::adapter::simulator::{SimRegistry, SimulatorAdapter};
 use crate::adapter::{Adapter, AdapterError};
 use crate::api::{AdapterKind, OSDispatcher};
@@ -90,6 +91,14 @@ impl AdapterFactory {
         match (d.spec.adapter, inputs) {
             (AdapterKind::Simulator, _) => {
                 let spec = d.spec.simulator.clone().unwrap_or_default();
+                if let Some(endpoint) = spec.endpoint.clone() {
+                    return Ok(Arc::new(RemoteSimulator::new(
+                        &endpoint,
+                        &key.namespace,
+                        &key.name,
+                        spec,
+                    )?));
+                }
                 let fleet = self.simulators.fleet(&key.to_string(), &spec);
                 Ok(Arc::new(SimulatorAdapter::new(fleet)))
             }

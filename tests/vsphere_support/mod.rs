@@ -261,6 +261,31 @@ pub async fn power(soap: &Soap, vm: &Vm, method: &str) {
     soap.call(&body).await.expect("power task");
 }
 
+/// The account Secret `vcenter` (vcsim's user, `password`) in the namespace of `secrets`.
+pub async fn account_secret(
+    secrets: &kube::Api<k8s_openapi::api::core::v1::Secret>,
+    password: &str,
+) {
+    let s = k8s_openapi::api::core::v1::Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some("vcenter".into()),
+            ..Default::default()
+        },
+        string_data: Some(
+            [
+                ("username".to_string(), USER.to_string()),
+                ("password".to_string(), password.to_string()),
+            ]
+            .into(),
+        ),
+        ..Default::default()
+    };
+    secrets
+        .create(&kube::api::PostParams::default(), &s)
+        .await
+        .expect("Secret");
+}
+
 /// The dispatcher's spec: vcsim's URL, its certificate pinned by thumbprint, the ISO as the one
 /// image.
 pub fn vsphere_spec(sim: &Vcsim) -> VsphereSpec {

@@ -223,15 +223,9 @@ pub(super) async fn work(
                     "no callback from the installer within {}s of the power cycle (callbackTimeout)",
                     cfg.callback_timeout.as_secs()
                 );
-                store::mutate(store.as_ref(), &token, |r| {
-                    r.outcome.get_or_insert(Outcome {
-                        kind: OutcomeKind::Failed,
-                        message: message.clone(),
-                        at: Timestamp::now(),
-                    });
-                })
-                .await
-                .map_err(store_err)?;
+                store::record_outcome(store.as_ref(), &token, OutcomeKind::Failed, &message)
+                    .await
+                    .map_err(store_err)?;
             }
             Step::RecordReset => {
                 store::mutate(store.as_ref(), &token, |r| {

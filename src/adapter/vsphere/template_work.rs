@@ -8,7 +8,7 @@ use super::model::{keys, Disk, Vm};
 use super::soap::{MoRef, SoapError};
 use super::template::{self, keys as tkeys, Observed, Step};
 use super::work::{reconfigure, store_err, task, MAX_STEPS};
-use crate::adapter::store::{self, OpRecord, Outcome, OutcomeKind};
+use crate::adapter::store::{self, OpRecord, OutcomeKind};
 use crate::adapter::AdapterError;
 use crate::api::VsphereImage;
 use k8s_openapi::jiff::Timestamp;
@@ -107,15 +107,9 @@ async fn failed(inner: &Inner, token: &str, what: &str, e: SoapError) -> Result<
         return Err(soap_err(e));
     }
     let message = format!("{what} failed: {message} ({kind})");
-    store::mutate(inner.store.as_ref(), token, |r| {
-        r.outcome.get_or_insert(Outcome {
-            kind: OutcomeKind::Failed,
-            message: message.clone(),
-            at: Timestamp::now(),
-        });
-    })
-    .await
-    .map_err(store_err)?;
+    store::record_outcome(inner.store.as_ref(), token, OutcomeKind::Failed, &message)
+        .await
+        .map_err(store_err)?;
     Ok(())
 }
 
@@ -222,13 +216,12 @@ pub(super) async fn run(inner: &Arc<Inner>, host: &str, token: &str) -> Result<b
             }
             (Step::RecordSuccess, Some(rec)) => {
                 let message = format!("the VM runs {} from a copy of its template's disk", rec.os);
-                store::mutate(inner.store.as_ref(), token, |r| {
-                    r.outcome.get_or_insert(Outcome {
-                        kind: OutcomeKind::Succeeded,
-                        message: message.clone(),
-                        at: Timestamp::now(),
-                    });
-                })
+                store::record_outcome(
+                    inner.store.as_ref(),
+                    token,
+                    OutcomeKind::Succeeded,
+                    &message,
+                )
                 .await
                 .map_err(store_err)?;
             }

@@ -298,15 +298,9 @@ pub(super) async fn run(inner: &Arc<Inner>, host: &str, token: &str) -> Result<b
                     "no callback from the installer within {}s of the reset (callbackTimeout)",
                     inner.cfg.callback_timeout.as_secs()
                 );
-                store::mutate(inner.store.as_ref(), token, |r| {
-                    r.outcome.get_or_insert(Outcome {
-                        kind: OutcomeKind::Failed,
-                        message: message.clone(),
-                        at: Timestamp::now(),
-                    });
-                })
-                .await
-                .map_err(store_err)?;
+                store::record_outcome(inner.store.as_ref(), token, OutcomeKind::Failed, &message)
+                    .await
+                    .map_err(store_err)?;
             }
             (Step::Attach, Some(rec)) => {
                 let base = inner.cfg.callback_base.clone().unwrap_or_default();

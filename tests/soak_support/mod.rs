@@ -1,0 +1,410 @@
+//! The moving parts of the fault-injection soak (`tests/soak.rs`), each in the process where it
+//! belongs:
+//! - [`SimProcess`]: `osprov simulate`, the simulated management software in a process of its
+//!   own, so it outlives every controller kill and keeps the ledger of what it was asked to do;
+//! - [`ControllerProcess`]: the real `osprov controller` binary, SIGKILLed and started again;
+//! - [`EmbeddedApi`]: the embedded API in the driver's process on a fixed port, token and data directory,
+//!   so it can be stopped and started again on its data while clients keep their kubeconfig;
+//! - [`FaultProxy`]: an HTTP proxy between the controller and the API that answers a seeded
+//!   fraction of writes with a 409 Conflict (without forwarding them) and holds a seeded fraction
+//!   of requests back before forwarding; with the API down it answers 503.
+//!
+//! [`Rng`] is SplitMix64: the soak's randomness comes from one printed seed, and this is all the
+//! generator it needs.
+#![allow(dead_code)]
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use osprov::adapter::simulator::serve::LedgerView;
+use osprov::apiserver::{serve, ApiServer, Config};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// SplitMix64.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+
+    /// Uniform in `[0, 1)`.
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Uniform in `lo..hi` milliseconds.
+    pub fn millis(&mut self, lo: u64, hi: u64) -> Duration {
+        Duration::from_millis(lo + self.below(hi.saturating_sub(lo).max(1)))
+    }
+}
+
+/// `osprov simulate` on a free port.
+pub struct SimProcess {
+    child: Child,
+    pub url: String,
+    http: reqwest::Client,
+}
+
+impl SimProcess {
+    pub fn start() -> SimProcess {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_osprov"))
+            .args(["simulate", "--listen", "127.0.0.1:0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("osprov simulate starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("its first line");
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        SimProcess {
+            child,
+            url: format!("http://{addr}"),
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .build()
+                .expect("client"),
+        }
+    }
+
+    /// The ledger of dispatcher `ns/name`'s fleet.
+    pub async fn ledger(&self, ns: &str, name: &str) -> LedgerView {
+        let url = format!("{}/v1/fleets/{ns}/{name}/ledger", self.url);
+        let r = self.http.get(&url).send().await.expect("ledger");
+        assert!(
+            r.status().is_success(),
+            "ledger of {ns}/{name}: {}",
+            r.status()
+        );
+        r.json().await.expect("ledger JSON")
+    }
+
+    /// Take dispatcher `ns/name`'s management software down or bring it back.
+    pub async fn outage(&self, ns: &str, name: &str, unreachable: bool) {
+        let url = format!("{}/v1/fleets/{ns}/{name}/outage", self.url);
+        let r = self
+            .http
+            .post(&url)
+            .json(&serde_json::json!({ "unreachable": unreachable }))
+            .send()
+            .await
+            .expect("outage");
+        assert!(r.status().is_success(), "outage: {}", r.status());
+    }
+}
+
+impl Drop for SimProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The real controller binary, started and SIGKILLed by the driver.
+pub struct ControllerProcess {
+    child: Option<Child>,
+    kubeconfig: PathBuf,
+    namespace: String,
+    pub starts: u32,
+}
+
+impl ControllerProcess {
+    pub fn new(kubeconfig: &Path, namespace: &str) -> ControllerProcess {
+        ControllerProcess {
+            child: None,
+            kubeconfig: kubeconfig.to_path_buf(),
+            namespace: namespace.to_string(),
+            starts: 0,
+        }
+    }
+
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let child = Command::new(env!("CARGO_BIN_EXE_osprov"))
+            .args([
+                "controller",
+                "--namespaces",
+                &self.namespace,
+                "--lookup-interval",
+                "10s",
+                "--poll-interval",
+                "1s",
+                "--retry-base",
+                "500ms",
+                "--retry-cap",
+                "3s",
+                "--metrics-addr",
+                "off",
+                "--log-level",
+                "error",
+            ])
+            .env("KUBECONFIG", &self.kubeconfig)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("osprov controller starts");
+        self.child = Some(child);
+        self.starts += 1;
+    }
+
+    /// SIGKILL: nothing is flushed, released or said goodbye to.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for ControllerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The embedded API on a fixed port, token and data directory.
+pub struct EmbeddedApi {
+    server: Option<ApiServer>,
+    pub addr: SocketAddr,
+    pub token: String,
+    data: PathBuf,
+}
+
+impl EmbeddedApi {
+    fn config(addr: SocketAddr, token: &str, data: &Path) -> Config {
+        let mut c = Config::new(osprov::api::crds());
+        c.listen = addr;
+        c.token = Some(token.to_string());
+        c.tls = false;
+        c.data_dir = Some(data.to_path_buf());
+        c
+    }
+
+    pub async fn start(dir: &Path) -> EmbeddedApi {
+        let token = format!("soak-{}", std::process::id());
+        let data = dir.join("api-data");
+        let server = serve(Self::config(
+            "127.0.0.1:0".parse().expect("addr"),
+            &token,
+            &data,
+        ))
+        .await
+        .expect("embedded API starts");
+        let addr = server.addr();
+        EmbeddedApi {
+            server: Some(server),
+            addr,
+            token,
+            data,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stop serving (watches end, the database is released) and start again on the same data.
+    pub async fn restart(&mut self, down_for: Duration) {
+        if let Some(s) = self.server.take() {
+            s.shutdown().await;
+        }
+        tokio::time::sleep(down_for).await;
+        for _ in 0..100 {
+            match serve(Self::config(self.addr, &self.token, &self.data)).await {
+                Ok(s) => {
+                    self.server = Some(s);
+                    return;
+                }
+                // The port may linger a moment.
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        panic!("the embedded API did not come back on {}", self.addr);
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown().await;
+        }
+    }
+}
+
+/// A kubeconfig for `url` (plain HTTP) with `token`.
+pub fn kubeconfig(path: &Path, url: &str, token: &str, namespace: &str) {
+    let doc = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "soak", "cluster": {"server": url}}],
+        "users": [{"name": "soak", "user": {"token": token}}],
+        "contexts": [{"name": "soak", "context": {"cluster": "soak", "user": "soak", "namespace": namespace}}],
+        "current-context": "soak",
+    });
+    std::fs::write(path, serde_yaml::to_string(&doc).expect("yaml")).expect("kubeconfig");
+}
+
+/// A kube client from a kubeconfig file.
+pub async fn client(path: &Path) -> kube::Client {
+    let kc = kube::config::Kubeconfig::read_from(path).expect("kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .expect("client config");
+    kube::Client::try_from(config).expect("client")
+}
+
+/// What the fault proxy did.
+#[derive(Default)]
+pub struct ProxyCounts {
+    pub forwarded: AtomicU64,
+    pub conflicts: AtomicU64,
+    pub delayed: AtomicU64,
+    pub unavailable: AtomicU64,
+}
+
+struct ProxyState {
+    upstream: String,
+    http: reqwest::Client,
+    rng: Mutex<Rng>,
+    conflict_rate: f64,
+    delay_rate: f64,
+    counts: Arc<ProxyCounts>,
+}
+
+/// The HTTP fault proxy.
+pub struct FaultProxy {
+    pub addr: SocketAddr,
+    pub counts: Arc<ProxyCounts>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FaultProxy {
+    pub async fn start(upstream: &str, seed: u64, conflict_rate: f64, delay_rate: f64) -> Self {
+        let counts = Arc::new(ProxyCounts::default());
+        let state = Arc::new(ProxyState {
+            upstream: upstream.trim_end_matches('/').to_string(),
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .build()
+                .expect("client"),
+            rng: Mutex::new(Rng::new(seed)),
+            conflict_rate,
+            delay_rate,
+            counts: counts.clone(),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let app = axum::Router::new().fallback(forward).with_state(state);
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        FaultProxy { addr, counts, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn status(code: StatusCode, reason: &str, message: &str) -> Response {
+    let body = serde_json::json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {},
+        "status": "Failure", "message": message, "reason": reason, "code": code.as_u16(),
+    });
+    (code, axum::Json(body)).into_response()
+}
+
+async fn forward(State(s): State<Arc<ProxyState>>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, 16 << 20).await else {
+        return status(StatusCode::BAD_REQUEST, "BadRequest", "unreadable body");
+    };
+    let write = matches!(parts.method.as_str(), "PUT" | "PATCH" | "POST");
+    let (roll, delay_roll, delay) = {
+        let mut rng = s.rng.lock().unwrap_or_else(|p| p.into_inner());
+        (rng.unit(), rng.unit(), rng.millis(50, 1500))
+    };
+    if write && roll < s.conflict_rate {
+        s.counts.conflicts.fetch_add(1, Ordering::Relaxed);
+        return status(
+            StatusCode::CONFLICT,
+            "Conflict",
+            "injected by the soak's proxy: the object has been modified; please apply your changes to the latest version and try again",
+        );
+    }
+    if delay_roll < s.delay_rate {
+        s.counts.delayed.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(delay).await;
+    }
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let mut out = s
+        .http
+        .request(parts.method.clone(), format!("{}{path}", s.upstream))
+        .body(bytes);
+    for (name, value) in &parts.headers {
+        if !matches!(name.as_str(), "host" | "content-length" | "connection") {
+            out = out.header(name, value);
+        }
+    }
+    let r = match out.send().await {
+        Ok(r) => r,
+        Err(e) => {
+            s.counts.unavailable.fetch_add(1, Ordering::Relaxed);
+            return status(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                &format!("the API is down: {e}"),
+            );
+        }
+    };
+    s.counts.forwarded.fetch_add(1, Ordering::Relaxed);
+    let mut b = Response::builder().status(r.status().as_u16());
+    for (name, value) in r.headers() {
+        if !matches!(
+            name.as_str(),
+            "content-length" | "transfer-encoding" | "connection"
+        ) {
+            b = b.header(name, value);
+        }
+    }
+    b.body(Body::from_stream(r.bytes_stream()))
+        .unwrap_or_else(|_| status(StatusCode::BAD_GATEWAY, "InternalError", "bad answer"))
+}
