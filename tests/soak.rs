@@ -268,10 +268,16 @@ async fn soak(size: Size) {
     // The faults.
     let mut rng = Rng::new(seed);
     let (mut outages, mut api_restarts) = (0, 0);
-    for _ in 0..size.kills {
+    for k in 0..size.kills {
         tokio::time::sleep(rng.millis(200, 3000)).await;
         ctl.kill();
-        let roll = rng.unit();
+        // The first kill comes with a backend outage and the second with an API restart, so
+        // even the smoke size has each kind of fault; later ones are drawn.
+        let roll = match k {
+            0 => 0.0,
+            1 => 0.12,
+            _ => rng.unit(),
+        };
         if roll < 0.1 {
             let fleet = &names[rng.below(names.len() as u64) as usize];
             simp.outage(NS, fleet, true).await;
