@@ -270,9 +270,9 @@ async fn soak(size: Size) {
     let (mut outages, mut api_restarts) = (0, 0);
     for k in 0..size.kills {
         tokio::time::sleep(rng.millis(200, 3000)).await;
-        ctl.kill();
-        // The first kill comes with a backend outage and the second with an API restart, so
-        // even the smoke size has each kind of fault; later ones are drawn.
+        // The first fault is a backend outage and the second an API restart, so even the smoke
+        // size has each kind; later ones are drawn. Both happen while the controller runs; every
+        // round ends with a SIGKILL and a fresh controller.
         let roll = match k {
             0 => 0.0,
             1 => 0.12,
@@ -281,18 +281,16 @@ async fn soak(size: Size) {
         if roll < 0.1 {
             let fleet = &names[rng.below(names.len() as u64) as usize];
             simp.outage(NS, fleet, true).await;
-            ctl.start();
             tokio::time::sleep(rng.millis(500, 4000)).await;
             simp.outage(NS, fleet, false).await;
             outages += 1;
-            continue;
-        }
-        if roll < 0.15 {
+        } else if roll < 0.15 {
             api.lock().await.restart(rng.millis(100, 2000)).await;
             api_restarts += 1;
-        } else {
-            tokio::time::sleep(rng.millis(0, 1000)).await;
+            tokio::time::sleep(rng.millis(0, 1500)).await;
         }
+        ctl.kill();
+        tokio::time::sleep(rng.millis(0, 1000)).await;
         ctl.start();
     }
     maker.await.expect("request maker");

@@ -206,3 +206,6 @@ impl Adapter for RemoteSimulator {
             .await
     }
 }
+
+#[cfg(test)]
+mod tests;
