@@ -18,9 +18,9 @@ mod harness;
 mod soak_support;
 
 use harness::{request, sim, sim_dispatcher};
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams};
 use osprov::adapter::simulator::serve::LedgerView;
-use osprov::api::{ManagedHost, OSDispatcher, OSProvisioningRequest, Phase, SimulatorFailures};
+use osprov::api::{ManagedHost, OSDispatcher, OSProvisioningRequest, SimulatorFailures};
 use soak_support::*;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
@@ -89,39 +89,6 @@ fn seed() -> u64 {
                 .map(|d| d.as_nanos() as u64)
                 .unwrap_or(1)
         })
-}
-
-/// Retry an API call through restarts and injected faults (the driver is a client like any).
-async fn retry<T, F, Fut>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, kube::Error>>,
-{
-    let mut last = String::new();
-    for _ in 0..600 {
-        match f().await {
-            Ok(v) => return v,
-            Err(e) => last = e.to_string(),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{what}: {last}");
-}
-
-/// Create `obj`, or find it made by an earlier try whose answer was lost (an API restart).
-async fn create_or_get<K>(api: &Api<K>, obj: &K) -> K
-where
-    K: kube::Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    let pp = PostParams::default();
-    let name = obj.meta().name.clone().unwrap_or_default();
-    retry("create", || async {
-        match api.create(&pp, obj).await {
-            Err(kube::Error::Api(s)) if s.code == 409 => api.get(&name).await,
-            other => other,
-        }
-    })
-    .await
 }
 
 async fn soak(size: Size) {
@@ -234,14 +201,7 @@ async fn soak(size: Size) {
                     let fleet = names[d].clone();
                     tokio::spawn(async move {
                         tokio::time::sleep(later).await;
-                        let dp = DeleteParams::default();
-                        retry("delete", || async {
-                            match requests.delete(&name, &dp).await {
-                                Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-                                other => other.map(|_| ()),
-                            }
-                        })
-                        .await;
+                        delete(&requests, &name).await;
                         // Gone (its finalizer released): from now on nothing may start for it.
                         for _ in 0..1200 {
                             if matches!(requests.get_opt(&name).await, Ok(None)) {
@@ -304,40 +264,7 @@ async fn soak(size: Size) {
     );
 
     // Every request still there reaches a terminal phase.
-    let deadline = Instant::now() + Duration::from_secs(600);
-    let mut phases: BTreeMap<String, usize>;
-    loop {
-        let lp = kube::api::ListParams::default();
-        let list = retry("list", || requests.list(&lp)).await;
-        phases = BTreeMap::new();
-        let mut open = 0;
-        for r in &list.items {
-            let p = r.status.as_ref().and_then(|s| s.phase);
-            *phases.entry(format!("{p:?}")).or_default() += 1;
-            if !p.is_some_and(Phase::is_terminal) || r.metadata.deletion_timestamp.is_some() {
-                open += 1;
-            }
-        }
-        if open == 0 {
-            break;
-        }
-        if Instant::now() > deadline {
-            let stuck: Vec<_> = list
-                .items
-                .iter()
-                .filter(|r| {
-                    !r.status
-                        .as_ref()
-                        .and_then(|s| s.phase)
-                        .is_some_and(Phase::is_terminal)
-                })
-                .take(5)
-                .map(|r| (r.metadata.name.clone(), r.status.clone()))
-                .collect();
-            panic!("{open} requests stuck: {stuck:?}");
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
+    let phases = wait_all_terminal(&requests, 600).await;
     ctl.kill();
 
     // The ledger, checked from outside.

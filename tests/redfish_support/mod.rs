@@ -239,6 +239,21 @@ impl Emulator {
             .expect("JSON")
     }
 
+    /// GET a Redfish path as JSON; `None` while the emulator is down or answers oddly.
+    pub async fn try_get(&self, path: &str) -> Option<serde_json::Value> {
+        self.view().try_get(path).await
+    }
+
+    /// What a client needs to read the emulator, apart from the emulator (which the test may
+    /// stop and restart meanwhile).
+    pub fn view(&self) -> EmulatorView {
+        EmulatorView {
+            endpoint: self.endpoint(),
+            password: self.password.clone(),
+            http: self.http(),
+        }
+    }
+
     /// The sessions open now (read with basic auth, as an administrator would).
     pub async fn sessions(&self) -> Vec<String> {
         let doc = self.get("/redfish/v1/SessionService/Sessions").await;
@@ -336,6 +351,9 @@ impl Drop for Emulator {
 pub struct IsoServer {
     pub addr: SocketAddr,
     pub downloads: Arc<AtomicU64>,
+    /// The query string of every download (the image URL osprov gave the BMC carries the
+    /// callback URL, and so the operation's key).
+    pub queries: Arc<Mutex<Vec<String>>>,
     /// Delay applied to the next download only.
     pub hold_next: Arc<Mutex<Option<Duration>>>,
     pub started: Arc<tokio::sync::Notify>,
@@ -351,13 +369,20 @@ impl IsoServer {
         let downloads = Arc::new(AtomicU64::new(0));
         let hold_next: Arc<Mutex<Option<Duration>>> = Arc::new(Mutex::new(None));
         let started = Arc::new(tokio::sync::Notify::new());
-        let (d, h, s) = (downloads.clone(), hold_next.clone(), started.clone());
+        let queries: Arc<Mutex<Vec<String>>> = Arc::default();
+        let (d, h, s, q) = (
+            downloads.clone(),
+            hold_next.clone(),
+            started.clone(),
+            queries.clone(),
+        );
         let app = axum::Router::new().route(
             "/images/{name}",
-            axum::routing::get(move || {
-                let (d, h, s) = (d.clone(), h.clone(), s.clone());
+            axum::routing::get(move |query: axum::extract::RawQuery| {
+                let (d, h, s, q) = (d.clone(), h.clone(), s.clone(), q.clone());
                 async move {
                     d.fetch_add(1, Ordering::SeqCst);
+                    q.lock().expect("lock").push(query.0.unwrap_or_default());
                     s.notify_waiters();
                     let hold = h.lock().expect("lock").take();
                     if let Some(hold) = hold {
@@ -378,6 +403,7 @@ impl IsoServer {
         IsoServer {
             addr,
             downloads,
+            queries,
             hold_next,
             started,
             task,
@@ -392,6 +418,30 @@ impl IsoServer {
 impl Drop for IsoServer {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// A reader of the emulator (see [`Emulator::view`]).
+#[derive(Clone)]
+pub struct EmulatorView {
+    endpoint: String,
+    password: String,
+    http: reqwest::Client,
+}
+
+impl EmulatorView {
+    /// GET a Redfish path as JSON; `None` while the emulator is down or answers oddly.
+    pub async fn try_get(&self, path: &str) -> Option<serde_json::Value> {
+        self.http
+            .get(format!("{}{path}", self.endpoint))
+            .basic_auth(USER, Some(&self.password))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()
     }
 }
 

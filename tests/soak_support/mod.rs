@@ -132,6 +132,8 @@ pub struct ControllerProcess {
     child: Option<Child>,
     kubeconfig: PathBuf,
     namespace: String,
+    /// More arguments (e.g. the callback endpoint).
+    pub extra: Vec<String>,
     pub starts: u32,
 }
 
@@ -141,6 +143,7 @@ impl ControllerProcess {
             child: None,
             kubeconfig: kubeconfig.to_path_buf(),
             namespace: namespace.to_string(),
+            extra: Vec::new(),
             starts: 0,
         }
     }
@@ -165,6 +168,7 @@ impl ControllerProcess {
                 "--log-level",
                 "error",
             ])
+            .args(&self.extra)
             .env("KUBECONFIG", &self.kubeconfig)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -407,4 +411,84 @@ async fn forward(State(s): State<Arc<ProxyState>>, req: Request) -> Response {
     }
     b.body(Body::from_stream(r.bytes_stream()))
         .unwrap_or_else(|_| status(StatusCode::BAD_GATEWAY, "InternalError", "bad answer"))
+}
+
+/// Retry an API call through restarts and injected faults (the driver is a client like any).
+pub async fn retry<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, kube::Error>>,
+{
+    let mut last = String::new();
+    for _ in 0..600 {
+        match f().await {
+            Ok(v) => return v,
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{what}: {last}");
+}
+
+/// Create `obj`, or find it made by an earlier try whose answer was lost (an API restart).
+pub async fn create_or_get<K>(api: &kube::Api<K>, obj: &K) -> K
+where
+    K: kube::Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let pp = kube::api::PostParams::default();
+    let name = obj.meta().name.clone().unwrap_or_default();
+    retry("create", || async {
+        match api.create(&pp, obj).await {
+            Err(kube::Error::Api(s)) if s.code == 409 => api.get(&name).await,
+            other => other,
+        }
+    })
+    .await
+}
+
+/// Delete `name`; a 404 means done.
+pub async fn delete<K>(api: &kube::Api<K>, name: &str)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let dp = kube::api::DeleteParams::default();
+    retry("delete", || async {
+        match api.delete(name, &dp).await {
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            other => other.map(|_| ()),
+        }
+    })
+    .await;
+}
+
+/// Wait until no object of `api` is short of a terminal phase; the phases counted. Panics after
+/// `secs` naming a few that are stuck.
+pub async fn wait_all_terminal(
+    api: &kube::Api<osprov::api::OSProvisioningRequest>,
+    secs: u64,
+) -> std::collections::BTreeMap<String, usize> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    let lp = kube::api::ListParams::default();
+    loop {
+        let list = retry("list", || api.list(&lp)).await;
+        let mut phases = std::collections::BTreeMap::new();
+        let mut stuck = Vec::new();
+        for r in &list.items {
+            let p = r.status.as_ref().and_then(|s| s.phase);
+            *phases.entry(format!("{p:?}")).or_default() += 1;
+            if !p.is_some_and(osprov::api::Phase::is_terminal)
+                || r.metadata.deletion_timestamp.is_some()
+            {
+                stuck.push((r.metadata.name.clone(), r.status.clone()));
+            }
+        }
+        if stuck.is_empty() {
+            return phases;
+        }
+        if std::time::Instant::now() > deadline {
+            stuck.truncate(5);
+            panic!("{} requests stuck: {stuck:?}", stuck.len());
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
