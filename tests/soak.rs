@@ -23,7 +23,6 @@ use osprov::adapter::simulator::serve::LedgerView;
 use osprov::api::{ManagedHost, OSDispatcher, OSProvisioningRequest, SimulatorFailures};
 use soak_support::*;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
@@ -79,39 +78,12 @@ async fn soak_full() {
     .await;
 }
 
-fn seed() -> u64 {
-    std::env::var("OSPROV_SOAK_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-        })
-}
-
 async fn soak(size: Size) {
     let seed = seed();
     println!("soak: seed {seed} (OSPROV_SOAK_SEED={seed} replays it), {size:?}");
     let t0 = Instant::now();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let api = Arc::new(Mutex::new(EmbeddedApi::start(dir.path()).await));
-    let (api_url, token) = {
-        let a = api.lock().await;
-        (a.url(), a.token.clone())
-    };
-    let proxy = FaultProxy::start(&api_url, seed ^ 0x5eed, 0.03, 0.03).await;
-    let direct = dir.path().join("direct.kubeconfig");
-    let proxied = dir.path().join("proxied.kubeconfig");
-    kubeconfig(&direct, &api_url, &token, NS);
-    kubeconfig(&proxied, &proxy.url(), &token, NS);
-    let client = client(&direct).await;
-    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
-    let mut ns = k8s_openapi::api::core::v1::Namespace::default();
-    ns.metadata.name = Some(NS.into());
-    create_or_get(&namespaces, &ns).await;
-
+    let stage = Stage::start(seed, NS).await;
+    let (api, client) = (stage.api.clone(), stage.client.clone());
     let simp = SimProcess::start();
     let dispatchers: Api<OSDispatcher> = Api::namespaced(client.clone(), NS);
     let names: Vec<String> = (0..size.dispatchers)
@@ -131,7 +103,7 @@ async fn soak(size: Size) {
         d.spec.lookup_interval = Some("10s".into());
         create_or_get(&dispatchers, &d).await;
     }
-    let mut ctl = ControllerProcess::new(&proxied, NS);
+    let mut ctl = ControllerProcess::new(&stage.proxied, NS);
     ctl.start();
     let hosts: Api<ManagedHost> = Api::namespaced(client.clone(), NS);
     let want = size.dispatchers * size.hosts;
@@ -255,12 +227,10 @@ async fn soak(size: Size) {
     }
     maker.await.expect("request maker");
     println!(
-        "soak: faults done after {:.1} s: {} kills, {outages} backend outages, {api_restarts} API restarts, proxy: {} conflicts injected, {} answers delayed, {} answered 503",
+        "soak: faults done after {:.1} s: {} kills, {outages} backend outages, {api_restarts} API restarts, {}",
         t0.elapsed().as_secs_f64(),
         size.kills,
-        proxy.counts.conflicts.load(Ordering::Relaxed),
-        proxy.counts.delayed.load(Ordering::Relaxed),
-        proxy.counts.unavailable.load(Ordering::Relaxed),
+        stage.proxy_report(),
     );
 
     // Every request still there reaches a terminal phase.
@@ -296,13 +266,7 @@ async fn soak(size: Size) {
     );
     println!("soak: violations: {}", v.summary());
     assert!(v.is_empty(), "seed {seed}: {v:#?}");
-    drop(proxy);
-    Arc::try_unwrap(api)
-        .ok()
-        .expect("sole owner of the API")
-        .into_inner()
-        .stop()
-        .await;
+    stage.stop().await;
 }
 
 /// The tokens of request `uid` the ledger shows started.

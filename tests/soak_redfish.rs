@@ -19,7 +19,7 @@ mod redfish_support;
 mod soak_support;
 
 use harness::{free_port, report, request};
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use osprov::api::{ManagedHost, OSDispatcher, OSProvisioningRequest};
 use redfish_support::*;
@@ -82,34 +82,11 @@ fn callback_of(image: &str) -> Option<String> {
 }
 
 async fn soak(size: Size) {
-    let seed = std::env::var("OSPROV_SOAK_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-        });
+    let seed = seed();
     println!("redfish soak: seed {seed} (OSPROV_SOAK_SEED replays it), {size:?}");
     let t0 = Instant::now();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let api = Arc::new(Mutex::new(EmbeddedApi::start(dir.path()).await));
-    let (api_url, token) = {
-        let a = api.lock().await;
-        (a.url(), a.token.clone())
-    };
-    let proxy = FaultProxy::start(&api_url, seed ^ 0x5eed, 0.03, 0.03).await;
-    let (direct, proxied) = (
-        dir.path().join("direct.kubeconfig"),
-        dir.path().join("proxied.kubeconfig"),
-    );
-    kubeconfig(&direct, &api_url, &token, NS);
-    kubeconfig(&proxied, &proxy.url(), &token, NS);
-    let client = client(&direct).await;
-    let mut ns = Namespace::default();
-    ns.metadata.name = Some(NS.into());
-    create_or_get(&Api::<Namespace>::all(client.clone()), &ns).await;
+    let stage = Stage::start(seed, NS).await;
+    let (api, client) = (stage.api.clone(), stage.client.clone());
 
     let mut emu = Emulator::start(size.systems).await;
     let iso = IsoServer::start().await;
@@ -124,7 +101,7 @@ async fn soak(size: Size) {
     });
     create_or_get(&dispatchers, &redfish_dispatcher("bmc", spec)).await;
     let callback = format!("127.0.0.1:{}", free_port());
-    let mut ctl = ControllerProcess::new(&proxied, NS);
+    let mut ctl = ControllerProcess::new(&stage.proxied, NS);
     ctl.extra = vec!["--callback-addr".into(), callback.clone()];
     ctl.start();
     let hosts: Api<ManagedHost> = Api::namespaced(client.clone(), NS);
@@ -223,12 +200,10 @@ async fn soak(size: Size) {
     }
     maker.await.expect("request maker");
     println!(
-        "redfish soak: faults done after {:.1} s: {} controller kills, {bmc_restarts} BMC restarts, {api_restarts} API restarts, proxy: {} conflicts injected, {} answers delayed, {} answered 503",
+        "redfish soak: faults done after {:.1} s: {} controller kills, {bmc_restarts} BMC restarts, {api_restarts} API restarts, {}",
         t0.elapsed().as_secs_f64(),
         size.kills,
-        proxy.counts.conflicts.load(Ordering::Relaxed),
-        proxy.counts.delayed.load(Ordering::Relaxed),
-        proxy.counts.unavailable.load(Ordering::Relaxed),
+        stage.proxy_report(),
     );
     let phases = wait_all_terminal(&requests, 600).await;
     stop.store(true, Ordering::SeqCst);
@@ -340,12 +315,5 @@ async fn soak(size: Size) {
     .collect();
     println!("redfish soak: violations: {}", counts.join(", "));
     assert!(v.is_empty(), "seed {seed}: {v:#?}");
-    drop(proxy);
-    drop(emu_view);
-    Arc::try_unwrap(api)
-        .ok()
-        .expect("sole owner of the API")
-        .into_inner()
-        .stop()
-        .await;
+    stage.stop().await;
 }

@@ -492,3 +492,72 @@ pub async fn wait_all_terminal(
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
+
+/// The seed of a run: `OSPROV_SOAK_SEED`, else the clock.
+pub fn seed() -> u64 {
+    std::env::var("OSPROV_SOAK_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+        })
+}
+
+/// What every soak stands on: the embedded API (restartable), the fault proxy in front of it
+/// (3 % conflicts, 3 % delays), a kubeconfig for each, the driver's client (straight to the API)
+/// and namespace `namespace`.
+pub struct Stage {
+    pub dir: tempfile::TempDir,
+    pub api: Arc<tokio::sync::Mutex<EmbeddedApi>>,
+    pub proxy: FaultProxy,
+    /// The controller's kubeconfig (through the proxy).
+    pub proxied: PathBuf,
+    pub client: kube::Client,
+}
+
+impl Stage {
+    pub async fn start(seed: u64, namespace: &str) -> Stage {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let api = EmbeddedApi::start(dir.path()).await;
+        let (api_url, token) = (api.url(), api.token.clone());
+        let proxy = FaultProxy::start(&api_url, seed ^ 0x5eed, 0.03, 0.03).await;
+        let direct = dir.path().join("direct.kubeconfig");
+        let proxied = dir.path().join("proxied.kubeconfig");
+        kubeconfig(&direct, &api_url, &token, namespace);
+        kubeconfig(&proxied, &proxy.url(), &token, namespace);
+        let client = client(&direct).await;
+        let mut ns = k8s_openapi::api::core::v1::Namespace::default();
+        ns.metadata.name = Some(namespace.into());
+        create_or_get(&kube::Api::all(client.clone()), &ns).await;
+        Stage {
+            dir,
+            api: Arc::new(tokio::sync::Mutex::new(api)),
+            proxy,
+            proxied,
+            client,
+        }
+    }
+
+    /// What the proxy did, for the report.
+    pub fn proxy_report(&self) -> String {
+        let c = &self.proxy.counts;
+        format!(
+            "proxy: {} conflicts injected, {} answers delayed, {} answered 503",
+            c.conflicts.load(Ordering::Relaxed),
+            c.delayed.load(Ordering::Relaxed),
+            c.unavailable.load(Ordering::Relaxed)
+        )
+    }
+
+    /// Stop the API (after the controller).
+    pub async fn stop(self) {
+        let Stage { api, proxy, .. } = self;
+        drop(proxy);
+        if let Ok(api) = Arc::try_unwrap(api) {
+            api.into_inner().stop().await;
+        }
+    }
+}
