@@ -27,6 +27,7 @@ on_both_backends!(
     power_changes_made_in_libvirt_reach_the_managed_host_through_events,
     configuration_errors_and_unreachable_uris_are_clear_and_recover,
     credentials_come_from_the_secret,
+    a_domain_left_marked_for_a_gone_request_takes_the_next_one,
 );
 
 fn start_controller(c: &TestCluster) -> RunningController {
@@ -363,4 +364,35 @@ async fn a_restarted_adapter_never_clones_twice_for_one_token() {
         second.reprovision(&uuid_of(7), "debian-12", "u9/3/1").await,
         Err(osprov::adapter::AdapterError::UnknownHost(_))
     ));
+}
+
+/// A domain marked `recorded` for a request that no longer exists (its controller died after the
+/// request was released, before the worker finished) is carried on at the next discovery, so the
+/// next request for it goes through instead of waiting as `HostBusy` for ever.
+async fn a_domain_left_marked_for_a_gone_request_takes_the_next_one(c: TestCluster) {
+    let mark = format!(
+        "<uuid>{}</uuid><metadata><osprov:host xmlns:osprov='{}' os='debian-12' \
+         token='0f0f0f0f-gone/1/1' progress='recorded'/></metadata>",
+        uuid_of(0),
+        osprov::adapter::libvirt::xml::NAMESPACE
+    );
+    let xml = node_xml(2, None).replacen(&format!("<uuid>{}</uuid>", uuid_of(0)), &mark, 1);
+    let node = Node::from_xml(&xml);
+    let _ctl = start_controller(&c);
+    let dispatchers: Api<OSDispatcher> = c.api();
+    let requests: Api<OSProvisioningRequest> = c.api();
+    create(
+        &dispatchers,
+        &libvirt_dispatcher("kvm", libvirt_spec(&node.uri), "1s"),
+    )
+    .await;
+    dispatcher_state(&dispatchers, "kvm", DispatcherState::Ready).await;
+    create(&requests, &once("r0", "vm-0", "ubuntu-24.04")).await;
+    let r = wait_phase(&requests, "r0", Phase::Succeeded, 60).await;
+    let token = r
+        .status
+        .and_then(|s| s.operation)
+        .map(|o| o.token)
+        .unwrap_or_default();
+    assert!(!token.is_empty());
 }

@@ -100,6 +100,34 @@ impl LibvirtAdapter {
             .ok_or_else(|| AdapterError::Config("the iso strategy needs an operation store".into()))
     }
 
+    /// Carry on the operations domains are marked with (`recorded`) while no worker runs them,
+    /// so a domain never stays busy because its request went away at the wrong moment (released
+    /// while the controller died before the worker finished). `image` operations run to their
+    /// end, as their cancel says; `iso` ones whose record (the request's Secret) is gone are
+    /// restored by their worker, which reads that as a cancel.
+    async fn finish_orphans(&self, marked: Vec<(String, String)>) {
+        if marked.is_empty() {
+            return;
+        }
+        let marked = match (self.cfg.strategy, self.store.as_ref()) {
+            (LibvirtStrategy::Image, _) => marked,
+            (LibvirtStrategy::Iso, Some(store)) => {
+                let Ok(records) = store.list().await else {
+                    return;
+                };
+                let live: HashSet<String> = records.into_iter().map(|r| r.token).collect();
+                marked
+                    .into_iter()
+                    .filter(|(_, token)| !live.contains(token))
+                    .collect()
+            }
+            (LibvirtStrategy::Iso, None) => return,
+        };
+        for (uuid, token) in marked {
+            self.ensure_worker(&uuid, &token);
+        }
+    }
+
     /// Start the worker of `uuid`'s recorded operation unless one runs.
     fn ensure_worker(&self, uuid: &str, token: &str) {
         let mut workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
@@ -354,51 +382,7 @@ pub(super) fn catalogue_volume(
         .map_err(|e| conn::call(&format!("image volume {volume}"), &e))
 }
 
-/// Record the intent of `token` on `uuid` (after the checks a refusal must come from).
-fn record_intent(
-    cfg: &LibvirtConfig,
-    uuid: &str,
-    os: &str,
-    token: &str,
-) -> Result<OperationStatus, AdapterError> {
-    let c = connect(cfg)?;
-    let d = domain(&c, uuid)?;
-    let record = read_record(&d)?.unwrap_or_default();
-    if record.token.as_deref() == Some(token) {
-        return Ok(status_of(uuid, &record));
-    }
-    if record.progress == Some(Progress::Recorded) {
-        return Err(AdapterError::HostBusy {
-            host: uuid.to_string(),
-            token: record.token.unwrap_or_default(),
-        });
-    }
-    image_volume(&c, cfg, os).map_err(|e| match e {
-        AdapterError::UnknownOs { os, .. } => AdapterError::UnknownOs {
-            host: uuid.to_string(),
-            os,
-        },
-        other => other,
-    })?;
-    let inactive = d
-        .xml_desc(sys::VIR_DOMAIN_XML_INACTIVE)
-        .map_err(|e| conn::call("domain XML", &e))?;
-    let disk = xml::root_disk(&inactive, cfg.root_disk.as_deref())
-        .map_err(|e| AdapterError::Config(e.to_string()))?;
-    let (vol, _) = source_volume(&c, &disk.source)?;
-    let next = Record {
-        os: Some(os.to_string()),
-        token: Some(token.to_string()),
-        progress: Some(Progress::Recorded),
-        previous: Some(volume_name(&vol)?),
-        message: None,
-        installer: None,
-    };
-    write_record(&d, &next)?;
-    Ok(status_of(uuid, &next))
-}
-
-fn status_of(uuid: &str, record: &Record) -> OperationStatus {
+pub(super) fn status_of(uuid: &str, record: &Record) -> OperationStatus {
     let state = match record.progress {
         Some(Progress::Done) => OperationState::Succeeded,
         Some(Progress::Failed) => OperationState::Failed {
@@ -483,23 +467,33 @@ impl Adapter for LibvirtAdapter {
 
     async fn discover(&self) -> Result<Inventory, AdapterError> {
         let cfg = self.cfg.clone();
-        blocking(move || {
+        let (inventory, marked) = blocking(move || {
             let c = connect(&cfg)?;
             let os = catalogue(&c, &cfg)?;
             let domains = c
                 .list_all_domains(0)
                 .map_err(|e| conn::call("listing domains", &e))?;
             let mut hosts = Vec::new();
+            let mut marked = Vec::new();
             for d in &domains {
                 match host(d, &cfg, &os) {
-                    Ok(Some(h)) => hosts.push(h),
+                    Ok(Some(h)) => {
+                        if h.provisioning == HostProvisioningState::Provisioning {
+                            if let Some(token) = read_record(d)?.and_then(|r| r.token) {
+                                marked.push((h.id.clone(), token));
+                            }
+                        }
+                        hosts.push(h);
+                    }
                     Ok(None) | Err(AdapterError::UnknownHost(_)) => {}
                     Err(e) => return Err(e),
                 }
             }
-            Ok(Inventory { hosts })
+            Ok((Inventory { hosts }, marked))
         })
-        .await
+        .await?;
+        self.finish_orphans(marked).await;
+        Ok(inventory)
     }
 
     async fn reprovision(
@@ -516,7 +510,7 @@ impl Adapter for LibvirtAdapter {
         );
         let status = match cfg.strategy {
             LibvirtStrategy::Image => {
-                blocking(move || record_intent(&cfg, &uuid, &os2, &token2)).await?
+                blocking(move || image::record_intent(&cfg, &uuid, &os2, &token2)).await?
             }
             LibvirtStrategy::Iso => {
                 let record = iso::start(&cfg, self.store()?.as_ref(), &uuid, &os2, &token2).await?;

@@ -1,18 +1,62 @@
-//! The `image` strategy against libvirt: the steps of [`super::steps`] performed, one libvirt
-//! call per step, each decided from what libvirt shows (see that module for why a restart at any
-//! point repeats nothing).
+//! The `image` strategy against libvirt: the intent recorded, then the steps of [`super::steps`]
+//! performed, one libvirt call per step, each decided from what libvirt shows (see that module
+//! for why a restart at any point repeats nothing).
 use super::adapter::{
-    connect, domain, image_volume, read_record, source_volume, volume_name, write_record,
+    connect, domain, image_volume, read_record, source_volume, status_of, volume_name, write_record,
 };
 use super::conn;
 use super::steps::{self, Observed, Step};
 use super::xml::{self, DiskSource, Progress, Record};
 use super::LibvirtConfig;
-use crate::adapter::AdapterError;
+use crate::adapter::{AdapterError, OperationStatus};
 use virt::connect::Connect;
 use virt::domain::Domain;
 use virt::storage_vol::StorageVol;
 use virt::sys;
+
+/// Record the intent of `token` on `uuid` (after the checks a refusal must come from).
+pub(super) fn record_intent(
+    cfg: &LibvirtConfig,
+    uuid: &str,
+    os: &str,
+    token: &str,
+) -> Result<OperationStatus, AdapterError> {
+    let c = connect(cfg)?;
+    let d = domain(&c, uuid)?;
+    let record = read_record(&d)?.unwrap_or_default();
+    if record.token.as_deref() == Some(token) {
+        return Ok(status_of(uuid, &record));
+    }
+    if record.progress == Some(Progress::Recorded) {
+        return Err(AdapterError::HostBusy {
+            host: uuid.to_string(),
+            token: record.token.unwrap_or_default(),
+        });
+    }
+    image_volume(&c, cfg, os).map_err(|e| match e {
+        AdapterError::UnknownOs { os, .. } => AdapterError::UnknownOs {
+            host: uuid.to_string(),
+            os,
+        },
+        other => other,
+    })?;
+    let inactive = d
+        .xml_desc(sys::VIR_DOMAIN_XML_INACTIVE)
+        .map_err(|e| conn::call("domain XML", &e))?;
+    let disk = xml::root_disk(&inactive, cfg.root_disk.as_deref())
+        .map_err(|e| AdapterError::Config(e.to_string()))?;
+    let (vol, _) = source_volume(&c, &disk.source)?;
+    let next = Record {
+        os: Some(os.to_string()),
+        token: Some(token.to_string()),
+        progress: Some(Progress::Recorded),
+        previous: Some(volume_name(&vol)?),
+        message: None,
+        installer: None,
+    };
+    write_record(&d, &next)?;
+    Ok(status_of(uuid, &next))
+}
 
 /// A worker gives up after this many steps (the machine needs at most six).
 const MAX_STEPS: usize = 16;
