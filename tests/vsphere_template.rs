@@ -161,38 +161,16 @@ async fn a_catalogue_that_does_not_fit_the_strategy_is_refused_by_the_api(c: Tes
     // Strategy template, but the image only has an ISO.
     let mut spec = vsphere_spec(&sim);
     spec.strategy = osprov::api::VsphereStrategy::Template;
-    let err = dispatchers
-        .create(
-            &PostParams::default(),
-            &vsphere_dispatcher("vc", spec, "1s"),
-        )
-        .await
-        .expect_err("refused");
-    match err {
-        kube::Error::Api(s) => {
-            assert_eq!(s.code, 422, "{s:?}");
-            assert!(
-                s.message.contains("`template` with strategy template"),
-                "{}",
-                s.message
-            );
-        }
-        other => panic!("{other:?}"),
-    }
+    let s = refused(&dispatchers, spec).await;
+    assert!(
+        s.message.contains("`template` with strategy template"),
+        "{}",
+        s.message
+    );
     // And an iso dispatcher whose image has only a template.
     let mut spec = template_spec(&sim, &[("ubuntu-24.04", TEMPLATE)]);
     spec.strategy = osprov::api::VsphereStrategy::Iso;
-    let err = dispatchers
-        .create(
-            &PostParams::default(),
-            &vsphere_dispatcher("vc", spec, "1s"),
-        )
-        .await
-        .expect_err("refused");
-    assert!(
-        matches!(&err, kube::Error::Api(s) if s.code == 422),
-        "{err:?}"
-    );
+    refused(&dispatchers, spec).await;
 }
 
 async fn a_request_deleted_mid_way_leaves_the_vm_ready_for_the_next_one(c: TestCluster) {
@@ -277,4 +255,25 @@ async fn a_request_deleted_mid_way_leaves_the_vm_ready_for_the_next_one(c: TestC
     let v = vm(&soap, "DC0_C0_RP0_VM0").await;
     assert_eq!(v.extra(keys::OS), Some("ubuntu-24.04"));
     assert_eq!(v.power, "poweredOn");
+}
+
+/// Create a dispatcher with `spec`, which the API must refuse with a 422; its Status.
+async fn refused(
+    dispatchers: &Api<OSDispatcher>,
+    spec: osprov::api::VsphereSpec,
+) -> kube::core::Status {
+    let err = dispatchers
+        .create(
+            &PostParams::default(),
+            &vsphere_dispatcher("vc", spec, "1s"),
+        )
+        .await
+        .expect_err("refused");
+    match err {
+        kube::Error::Api(s) => {
+            assert_eq!(s.code, 422, "{s:?}");
+            *s
+        }
+        other => panic!("{other:?}"),
+    }
 }

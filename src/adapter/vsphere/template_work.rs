@@ -7,7 +7,7 @@ use super::adapter::{soap_err, Inner};
 use super::model::{keys, Disk, Vm};
 use super::soap::{MoRef, SoapError};
 use super::template::{self, keys as tkeys, Observed, Step};
-use super::work::{reconfigure, store_err, task, MAX_STEPS};
+use super::work::{mark_cleaned, reconfigure, store_err, task, MAX_STEPS};
 use crate::adapter::store::{self, OpRecord, OutcomeKind};
 use crate::adapter::AdapterError;
 use crate::api::VsphereImage;
@@ -142,20 +142,12 @@ pub(super) async fn run(inner: &Arc<Inner>, host: &str, token: &str) -> Result<b
                 reconfigure(inner, &template::finish(&moref, progress))
                     .await
                     .map_err(soap_err)?;
-                if rec.is_some() {
-                    store::mutate(inner.store.as_ref(), token, |r| r.cleaned = true)
-                        .await
-                        .map_err(store_err)?;
-                }
+                mark_cleaned(inner, token, rec.is_some()).await?;
                 return Ok(true);
             }
             (Step::Abandon(kind), rec) => {
                 abandon(inner, &vm, &moref, &target, kind).await?;
-                if rec.is_some() {
-                    store::mutate(inner.store.as_ref(), token, |r| r.cleaned = true)
-                        .await
-                        .map_err(store_err)?;
-                }
+                mark_cleaned(inner, token, rec.is_some()).await?;
                 return Ok(true);
             }
             (Step::PowerOn, _) => match task(inner, "PowerOnVM_Task", &moref, "").await {

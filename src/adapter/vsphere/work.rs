@@ -27,6 +27,21 @@ pub(super) fn store_err(e: StoreError) -> AdapterError {
     }
 }
 
+/// Note in `token`'s record (when it still has one) that the VM holds nothing of the operation
+/// any more.
+pub(super) async fn mark_cleaned(
+    inner: &Inner,
+    token: &str,
+    has_record: bool,
+) -> Result<(), AdapterError> {
+    if has_record {
+        store::mutate(inner.store.as_ref(), token, |r| r.cleaned = true)
+            .await
+            .map_err(store_err)?;
+    }
+    Ok(())
+}
+
 /// Check, record and start `token`'s reprovision of `host` with `os`.
 pub(super) async fn start(
     inner: &Arc<Inner>,
@@ -284,11 +299,7 @@ pub(super) async fn run(inner: &Arc<Inner>, host: &str, token: &str) -> Result<b
                 reconfigure(inner, &model::detach(&vm, &moref, progress))
                     .await
                     .map_err(soap_err)?;
-                if rec.is_some() {
-                    store::mutate(inner.store.as_ref(), token, |r| r.cleaned = true)
-                        .await
-                        .map_err(store_err)?;
-                }
+                mark_cleaned(inner, token, rec.is_some()).await?;
                 // Restored and recorded in one task: nothing is left (no read to find that out).
                 return Ok(true);
             }
