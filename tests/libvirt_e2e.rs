@@ -264,7 +264,15 @@ async fn a_restarted_adapter_never_clones_twice_for_one_token() {
         op.state,
         OperationState::Running { .. } | OperationState::Succeeded
     ));
-    // A second adapter, as after a restart, asked again with the same token and polled.
+    // A second adapter, as after a restart, asked again with the same token and polled. The
+    // first one's worker runs on a blocking thread, which no drop can stop (a killed process
+    // would): let it end first, so two adapters never act at once, as leader election ensures.
+    // The mid-way deaths are planted below.
+    eventually(20, "the first adapter's worker ended", || async {
+        let st = first.operation(&uuid, "u9/1/1").await.ok()??;
+        (st.state == OperationState::Succeeded).then_some(())
+    })
+    .await;
     drop(first);
     let second = LibvirtAdapter::new(cfg.clone());
     let done = eventually(20, "operation done", || async {

@@ -81,6 +81,10 @@ async fn the_template_disk_replaces_the_vm_disk_once_across_a_controller_restart
     })
     .await;
     ctl.stop().await;
+    // Stopped means gone, workers included, as with a killed pod: vcsim hears nothing more.
+    let heard = sim.total();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(sim.total(), heard, "{:?}", sim.snapshot());
     let ctl = controller(&c);
     let r = wait_phase(&requests, "r1", Phase::Succeeded, 60).await;
     let message = serde_json::to_string(&r.status).expect("json");

@@ -26,11 +26,26 @@ use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 
 /// All simulated fleets of one process, keyed by dispatcher (`namespace/name`).
-#[derive(Default)]
+///
+/// The fleets' clocks (a provisioning finishing after its duration) run on the tokio runtime the
+/// registry was made on, not on the caller's: management software does not stop when a
+/// controller dies, and tests run each controller on a runtime of its own that they shut down to
+/// kill it.
 pub struct SimRegistry {
     fleets: Mutex<HashMap<String, Arc<SimFleet>>>,
     /// Fleets keep a ledger.
     ledger: bool,
+    clock: Option<tokio::runtime::Handle>,
+}
+
+impl Default for SimRegistry {
+    fn default() -> Self {
+        SimRegistry {
+            fleets: Mutex::default(),
+            ledger: false,
+            clock: tokio::runtime::Handle::try_current().ok(),
+        }
+    }
 }
 
 impl SimRegistry {
@@ -47,7 +62,7 @@ impl SimRegistry {
         let mut fleets = self.fleets.lock().unwrap_or_else(|p| p.into_inner());
         let fleet = fleets
             .entry(key.to_string())
-            .or_insert_with(|| Arc::new(SimFleet::new(spec, self.ledger)))
+            .or_insert_with(|| Arc::new(SimFleet::new(spec, self.ledger, self.clock.clone())))
             .clone();
         drop(fleets);
         fleet.configure(spec);
@@ -165,6 +180,8 @@ impl FleetState {
 pub struct SimFleet {
     state: Mutex<FleetState>,
     events: broadcast::Sender<BackendEvent>,
+    /// Where provisionings' timers run (see [`SimRegistry`]); the caller's runtime when `None`.
+    clock: Option<tokio::runtime::Handle>,
 }
 
 fn host_name(prefix: &str, index: usize, count: usize) -> String {
@@ -173,7 +190,7 @@ fn host_name(prefix: &str, index: usize, count: usize) -> String {
 }
 
 impl SimFleet {
-    fn new(spec: &SimulatorSpec, ledger: bool) -> Self {
+    fn new(spec: &SimulatorSpec, ledger: bool, clock: Option<tokio::runtime::Handle>) -> Self {
         // A small ring: a subscriber that lags loses events and the next discovery catches it up,
         // while a large ring would keep thousands of old events alive per fleet.
         let (events, _) = broadcast::channel(256);
@@ -189,6 +206,7 @@ impl SimFleet {
                 born: Instant::now(),
             }),
             events,
+            clock,
         }
     }
 
@@ -429,10 +447,14 @@ impl Adapter for SimulatorAdapter {
         drop(st);
         let token_owned = token.to_string();
         let task_fleet = fleet.clone();
-        tokio::spawn(async move {
+        let finish = async move {
             tokio::time::sleep(Duration::from_millis(millis)).await;
             task_fleet.finish(&token_owned, fail);
-        });
+        };
+        match &fleet.clock {
+            Some(clock) => drop(clock.spawn(finish)),
+            None => drop(tokio::spawn(finish)),
+        }
         Ok(OperationStatus {
             id,
             state: OperationState::Running { progress: None },

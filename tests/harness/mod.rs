@@ -1,4 +1,5 @@
-//! Controller harness for integration tests: runs the real controller (in-process, against the
+//! Controller harness for integration tests: runs the real controller (in-process on a tokio
+//! runtime of its own, so stopping it ends all its tasks as a killed pod would; against the
 //! embedded API over HTTP through a kube client) with test-friendly timings, and small helpers to
 //! create dispatchers/requests and wait for conditions.
 #![allow(dead_code)]
@@ -46,42 +47,67 @@ pub fn init_test_logging() {
     }
 }
 
-/// A running controller; dropping or stopping it ends every task it started.
+/// A running controller on a runtime of its own, as a separate process would be: stopping or
+/// dropping it shuts that runtime down, so every task the controller spawned (adapter workers,
+/// event streams) ends with it, as they would when a pod is killed.
 pub struct RunningController {
-    task: Option<tokio::task::JoinHandle<()>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl RunningController {
     pub fn start(client: kube::Client, settings: Settings, sims: Arc<SimRegistry>) -> Self {
         init_test_logging();
-        let task = tokio::spawn(async move {
-            let runtime = osprov::controller::Runtime {
-                adapters: AdapterFactory::with_simulators(sims),
-                ..Default::default()
-            };
-            if let Err(e) =
-                osprov::controller::run_with(client, settings, runtime, futures::future::pending())
-                    .await
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
             {
-                panic!("controller failed: {e}");
-            }
+                Ok(rt) => rt,
+                Err(e) => panic!("a runtime for the controller: {e}"),
+            };
+            rt.block_on(async move {
+                let runtime = osprov::controller::Runtime {
+                    adapters: AdapterFactory::with_simulators(sims),
+                    ..Default::default()
+                };
+                let run = osprov::controller::run_with(
+                    client,
+                    settings,
+                    runtime,
+                    futures::future::pending(),
+                );
+                tokio::select! {
+                    r = run => if let Err(e) = r { panic!("controller failed: {e}") },
+                    _ = stopped => {}
+                }
+            });
+            // Abrupt: spawned tasks are dropped at their next await, none is waited for to end.
+            rt.shutdown_timeout(Duration::from_secs(10));
         });
-        RunningController { task: Some(task) }
+        RunningController {
+            stop: Some(stop),
+            thread: Some(thread),
+        }
     }
 
-    /// Stop abruptly, as a crash or a killed pod would.
+    /// Stop abruptly, as a crash or a killed pod would; returns once no task of it runs.
     pub async fn stop(mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-            let _ = task.await;
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
     }
 }
 
 impl Drop for RunningController {
     fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
         }
     }
 }
