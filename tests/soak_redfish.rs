@@ -14,9 +14,11 @@
 //! requests for it (no token inserted twice); every request still there ends terminal.
 //!
 //! `redfish_soak_smoke` runs in the suite; `redfish_soak` (ignored) is the README's size.
+mod cluster;
 mod harness;
 mod redfish_support;
 mod soak_support;
+mod support;
 
 use harness::{free_port, report, request};
 use k8s_openapi::api::core::v1::Secret;
@@ -85,7 +87,7 @@ async fn soak(size: Size) {
     let seed = seed();
     println!("redfish soak: seed {seed} (OSPROV_SOAK_SEED replays it), {size:?}");
     let t0 = Instant::now();
-    let stage = Stage::start(seed, NS).await;
+    let stage = Stage::start(cluster::Backend::Embedded, seed, NS).await;
     let (api, client) = (stage.api.clone(), stage.client.clone());
 
     let mut emu = Emulator::start(size.systems).await;

@@ -7,13 +7,14 @@
 //! One control plane serves every test of a test binary (each test gets a namespace of its own);
 //! it starts on first use. Its processes are spawned from a thread that lives as long as the test
 //! process and carry `PR_SET_PDEATHSIG = SIGKILL`, so they die with the test binary however it
-//! ends (a panic, a timeout, a kill): no process is left behind. `OSPROV_TEST_KUBECONFIG` points
+//! ends (a panic, a timeout, a kill): no process is left behind; that thread also restarts
+//! kube-apiserver on request ([`restart_apiserver`], for the soak). `OSPROV_TEST_KUBECONFIG` points
 //! the tests at a cluster of the developer's own instead (the osprov CRDs are applied to it).
 use std::fs::File;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::{mpsc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -33,6 +34,16 @@ pub struct Plane {
     /// kube-apiserver's audit log (JSON lines, level Metadata for every request: who did what
     /// and the response code); None on a developer's own cluster.
     pub audit_log: Option<PathBuf>,
+    /// Asks the thread that owns the processes to restart kube-apiserver (None on a developer's
+    /// own cluster).
+    restarts: Option<Mutex<mpsc::Sender<Restart>>>,
+}
+
+/// Stop kube-apiserver, wait `down_for`, start it again on the same etcd, port and certificates,
+/// and answer once it is ready.
+struct Restart {
+    down_for: Duration,
+    done: mpsc::Sender<Result<(), String>>,
 }
 
 static PLANE: OnceLock<Result<Plane, String>> = OnceLock::new();
@@ -77,11 +88,13 @@ fn start_once() -> Result<Plane, String> {
             bin,
             dir,
             audit_log: None,
+            restarts: None,
         };
         apply_crds(&plane)?;
         return Ok(plane);
     }
-    let (tx, rx) = std::sync::mpsc::channel();
+    let (tx, rx) = mpsc::channel();
+    let (restart_tx, restart_rx) = mpsc::channel::<Restart>();
     // The processes' parent thread: it never ends, so PDEATHSIG fires only when the process does.
     std::thread::Builder::new()
         .name("k8s-control-plane".into())
@@ -89,11 +102,17 @@ fn start_once() -> Result<Plane, String> {
             // Free ports are found by binding and releasing them, so another process can take
             // one first; a boot that fails is retried on new ports.
             let mut attempt = 0;
-            let (result, _children) = loop {
+            let (result, mut children) = loop {
                 attempt += 1;
                 let mut children = Vec::new();
                 match boot(bin.clone(), &mut children) {
-                    Ok(plane) => break (Ok(plane), children),
+                    Ok(plane) => {
+                        let plane = Plane {
+                            restarts: Some(Mutex::new(restart_tx.clone())),
+                            ..plane
+                        };
+                        break (Ok(plane), children);
+                    }
                     Err(e) => {
                         for mut c in children {
                             let _ = c.kill();
@@ -106,13 +125,27 @@ fn start_once() -> Result<Plane, String> {
                     }
                 }
             };
-            let ok = result.is_ok();
+            let restart_with = result
+                .as_ref()
+                .ok()
+                .map(|p| (p.kubeconfig.clone(), p.bin.clone(), p.dir.clone()));
             let _ = tx.send(result);
-            if ok {
-                // Hold the children for the life of the process.
-                loop {
-                    std::thread::park();
-                }
+            let Some((kubeconfig, bin, dir)) = restart_with else {
+                return;
+            };
+            // Hold the children for the life of the process, restarting kube-apiserver on demand.
+            let view = Plane {
+                kubeconfig,
+                bin,
+                dir,
+                audit_log: None,
+                restarts: None,
+            };
+            while let Ok(r) = restart_rx.recv() {
+                let _ = r.done.send(restart(&view, &mut children, r.down_for));
+            }
+            loop {
+                std::thread::park();
             }
         })
         .map_err(|e| e.to_string())?;
@@ -154,30 +187,29 @@ fn boot(bin: PathBuf, children: &mut Vec<Child>) -> Result<Plane, String> {
         "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n- level: Metadata\n",
     )
     .map_err(|e| e.to_string())?;
-    children.push(spawn(
-        &bin.join("kube-apiserver"),
-        &dir.join("kube-apiserver.log"),
-        &[
-            &format!("--etcd-servers={etcd_url}"),
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
-            &format!("--secure-port={api_port}"),
-            &format!("--cert-dir={}", p("apiserver-certs")),
-            &format!("--tls-cert-file={}", p("serving.crt")),
-            &format!("--tls-private-key-file={}", p("serving.key")),
-            &format!("--client-ca-file={}", p("ca.crt")),
-            "--authorization-mode=RBAC",
-            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-            &format!("--service-account-key-file={}", p("sa.pub")),
-            &format!("--service-account-signing-key-file={}", p("sa.key")),
-            "--service-cluster-ip-range=10.96.0.0/24",
-            &format!("--audit-policy-file={}", p("audit-policy.yaml")),
-            &format!("--audit-log-path={}", p("audit.log")),
-            "--audit-log-mode=blocking",
-            "--profiling=false",
-            "--v=0",
-        ],
-    )?);
+    let apiserver_args: Vec<String> = vec![
+        format!("--etcd-servers={etcd_url}"),
+        "--bind-address=127.0.0.1".into(),
+        "--advertise-address=127.0.0.1".into(),
+        format!("--secure-port={api_port}"),
+        format!("--cert-dir={}", p("apiserver-certs")),
+        format!("--tls-cert-file={}", p("serving.crt")),
+        format!("--tls-private-key-file={}", p("serving.key")),
+        format!("--client-ca-file={}", p("ca.crt")),
+        "--authorization-mode=RBAC".into(),
+        "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
+        format!("--service-account-key-file={}", p("sa.pub")),
+        format!("--service-account-signing-key-file={}", p("sa.key")),
+        "--service-cluster-ip-range=10.96.0.0/24".into(),
+        format!("--audit-policy-file={}", p("audit-policy.yaml")),
+        format!("--audit-log-path={}", p("audit.log")),
+        "--audit-log-mode=blocking".into(),
+        "--profiling=false".into(),
+        "--v=0".into(),
+    ];
+    std::fs::write(dir.join("kube-apiserver.args"), apiserver_args.join("\n"))
+        .map_err(|e| e.to_string())?;
+    children.push(spawn_apiserver(&bin, &dir, &apiserver_args)?);
     let server = format!("https://127.0.0.1:{api_port}");
     let kubeconfig = dir.join("admin.kubeconfig");
     std::fs::write(&kubeconfig, pki.kubeconfig(&server)).map_err(|e| e.to_string())?;
@@ -186,6 +218,7 @@ fn boot(bin: PathBuf, children: &mut Vec<Child>) -> Result<Plane, String> {
         bin,
         audit_log: Some(dir.join("audit.log")),
         dir: dir.clone(),
+        restarts: None,
     };
     let deadline = Instant::now() + Duration::from_secs(120);
     wait_ready(&plane, deadline, children)?;
@@ -243,7 +276,11 @@ fn work_dir() -> Result<PathBuf, String> {
 }
 
 fn spawn(program: &Path, log: &Path, args: &[&str]) -> Result<Child, String> {
-    let out = File::create(log).map_err(|e| e.to_string())?;
+    let out = File::options()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| e.to_string())?;
     let err = out.try_clone().map_err(|e| e.to_string())?;
     let mut cmd = Command::new(program);
     cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
@@ -258,6 +295,57 @@ fn spawn(program: &Path, log: &Path, args: &[&str]) -> Result<Child, String> {
     }
     cmd.spawn()
         .map_err(|e| format!("{}: {e}", program.display()))
+}
+
+/// kube-apiserver with `args`, logging to `kube-apiserver.log` in `dir`.
+fn spawn_apiserver(bin: &Path, dir: &Path, args: &[String]) -> Result<Child, String> {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    spawn(
+        &bin.join("kube-apiserver"),
+        &dir.join("kube-apiserver.log"),
+        &args,
+    )
+}
+
+/// Where kube-apiserver is in the plane thread's children (after etcd).
+const APISERVER: usize = 1;
+
+/// On the plane's own thread: SIGKILL kube-apiserver, wait `down_for`, start it again with the
+/// arguments it was first started with (same etcd, port, certificates), and wait until it is
+/// ready and serves the osprov CRDs again.
+fn restart(plane: &Plane, children: &mut [Child], down_for: Duration) -> Result<(), String> {
+    let old = children
+        .get_mut(APISERVER)
+        .ok_or("no kube-apiserver process to restart")?;
+    let _ = old.kill();
+    let _ = old.wait();
+    std::thread::sleep(down_for);
+    let args: Vec<String> = std::fs::read_to_string(plane.dir.join("kube-apiserver.args"))
+        .map_err(|e| e.to_string())?
+        .lines()
+        .map(String::from)
+        .collect();
+    children[APISERVER] = spawn_apiserver(&plane.bin, &plane.dir, &args)?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    wait_ready(plane, deadline, &mut children[..=APISERVER])?;
+    apply_crds(plane)
+}
+
+/// Restart the plane's kube-apiserver on its etcd (blocking: call from `spawn_blocking`); an
+/// error on a developer's own cluster, which osprov's tests do not restart.
+pub fn restart_apiserver(plane: &Plane, down_for: Duration) -> Result<(), String> {
+    let Some(restarts) = &plane.restarts else {
+        return Err("this control plane is not the tests' own: it is not restarted".into());
+    };
+    let (done, answer) = mpsc::channel();
+    restarts
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .send(Restart { down_for, done })
+        .map_err(|_| "the control plane's thread is gone".to_string())?;
+    answer
+        .recv()
+        .map_err(|_| "the control plane's thread is gone".to_string())?
 }
 
 /// The audit events kube-apiserver has written so far (one JSON object per request).

@@ -3,15 +3,19 @@
 //! - [`SimProcess`]: `osprov simulate`, the simulated management software in a process of its
 //!   own, so it outlives every controller kill and keeps the ledger of what it was asked to do;
 //! - [`ControllerProcess`]: the real `osprov controller` binary, SIGKILLed and started again;
-//! - [`EmbeddedApi`]: the embedded API in the driver's process on a fixed port, token and data directory,
-//!   so it can be stopped and started again on its data while clients keep their kubeconfig;
+//! - [`ApiUnderTest`]: the API server, restartable on its data while clients keep their
+//!   kubeconfig: the embedded API in the driver's process on a fixed port, token and data
+//!   directory, or the real kube-apiserver on etcd (`cluster::real`, restarted by the thread that
+//!   owns its processes);
 //! - [`FaultProxy`]: an HTTP proxy between the controller and the API that answers a seeded
 //!   fraction of writes with a 409 Conflict (without forwarding them) and holds a seeded fraction
-//!   of requests back before forwarding; with the API down it answers 503.
+//!   of requests back before forwarding; with the API down it answers 503. The controller talks
+//!   plain HTTP to it; towards kube-apiserver it speaks TLS with the admin client certificate.
 //!
 //! [`Rng`] is SplitMix64: the soak's randomness comes from one printed seed, and this is all the
 //! generator it needs.
 #![allow(dead_code)]
+use crate::cluster::{real, Backend};
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
@@ -261,13 +265,17 @@ impl EmbeddedApi {
     }
 }
 
-/// A kubeconfig for `url` (plain HTTP) with `token`.
-pub fn kubeconfig(path: &Path, url: &str, token: &str, namespace: &str) {
+/// A kubeconfig for `url` (plain HTTP) with `token` (none: the proxy authenticates).
+pub fn kubeconfig(path: &Path, url: &str, token: Option<&str>, namespace: &str) {
+    let user = match token {
+        Some(t) => serde_json::json!({ "token": t }),
+        None => serde_json::json!({}),
+    };
     let doc = serde_json::json!({
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{"name": "soak", "cluster": {"server": url}}],
-        "users": [{"name": "soak", "user": {"token": token}}],
+        "users": [{"name": "soak", "user": user}],
         "contexts": [{"name": "soak", "context": {"cluster": "soak", "user": "soak", "namespace": namespace}}],
         "current-context": "soak",
     });
@@ -309,14 +317,25 @@ pub struct FaultProxy {
 }
 
 impl FaultProxy {
-    pub async fn start(upstream: &str, seed: u64, conflict_rate: f64, delay_rate: f64) -> Self {
+    /// A proxy to `upstream`; `tls` is the CA and client identity (PEM) for an HTTPS upstream.
+    pub async fn start(
+        upstream: &str,
+        tls: Option<(reqwest::Certificate, reqwest::Identity)>,
+        seed: u64,
+        conflict_rate: f64,
+        delay_rate: f64,
+    ) -> Self {
         let counts = Arc::new(ProxyCounts::default());
+        let mut http = reqwest::Client::builder().no_proxy();
+        if let Some((ca, identity)) = tls {
+            http = http
+                .tls_built_in_root_certs(false)
+                .add_root_certificate(ca)
+                .identity(identity);
+        }
         let state = Arc::new(ProxyState {
             upstream: upstream.trim_end_matches('/').to_string(),
-            http: reqwest::Client::builder()
-                .no_proxy()
-                .build()
-                .expect("client"),
+            http: http.build().expect("client"),
             rng: Mutex::new(Rng::new(seed)),
             conflict_rate,
             delay_rate,
@@ -506,12 +525,60 @@ pub fn seed() -> u64 {
         })
 }
 
-/// What every soak stands on: the embedded API (restartable), the fault proxy in front of it
+/// The API server under a soak, restartable on its data.
+pub enum ApiUnderTest {
+    Embedded(EmbeddedApi),
+    /// The tests' own kube-apiserver on etcd (`cluster::real`).
+    Real,
+}
+
+impl ApiUnderTest {
+    /// Down for `down_for`, then up again on the same data, address and credentials.
+    pub async fn restart(&mut self, down_for: Duration) {
+        match self {
+            ApiUnderTest::Embedded(api) => api.restart(down_for).await,
+            ApiUnderTest::Real => {
+                tokio::task::spawn_blocking(move || {
+                    real::restart_apiserver(real::plane(), down_for)
+                })
+                .await
+                .expect("restart thread")
+                .unwrap_or_else(|e| panic!("kube-apiserver restart: {e}"));
+            }
+        }
+    }
+}
+
+/// The CA and the client identity of an admin kubeconfig with certificate data (the real
+/// plane's), for the proxy's HTTPS upstream.
+fn upstream_tls(kubeconfig: &Path) -> (String, reqwest::Certificate, reqwest::Identity) {
+    use base64::Engine;
+    let text = std::fs::read_to_string(kubeconfig).expect("kubeconfig");
+    let doc: serde_yaml::Value = serde_yaml::from_str(&text).expect("kubeconfig YAML");
+    let field = |v: &serde_yaml::Value, what: &str| -> Vec<u8> {
+        let b64 = v[what]
+            .as_str()
+            .unwrap_or_else(|| panic!("the soak needs {what} in {}", kubeconfig.display()));
+        base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .expect("base64")
+    };
+    let (cluster, user) = (&doc["clusters"][0]["cluster"], &doc["users"][0]["user"]);
+    let server = cluster["server"].as_str().expect("server").to_string();
+    let ca =
+        reqwest::Certificate::from_pem(&field(cluster, "certificate-authority-data")).expect("CA");
+    let mut pem = field(user, "client-certificate-data");
+    pem.extend(field(user, "client-key-data"));
+    let identity = reqwest::Identity::from_pem(&pem).expect("client identity");
+    (server, ca, identity)
+}
+
+/// What every soak stands on: the API server (restartable), the fault proxy in front of it
 /// (3 % conflicts, 3 % delays), a kubeconfig for each, the driver's client (straight to the API)
 /// and namespace `namespace`.
 pub struct Stage {
     pub dir: tempfile::TempDir,
-    pub api: Arc<tokio::sync::Mutex<EmbeddedApi>>,
+    pub api: Arc<tokio::sync::Mutex<ApiUnderTest>>,
     pub proxy: FaultProxy,
     /// The controller's kubeconfig (through the proxy).
     pub proxied: PathBuf,
@@ -519,15 +586,30 @@ pub struct Stage {
 }
 
 impl Stage {
-    pub async fn start(seed: u64, namespace: &str) -> Stage {
+    pub async fn start(backend: Backend, seed: u64, namespace: &str) -> Stage {
         let dir = tempfile::tempdir().expect("tempdir");
-        let api = EmbeddedApi::start(dir.path()).await;
-        let (api_url, token) = (api.url(), api.token.clone());
-        let proxy = FaultProxy::start(&api_url, seed ^ 0x5eed, 0.03, 0.03).await;
-        let direct = dir.path().join("direct.kubeconfig");
         let proxied = dir.path().join("proxied.kubeconfig");
-        kubeconfig(&direct, &api_url, &token, namespace);
-        kubeconfig(&proxied, &proxy.url(), &token, namespace);
+        let (api, proxy, direct) = match backend {
+            Backend::Embedded => {
+                let api = EmbeddedApi::start(dir.path()).await;
+                let (api_url, token) = (api.url(), api.token.clone());
+                let proxy = FaultProxy::start(&api_url, None, seed ^ 0x5eed, 0.03, 0.03).await;
+                let direct = dir.path().join("direct.kubeconfig");
+                kubeconfig(&direct, &api_url, Some(&token), namespace);
+                kubeconfig(&proxied, &proxy.url(), Some(&token), namespace);
+                (ApiUnderTest::Embedded(api), proxy, direct)
+            }
+            Backend::Real => {
+                let plane = tokio::task::spawn_blocking(real::plane)
+                    .await
+                    .expect("control plane thread");
+                let (server, ca, identity) = upstream_tls(&plane.kubeconfig);
+                let tls = Some((ca, identity));
+                let proxy = FaultProxy::start(&server, tls, seed ^ 0x5eed, 0.03, 0.03).await;
+                kubeconfig(&proxied, &proxy.url(), None, namespace);
+                (ApiUnderTest::Real, proxy, plane.kubeconfig.clone())
+            }
+        };
         let client = client(&direct).await;
         let mut ns = k8s_openapi::api::core::v1::Namespace::default();
         ns.metadata.name = Some(namespace.into());
@@ -556,8 +638,8 @@ impl Stage {
     pub async fn stop(self) {
         let Stage { api, proxy, .. } = self;
         drop(proxy);
-        if let Ok(api) = Arc::try_unwrap(api) {
-            api.into_inner().stop().await;
+        if let Ok(ApiUnderTest::Embedded(api)) = Arc::try_unwrap(api).map(|m| m.into_inner()) {
+            api.stop().await;
         }
     }
 }
