@@ -1,7 +1,8 @@
 //! The fault-injection soak with a Redfish dispatcher against the real sushy-tools emulator
 //! (issue 13), at a smaller size than the simulator soak: the real `osprov controller` binary is
 //! SIGKILLed and restarted every round, the BMC is killed and restarted (it keeps its state
-//! directory), the embedded API restarts on its data, and a proxy injects 409s and slow answers.
+//! directory), the API server (embedded, or kube-apiserver on etcd in the `_real` tests) restarts
+//! on its data, and a proxy injects 409s and slow answers.
 //! The driver plays the installers: when a system has the installer ISO inserted, it reports
 //! success to the callback URL in the image URL (retrying as a real installer does).
 //!
@@ -13,13 +14,15 @@
 //! operation per host), resets never more than inserts, inserts never more than the keys of the
 //! requests for it (no token inserted twice); every request still there ends terminal.
 //!
-//! `redfish_soak_smoke` runs in the suite; `redfish_soak` (ignored) is the README's size.
+//! `redfish_soak_smoke` and `redfish_soak_smoke_real` run in the suite; `redfish_soak` and
+//! `redfish_soak_real` (ignored) are the README's size.
 mod cluster;
 mod harness;
 mod redfish_support;
 mod soak_support;
 mod support;
 
+use cluster::Backend;
 use harness::{free_port, report, request};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
@@ -42,25 +45,39 @@ struct Size {
     kills: usize,
 }
 
+const SMOKE: Size = Size {
+    systems: 3,
+    requests: 8,
+    kills: 5,
+};
+
+const FULL: Size = Size {
+    systems: 8,
+    requests: 60,
+    kills: 40,
+};
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redfish_soak_smoke() {
-    soak(Size {
-        systems: 3,
-        requests: 8,
-        kills: 5,
-    })
-    .await;
+    soak(SMOKE, Backend::Embedded).await;
+}
+
+/// The same on the real kube-apiserver (restarted on its etcd for the API restarts).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redfish_soak_smoke_real() {
+    soak(SMOKE, Backend::Real).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "the Redfish soak at the README's size; run it with --ignored"]
 async fn redfish_soak() {
-    soak(Size {
-        systems: 8,
-        requests: 60,
-        kills: 40,
-    })
-    .await;
+    soak(FULL, Backend::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "the Redfish soak at the README's size on kube-apiserver; run it with --ignored"]
+async fn redfish_soak_real() {
+    soak(FULL, Backend::Real).await;
 }
 
 /// The operation key in a download's query (`osprov_callback=<url>/callback/<key>.<secret>`).
@@ -83,11 +100,11 @@ fn callback_of(image: &str) -> Option<String> {
         .map(|u| u.to_string())
 }
 
-async fn soak(size: Size) {
+async fn soak(size: Size, backend: Backend) {
     let seed = seed();
-    println!("redfish soak: seed {seed} (OSPROV_SOAK_SEED replays it), {size:?}");
+    println!("redfish soak: seed {seed} (OSPROV_SOAK_SEED replays it), {backend:?}, {size:?}");
     let t0 = Instant::now();
-    let stage = Stage::start(cluster::Backend::Embedded, seed, NS).await;
+    let stage = Stage::start(backend, seed, NS).await;
     let (api, client) = (stage.api.clone(), stage.client.clone());
 
     let mut emu = Emulator::start(size.systems).await;
