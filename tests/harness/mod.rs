@@ -47,18 +47,21 @@ pub fn init_test_logging() {
     }
 }
 
-/// A running controller on a runtime of its own, as a separate process would be: stopping or
-/// dropping it shuts that runtime down, so every task the controller spawned (adapter workers,
-/// event streams) ends with it, as they would when a pod is killed.
-pub struct RunningController {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+/// A future run like a process of its own: on a thread with a tokio runtime of its own. Killing
+/// it shuts that runtime down, so every task the future spawned ends with it (at its next await,
+/// none waited for), as when a pod is killed; aborting a task would leave its spawned tasks
+/// running in the test's runtime.
+pub struct Isolated<T> {
+    kill: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Option<T>>>,
 }
 
-impl RunningController {
-    pub fn start(client: kube::Client, settings: Settings, sims: Arc<SimRegistry>) -> Self {
-        init_test_logging();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+impl<T: Send + 'static> Isolated<T> {
+    pub fn spawn<F>(future: F) -> Self
+    where
+        F: Future<Output = T> + Send + 'static,
+    {
+        let (kill, killed) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -66,49 +69,76 @@ impl RunningController {
                 .build()
             {
                 Ok(rt) => rt,
-                Err(e) => panic!("a runtime for the controller: {e}"),
+                Err(e) => panic!("a runtime of its own: {e}"),
             };
-            rt.block_on(async move {
-                let runtime = osprov::controller::Runtime {
-                    adapters: AdapterFactory::with_simulators(sims),
-                    ..Default::default()
-                };
-                let run = osprov::controller::run_with(
-                    client,
-                    settings,
-                    runtime,
-                    futures::future::pending(),
-                );
+            let out = rt.block_on(async move {
                 tokio::select! {
-                    r = run => if let Err(e) = r { panic!("controller failed: {e}") },
-                    _ = stopped => {}
+                    out = future => Some(out),
+                    _ = killed => None,
                 }
             });
-            // Abrupt: spawned tasks are dropped at their next await, none is waited for to end.
             rt.shutdown_timeout(Duration::from_secs(10));
+            out
         });
-        RunningController {
-            stop: Some(stop),
+        Isolated {
+            kill: Some(kill),
             thread: Some(thread),
         }
     }
 
-    /// Stop abruptly, as a crash or a killed pod would; returns once no task of it runs.
-    pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+    /// Kill it; returns once none of its tasks runs.
+    pub async fn kill(mut self) {
+        if let Some(kill) = self.kill.take() {
+            let _ = kill.send(());
         }
-        if let Some(thread) = self.thread.take() {
-            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        let _ = self.join().await;
+    }
+
+    /// Wait until it ends: its output, or None when it was killed. Panics if it panicked.
+    pub async fn join(&mut self) -> Option<T> {
+        let thread = self.thread.take()?;
+        match tokio::task::spawn_blocking(move || thread.join()).await {
+            Ok(Ok(out)) => out,
+            _ => panic!("an isolated run panicked"),
+        }
+    }
+
+    /// True once it has ended.
+    pub fn finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
+}
+
+impl<T> Drop for Isolated<T> {
+    fn drop(&mut self) {
+        if let Some(kill) = self.kill.take() {
+            let _ = kill.send(());
         }
     }
 }
 
-impl Drop for RunningController {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+/// A running controller, [`Isolated`]: stopping or dropping it ends every task it started.
+pub struct RunningController(Isolated<()>);
+
+impl RunningController {
+    pub fn start(client: kube::Client, settings: Settings, sims: Arc<SimRegistry>) -> Self {
+        init_test_logging();
+        let runtime = osprov::controller::Runtime {
+            adapters: AdapterFactory::with_simulators(sims),
+            ..Default::default()
+        };
+        RunningController(Isolated::spawn(async move {
+            let run =
+                osprov::controller::run_with(client, settings, runtime, futures::future::pending());
+            if let Err(e) = run.await {
+                panic!("controller failed: {e}");
+            }
+        }))
+    }
+
+    /// Stop abruptly, as a crash or a killed pod would; returns once no task of it runs.
+    pub async fn stop(self) {
+        self.0.kill().await;
     }
 }
 

@@ -1,7 +1,9 @@
 //! Test harness for controller replicas: runs the real controller through `run_with` (leader
 //! election, health and metrics as in a pod) with a kube client of its own that sends a distinct
-//! User-Agent, so the embedded API's access record tells the replicas apart.
+//! User-Agent, so the embedded API's access record tells the replicas apart. Each replica is
+//! [`Isolated`] (a runtime of its own), so a kill ends everything it started, as a SIGKILL does.
 #![allow(dead_code)]
+use crate::harness::Isolated;
 use osprov::adapter::simulator::SimRegistry;
 use osprov::controller::leader::LeaderConfig;
 use osprov::controller::metrics::{Health, Metrics};
@@ -42,13 +44,13 @@ pub fn election_in(identity: &str, ns: &str) -> LeaderConfig {
     }
 }
 
-/// One running replica.
+/// One running replica, [`Isolated`] as a pod is: a kill ends every task it started.
 pub struct Replica {
     pub name: String,
     pub health: Arc<Health>,
     pub metrics: Arc<Metrics>,
     stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<Result<(), Error>>>,
+    run: Isolated<Result<(), Error>>,
 }
 
 impl Replica {
@@ -67,7 +69,7 @@ impl Replica {
         };
         let (health, metrics) = (runtime.health.clone(), runtime.metrics.clone());
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(osprov::controller::run_with(
+        let run = Isolated::spawn(osprov::controller::run_with(
             client,
             settings,
             runtime,
@@ -80,7 +82,7 @@ impl Replica {
             health,
             metrics,
             stop: Some(tx),
-            task: Some(task),
+            run,
         }
     }
 
@@ -89,11 +91,8 @@ impl Replica {
     }
 
     /// Crash: end every task at once, releasing nothing.
-    pub async fn kill(mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-            let _ = task.await;
-        }
+    pub async fn kill(self) {
+        self.run.kill().await;
     }
 
     /// Clean shutdown (SIGTERM): returns what `run_with` returned.
@@ -106,23 +105,12 @@ impl Replica {
 
     /// Wait for `run_with` to return by itself.
     pub async fn wait(&mut self) -> Result<(), Error> {
-        match self.task.take() {
-            Some(task) => task.await.expect("replica task"),
-            None => Ok(()),
-        }
+        self.run.join().await.unwrap_or(Ok(()))
     }
 
     /// True once `run_with` has returned.
     pub fn finished(&self) -> bool {
-        self.task.as_ref().is_none_or(|t| t.is_finished())
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
+        self.run.finished()
     }
 }
 
