@@ -109,6 +109,10 @@ pub enum AdapterError {
     HostBusy { host: String, token: String },
     #[error("the {0} adapter is not available in this build")]
     Unavailable(&'static str),
+    /// The operation's record is missing or not the controller's after the backend may have been
+    /// touched: repeating the attempt could wipe the host twice, so it ends here.
+    #[error("the operation record was lost: {0}")]
+    RecordLost(String),
     #[error("backend error: {message}")]
     Backend {
         message: String,
@@ -119,7 +123,7 @@ pub enum AdapterError {
 
 impl AdapterError {
     /// Every value [`Self::reason`] gives.
-    pub const REASONS: [&'static str; 8] = [
+    pub const REASONS: [&'static str; 9] = [
         "Unreachable",
         "AuthenticationFailed",
         "InvalidConfiguration",
@@ -128,6 +132,7 @@ impl AdapterError {
         "HostBusy",
         "AdapterUnavailable",
         "BackendError",
+        "OperationRecordLost",
     ];
 
     /// A machine-readable reason for conditions and metrics.
@@ -141,6 +146,7 @@ impl AdapterError {
             AdapterError::HostBusy { .. } => "HostBusy",
             AdapterError::Unavailable(_) => "AdapterUnavailable",
             AdapterError::Backend { .. } => "BackendError",
+            AdapterError::RecordLost(_) => crate::api::conditions::reason::OPERATION_RECORD_LOST,
         }
     }
 
@@ -154,7 +160,8 @@ impl AdapterError {
             | AdapterError::Config(_)
             | AdapterError::UnknownHost(_)
             | AdapterError::UnknownOs { .. }
-            | AdapterError::Unavailable(_) => false,
+            | AdapterError::Unavailable(_)
+            | AdapterError::RecordLost(_) => false,
         }
     }
 }
@@ -226,6 +233,7 @@ mod tests {
                 message: String::new(),
                 source: None,
             },
+            AdapterError::RecordLost(String::new()),
         ];
         let reasons: Vec<&str> = all.iter().map(AdapterError::reason).collect();
         assert_eq!(reasons, AdapterError::REASONS);

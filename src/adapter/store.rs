@@ -203,8 +203,26 @@ impl OpRecord {
 pub enum StoreError {
     #[error("the record was changed by someone else")]
     Conflict,
+    /// The record is gone, or is not the one the controller made, after the backend may have been
+    /// touched for its token.
+    #[error("{0}")]
+    Lost(String),
     #[error("{0}")]
     Other(String),
+}
+
+impl StoreError {
+    /// The adapter error for a store failure: a lost record ends the attempt, anything else is
+    /// a transient backend error (the store is an API server that may be away).
+    pub fn into_adapter(self) -> crate::adapter::AdapterError {
+        match self {
+            StoreError::Lost(m) => crate::adapter::AdapterError::RecordLost(m),
+            other => crate::adapter::AdapterError::Backend {
+                message: format!("operation record: {other}"),
+                source: Some(Box::new(other)),
+            },
+        }
+    }
 }
 
 /// Where operation records live.

@@ -45,6 +45,9 @@ pub mod reason {
     pub const ALREADY_PROVISIONED: &str = "AlreadyProvisioned";
     pub const ATTEMPTS_EXHAUSTED: &str = "AttemptsExhausted";
     pub const BACKEND_REJECTED: &str = "BackendRejected";
+    /// The operation's record (its `osprov-op-*` Secret) is missing or not the controller's after
+    /// the backend may have been touched: the attempt ends and is never started again by itself.
+    pub const OPERATION_RECORD_LOST: &str = "OperationRecordLost";
     pub const CANCELLED: &str = "Cancelled";
 }
 

@@ -252,9 +252,11 @@ pub struct CredentialsSecretRef {
     pub password_key: Option<String>,
 }
 
-/// TLS settings of a Redfish endpoint.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+/// TLS settings of a Redfish endpoint. `insecureSkipVerify` with a CA bundle is refused (a CEL
+/// rule, 422): one of them would be silently ignored.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, kube::KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!(has(self.insecureSkipVerify) && self.insecureSkipVerify && has(self.caSecretRef))").message("insecureSkipVerify and caSecretRef exclude each other: trust the CA, or (in a lab only) skip verification"))]
 pub struct RedfishTls {
     /// Secret holding the PEM CA bundle that signed the BMC's certificate; only these CAs are
     /// trusted when set (the system's roots otherwise).

@@ -164,4 +164,28 @@ pub struct Operation {
     /// When the token was recorded, just before the backend was called (microsecond precision).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started: Option<MicroTime>,
+    /// The operation's record, for adapters that keep one (Redfish, libvirt `iso`, vSphere):
+    /// written by the controller once the record exists and before the backend is touched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record: Option<OperationRecordRef>,
+}
+
+/// Which Secret holds an operation's record, and the steps that must never be repeated.
+///
+/// A record is trusted only when it is this object (same uid). The step marks are written here
+/// before the step is sent to the backend, so a record that is deleted, replaced or edited cannot
+/// make the controller repeat them.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OperationRecordRef {
+    /// The record Secret's name.
+    pub name: String,
+    /// The record Secret's uid.
+    pub uid: String,
+    /// Set before a reset or power-on was requested (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reset_requested_at: Option<String>,
+    /// Set once the image was copied for the host (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copied_at: Option<String>,
 }

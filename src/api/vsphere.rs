@@ -43,8 +43,10 @@ pub struct VsphereSpec {
 }
 
 /// TLS settings of a vCenter URL. Without any, the system's roots are trusted.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+/// `insecureSkipVerify` with a CA bundle or a thumbprint is refused (a CEL rule, 422).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!(has(self.insecureSkipVerify) && self.insecureSkipVerify && (has(self.caSecretRef) || has(self.thumbprint)))").message("insecureSkipVerify excludes caSecretRef and thumbprint: trust the CA or the certificate, or (in a lab only) skip verification"))]
 pub struct VsphereTls {
     /// Secret holding the PEM CA bundle that signed vCenter's certificate (VMCA's root).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1,53 +1,48 @@
-//! The provisioning callback: `POST /callback/<key>.<secret>`, and the Secrets behind it.
+//! The provisioning callback: `POST /callback/<key>.<secret>`.
 //!
 //! A BMC cannot tell when an OS install finished, so the image the BMC boots reports it: the
 //! Redfish adapter puts a per-request callback URL into the image URL (see `adapter::redfish`),
 //! and the installer's last step POSTs `{"status": "succeeded"}` or
-//! `{"status": "failed", "message": "..."}` (an empty body means success) to it.
+//! `{"status": "failed", "message": "..."}` to it. The outcome must be explicit: an empty or
+//! unknown body is refused with 400 and changes nothing.
 //!
-//! Each operation's record lives in a Secret `osprov-op-<key>` (type `osprov.io/operation`) in
-//! the request's namespace, owned by the request so it is garbage-collected with it. It holds the
-//! callback secret, the adapter's progress (`resetRequestedAt`, …) and the reported outcome, so a
-//! controller restart after the callback but before the request's status was written loses
-//! nothing. The endpoint checks the secret in constant time, records the outcome in the Secret
-//! (optimistic concurrency on its resourceVersion), and tells the adapters in this process through
-//! the [`CallbackHub`] so the request completes at once. Unknown keys answer 404, a wrong secret
-//! 401; neither changes anything. Secrets and full tokens are never logged.
-use crate::adapter::store::{token_key, OpRecord, OpStore, Outcome, OutcomeKind, StoreError};
+//! The records behind the keys are the dispatchers' [`SecretStore`]s (see `records`): the
+//! endpoint finds a key through the [`CallbackHub`], an index of which namespace holds which key
+//! kept current by every store, and otherwise asks each store for the one Secret of that name
+//! (a `GET`, never a listing), so a Secret planted elsewhere or under a label cannot shadow a
+//! record. Only a record the store trusts (anchored in its request's status) is answered. The
+//! secret is compared in constant time; the outcome is recorded with optimistic concurrency and
+//! announced to the adapters in this process through the hub. Unknown keys answer 404, a wrong
+//! secret 401; neither changes anything. Secrets and full tokens are never logged.
+use super::records::SecretStore;
+use super::Scope;
+use crate::adapter::store::{OpStore, Outcome, OutcomeKind, StoreError};
 use crate::api::DISPATCHER_LABEL;
+use crate::provisioner::keys::DispKey;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::jiff::Timestamp;
-use k8s_openapi::ByteString;
-use kube::api::{ListParams, PostParams};
-use kube::{Api, Client};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, ResourceExt};
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use subtle::ConstantTimeEq;
 use tokio::sync::broadcast;
 use tracing::{info, warn};
 
-/// Label carrying the operation key on its Secret.
-pub const OPERATION_LABEL: &str = "osprov.io/operation";
-/// Type of the operation Secrets.
-pub const SECRET_TYPE: &str = "osprov.io/operation";
+pub use super::records::{secret_name, OPERATION_LABEL, SECRET_TYPE};
 
-/// Name of the Secret of a token.
-pub fn secret_name(token: &str) -> String {
-    format!("osprov-op-{}", token_key(token))
-}
-
-/// In-process fan-out of recorded outcomes, and where each operation's Secret lives.
+/// In-process fan-out of recorded outcomes, and where to look for a key's record.
 pub struct CallbackHub {
     reported: broadcast::Sender<String>,
     namespaces: Mutex<HashMap<String, String>>,
+    scopes: Mutex<Vec<Weak<Scope>>>,
 }
 
 impl Default for CallbackHub {
@@ -55,12 +50,15 @@ impl Default for CallbackHub {
         CallbackHub {
             reported: broadcast::channel(4096).0,
             namespaces: Mutex::new(HashMap::new()),
+            scopes: Mutex::new(Vec::new()),
         }
     }
 }
 
 impl CallbackHub {
-    fn note(&self, key: &str, namespace: &str) {
+    /// Note that `key`'s record lives in `namespace` (every store does, for each record it
+    /// reads or writes).
+    pub fn note(&self, key: &str, namespace: &str) {
         self.namespaces
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -74,145 +72,50 @@ impl CallbackHub {
             .get(key)
             .cloned()
     }
-}
 
-/// Resolves a request UID to an owner reference for the operation Secret.
-pub type OwnerLookup = Arc<dyn Fn(&str) -> Option<OwnerReference> + Send + Sync>;
-
-/// [`OpStore`] over Secrets of one dispatcher's namespace.
-pub struct SecretStore {
-    api: Api<Secret>,
-    namespace: String,
-    dispatcher: String,
-    hub: Arc<CallbackHub>,
-    owner: OwnerLookup,
-}
-
-impl SecretStore {
-    pub fn new(
-        client: Client,
-        namespace: &str,
-        dispatcher: &str,
-        hub: Arc<CallbackHub>,
-        owner: OwnerLookup,
-    ) -> Self {
-        SecretStore {
-            api: Api::namespaced(client, namespace),
-            namespace: namespace.to_string(),
-            dispatcher: dispatcher.to_string(),
-            hub,
-            owner,
-        }
+    /// The controllers of a leader: their dispatchers say where records may live.
+    pub fn add_scope(&self, scope: &Arc<Scope>) {
+        let mut scopes = self.scopes.lock().unwrap_or_else(|p| p.into_inner());
+        scopes.retain(|w| w.strong_count() > 0);
+        scopes.push(Arc::downgrade(scope));
     }
 
-    fn to_secret(&self, rec: &OpRecord) -> Secret {
-        let key = token_key(&rec.token);
-        let uid = rec.token.split('/').next().unwrap_or(&rec.token);
-        Secret {
-            metadata: ObjectMeta {
-                name: Some(secret_name(&rec.token)),
-                namespace: Some(self.namespace.clone()),
-                resource_version: rec.version.clone(),
-                labels: Some(BTreeMap::from([
-                    (OPERATION_LABEL.to_string(), key),
-                    (DISPATCHER_LABEL.to_string(), self.dispatcher.clone()),
-                ])),
-                owner_references: (self.owner)(uid).map(|o| vec![o]),
-                ..Default::default()
-            },
-            data: Some(
-                rec.to_fields()
-                    .into_iter()
-                    .map(|(k, v)| (k, ByteString(v.into_bytes())))
-                    .collect(),
-            ),
-            type_: Some(SECRET_TYPE.to_string()),
-            ..Default::default()
-        }
-    }
-
-    fn record_of(&self, s: &Secret) -> Option<OpRecord> {
-        let rec = parse(s)?;
-        self.hub.note(&token_key(&rec.token), &self.namespace);
-        Some(rec)
-    }
-}
-
-fn parse(s: &Secret) -> Option<OpRecord> {
-    let fields: BTreeMap<String, String> = s
-        .data
-        .as_ref()?
-        .iter()
-        .filter_map(|(k, v)| Some((k.clone(), String::from_utf8(v.0.clone()).ok()?)))
-        .collect();
-    OpRecord::from_fields(&fields, s.metadata.resource_version.clone())
-}
-
-fn other(e: kube::Error) -> StoreError {
-    match e {
-        kube::Error::Api(s) if s.code == 409 => StoreError::Conflict,
-        e => StoreError::Other(e.to_string()),
-    }
-}
-
-#[async_trait::async_trait]
-impl OpStore for SecretStore {
-    async fn get(&self, token: &str) -> Result<Option<OpRecord>, StoreError> {
-        let s = self.api.get_opt(&secret_name(token)).await.map_err(other)?;
-        Ok(s.as_ref().and_then(|s| self.record_of(s)))
-    }
-
-    async fn create(&self, rec: OpRecord) -> Result<OpRecord, StoreError> {
-        let mut secret = self.to_secret(&rec);
-        secret.metadata.resource_version = None;
-        match self.api.create(&PostParams::default(), &secret).await {
-            Ok(s) => self
-                .record_of(&s)
-                .ok_or_else(|| StoreError::Other("created Secret does not parse".into())),
-            Err(kube::Error::Api(s)) if s.code == 409 => self
-                .get(&rec.token)
-                .await?
-                .ok_or_else(|| StoreError::Other("Secret vanished after a conflict".into())),
-            Err(e) => Err(other(e)),
-        }
-    }
-
-    async fn update(&self, rec: &OpRecord) -> Result<OpRecord, StoreError> {
-        let s = self
-            .api
-            .replace(
-                &secret_name(&rec.token),
-                &PostParams::default(),
-                &self.to_secret(rec),
-            )
-            .await
-            .map_err(other)?;
-        self.record_of(&s)
-            .ok_or_else(|| StoreError::Other("updated Secret does not parse".into()))
-    }
-
-    async fn list(&self) -> Result<Vec<OpRecord>, StoreError> {
-        let lp = ListParams::default().labels(&format!("{DISPATCHER_LABEL}={}", self.dispatcher));
-        let list = self.api.list(&lp).await.map_err(other)?;
-        Ok(list
-            .items
+    /// Each (scope, namespace) with dispatchers, the namespace the index names for `key` first.
+    fn places(&self, key: &str) -> Vec<(Arc<Scope>, String)> {
+        let first = self.namespace_of(key);
+        let scopes: Vec<Arc<Scope>> = self
+            .scopes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .filter(|s| s.type_.as_deref() == Some(SECRET_TYPE))
-            .filter_map(|s| self.record_of(s))
-            .collect())
+            .filter_map(Weak::upgrade)
+            .collect();
+        let mut places = Vec::new();
+        for scope in scopes {
+            let mut seen = std::collections::BTreeSet::new();
+            for d in scope.dispatchers.state() {
+                if let Some(ns) = d.metadata.namespace.clone() {
+                    if seen.insert(ns.clone()) {
+                        places.push((scope.clone(), ns));
+                    }
+                }
+            }
+        }
+        places.sort_by_key(|(_, ns)| Some(ns) != first.as_ref());
+        places
     }
 
-    fn reported(&self) -> broadcast::Receiver<String> {
-        self.hub.reported.subscribe()
+    /// Tokens whose outcome was just recorded.
+    pub fn subscribe(&self) -> broadcast::Receiver<String> {
+        self.reported.subscribe()
     }
 }
 
 /// What the endpoint needs.
 pub struct CallbackState {
-    pub client: Client,
     pub hub: Arc<CallbackHub>,
-    /// Namespaces to look in when the hub does not know a key; empty means all.
-    pub namespaces: Vec<String>,
+    /// Only the leader's adapters hold the stores; a standby says so instead of "unknown".
+    pub health: Arc<super::metrics::Health>,
 }
 
 /// The callback router (`POST /callback/{token}`).
@@ -235,43 +138,13 @@ fn reply(code: StatusCode, message: &str) -> Reply {
     (code, Json(json!({ "message": message })))
 }
 
-async fn find(state: &CallbackState, key: &str) -> Result<Option<Secret>, kube::Error> {
-    let name = format!("osprov-op-{key}");
-    if let Some(ns) = state.hub.namespace_of(key) {
-        let api: Api<Secret> = Api::namespaced(state.client.clone(), &ns);
-        if let Some(s) = api.get_opt(&name).await? {
-            return Ok(Some(s));
-        }
-    }
-    let lp = ListParams::default().labels(&format!("{OPERATION_LABEL}={key}"));
-    let apis: Vec<Api<Secret>> = if state.namespaces.is_empty() {
-        vec![Api::all(state.client.clone())]
-    } else {
-        state
-            .namespaces
-            .iter()
-            .map(|ns| Api::namespaced(state.client.clone(), ns))
-            .collect()
-    };
-    for api in apis {
-        let found = api.list(&lp).await?.items.into_iter().find(|s| {
-            s.metadata.name.as_deref() == Some(name.as_str())
-                && s.type_.as_deref() == Some(SECRET_TYPE)
-        });
-        if found.is_some() {
-            return Ok(found);
-        }
-    }
-    Ok(None)
-}
-
-/// What the installer reports.
+/// What the installer reports: an explicit `status`, and an optional message.
 fn outcome_of(body: &[u8]) -> Result<(OutcomeKind, String), String> {
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok((
-            OutcomeKind::Succeeded,
-            "the installer reported success".into(),
-        ));
+        return Err(
+            "the body must say the outcome: {\"status\": \"succeeded\"} or {\"status\": \"failed\"}"
+                .into(),
+        );
     }
     let v: Value = serde_json::from_slice(body).map_err(|e| format!("body is not JSON: {e}"))?;
     let message: String = v["message"]
@@ -301,6 +174,53 @@ fn outcome_of(body: &[u8]) -> Result<(OutcomeKind, String), String> {
     }
 }
 
+fn valid_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= 200
+        && key
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+/// The trusted record of `key` and the store of its dispatcher: in each namespace with
+/// dispatchers, the one Secret of that name (a `GET`), read through the store of the dispatcher
+/// it names when that dispatcher is this controller's.
+async fn find(
+    hub: &CallbackHub,
+    key: &str,
+) -> Result<Option<(Arc<SecretStore>, crate::adapter::store::OpRecord)>, StoreError> {
+    let name = format!("osprov-op-{key}");
+    for (scope, ns) in hub.places(key) {
+        let api: Api<Secret> = Api::namespaced(scope.shared.client.clone(), &ns);
+        let found = api
+            .get_opt(&name)
+            .await
+            .map_err(|e| StoreError::Other(e.to_string()))?;
+        let Some(dispatcher) = found
+            .as_ref()
+            .and_then(|s| s.labels().get(DISPATCHER_LABEL).cloned())
+        else {
+            continue;
+        };
+        let owned = scope
+            .dispatchers
+            .get(&ObjectRef::new(&dispatcher).within(&ns))
+            .is_some();
+        if !owned {
+            continue;
+        }
+        let key_of = DispKey {
+            namespace: ns.clone(),
+            name: dispatcher,
+        };
+        let store = super::redfish::operation_store(&key_of, &scope);
+        if let Some(rec) = store.find_by_key(key).await? {
+            return Ok(Some((store, rec)));
+        }
+    }
+    Ok(None)
+}
+
 async fn callback(
     State(state): State<Arc<CallbackState>>,
     Path(token): Path<String>,
@@ -309,32 +229,34 @@ async fn callback(
     let Some((key, secret)) = token.split_once('.') else {
         return reply(StatusCode::NOT_FOUND, "unknown callback");
     };
-    let valid_key = !key.is_empty()
-        && key.len() <= 200
-        && key
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-    if !valid_key {
+    if !valid_key(key) {
         return reply(StatusCode::NOT_FOUND, "unknown callback");
     }
     let (kind, message) = match outcome_of(&body) {
         Ok(o) => o,
         Err(e) => return reply(StatusCode::BAD_REQUEST, &e),
     };
+    if !state
+        .health
+        .leading
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        return reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this replica is not the leader; try again",
+        );
+    }
     for _ in 0..5 {
-        let secret_obj = match find(&state, key).await {
-            Ok(Some(s)) => s,
-            Ok(None) => {
+        let (store, mut rec) = match find(&state.hub, key).await {
+            Ok(Some(found)) => found,
+            Ok(None) | Err(StoreError::Lost(_)) => {
                 warn!(operation = %key, "callback for an unknown operation refused");
                 return reply(StatusCode::NOT_FOUND, "unknown callback");
             }
             Err(e) => {
-                warn!(error = %e, "callback could not read its Secret");
+                warn!(error = %e, "callback could not read its record");
                 return reply(StatusCode::SERVICE_UNAVAILABLE, "try again");
             }
-        };
-        let Some(mut rec) = parse(&secret_obj) else {
-            return reply(StatusCode::NOT_FOUND, "unknown callback");
         };
         if !bool::from(rec.secret.as_bytes().ct_eq(secret.as_bytes())) {
             warn!(operation = %key, "callback with a wrong secret refused");
@@ -358,25 +280,13 @@ async fn callback(
             message: message.clone(),
             at: Timestamp::now(),
         });
-        let ns = secret_obj.metadata.namespace.clone().unwrap_or_default();
-        let api: Api<Secret> = Api::namespaced(state.client.clone(), &ns);
-        let mut updated = secret_obj.clone();
-        updated.data = Some(
-            rec.to_fields()
-                .into_iter()
-                .map(|(k, v)| (k, ByteString(v.into_bytes())))
-                .collect(),
-        );
-        updated.metadata.managed_fields = None;
-        let name = updated.metadata.name.clone().unwrap_or_default();
-        match api.replace(&name, &PostParams::default(), &updated).await {
+        match store.update(&rec).await {
             Ok(_) => {
                 info!(operation = %key, outcome = kind.as_str(), "installer callback recorded");
-                state.hub.note(key, &ns);
                 let _ = state.hub.reported.send(rec.token.clone());
                 return reply(StatusCode::OK, &format!("recorded: {}", kind.as_str()));
             }
-            Err(kube::Error::Api(s)) if s.code == 409 => continue,
+            Err(StoreError::Conflict) => continue,
             Err(e) => {
                 warn!(error = %e, "callback could not record its outcome");
                 return reply(StatusCode::SERVICE_UNAVAILABLE, "try again");
@@ -392,7 +302,8 @@ mod tests {
 
     #[test]
     fn bodies_become_outcomes() {
-        assert_eq!(outcome_of(b"").map(|o| o.0), Ok(OutcomeKind::Succeeded));
+        assert!(outcome_of(b"").is_err(), "an empty body is no outcome");
+        assert!(outcome_of(b"{}").is_err());
         assert_eq!(
             outcome_of(br#"{"status":"failed","message":"disk"}"#),
             Ok((

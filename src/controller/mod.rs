@@ -22,6 +22,7 @@ pub mod libvirt;
 pub mod metered;
 pub mod metrics;
 pub mod perform;
+pub mod records;
 pub mod redfish;
 pub mod requests;
 pub mod settings;
@@ -150,14 +151,13 @@ pub async fn run_with(
             }
         }))
     });
-    // Callbacks can reach any replica behind the Service: every replica records the outcome in
-    // the operation's Secret, where the leader's adapter reads it.
+    // Callbacks can reach any replica behind the Service: the leader records the outcome in the
+    // operation's record; a standby answers 503 so the installer tries again.
     let callbacks = Arc::new(callback::CallbackHub::default());
     let _callback_endpoint = settings.callback_addr.0.map(|addr| {
         let state = Arc::new(callback::CallbackState {
-            client: client.clone(),
             hub: callbacks.clone(),
-            namespaces: settings.namespaces.clone(),
+            health: health.clone(),
         });
         AbortOnDrop(tokio::spawn(async move {
             if let Err(e) = callback::serve(addr, state).await {
@@ -351,6 +351,7 @@ fn scope_tasks(
         host_scans: Mutex::new(HashMap::new()),
         discovery_asks: Mutex::new(HashMap::new()),
     });
+    scope.shared.callbacks.add_scope(&scope);
     let tasks: Vec<Task> = vec![
         requests::run(
             request_controller,

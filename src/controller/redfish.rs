@@ -4,7 +4,7 @@
 //! `spec.redfish.tls.caSecretRef`, both in the dispatcher's namespace. Their resourceVersions go
 //! into the session fingerprint, so fixing a Secret reconnects the dispatcher. Secret contents are
 //! never logged nor put into a condition message.
-use super::callback::{OwnerLookup, SecretStore};
+use super::records::{RequestLookup, SecretStore};
 use super::Scope;
 use crate::adapter::redfish::client::ClientConfig;
 use crate::adapter::redfish::{RedfishAdapter, RedfishConfig};
@@ -12,7 +12,7 @@ use crate::adapter::{Adapter, AdapterError};
 use crate::api::{CredentialsSecretRef, OSDispatcher};
 use crate::provisioner::keys::DispKey;
 use k8s_openapi::api::core::v1::Secret;
-use kube::{Api, Resource, ResourceExt};
+use kube::{Api, ResourceExt};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -157,33 +157,23 @@ pub fn callback_base(scope: &Scope) -> Option<String> {
     (!addr.ip().is_unspecified()).then(|| format!("http://{addr}"))
 }
 
-/// The operation store of a dispatcher: Secrets in its namespace, each owned (for garbage
-/// collection only) by the request whose token it records.
+/// The operation store of a dispatcher: Secrets in its namespace, anchored in the status of the
+/// request whose token each records (see `records`).
 pub fn operation_store(key: &DispKey, scope: &Scope) -> Arc<SecretStore> {
     let requests = scope.requests.clone();
     let ns = key.namespace.clone();
-    let owner: OwnerLookup = Arc::new(move |uid: &str| {
-        requests
-            .state()
-            .into_iter()
-            .find(|r| {
-                r.namespace().as_deref() == Some(ns.as_str()) && r.uid().as_deref() == Some(uid)
-            })
-            .and_then(|r| r.controller_owner_ref(&()))
-            .map(|mut o| {
-                // The request does not control the Secret's lifecycle beyond garbage collection.
-                o.controller = Some(false);
-                o.block_owner_deletion = None;
-                o
-            })
+    let lookup: RequestLookup = Arc::new(move |uid: &str| {
+        requests.state().into_iter().find(|r| {
+            r.namespace().as_deref() == Some(ns.as_str()) && r.uid().as_deref() == Some(uid)
+        })
     });
-    Arc::new(SecretStore::new(
+    SecretStore::new(
         scope.shared.client.clone(),
         &key.namespace,
         &key.name,
         scope.shared.callbacks.clone(),
-        owner,
-    ))
+        lookup,
+    )
 }
 
 /// Build the adapter of a Redfish dispatcher.

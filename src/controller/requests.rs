@@ -11,7 +11,7 @@ use super::events::{EventType, Note};
 use super::perform::{perform, Ports};
 use super::world::{self, is_terminal};
 use super::{Error, Scope};
-use crate::adapter::OperationState;
+use crate::adapter::{AdapterError, OperationState};
 use crate::api::{
     OSProvisioningRequest, OSProvisioningRequestStatus, Phase, FIELD_MANAGER, REQUEST_FINALIZER,
 };
@@ -284,6 +284,7 @@ impl Ports for KubePorts<'_> {
                 warn!(error = %e, "backend did not take the reprovision yet; the same token is retried");
                 CallOutcome::NotYet
             }
+            Err(AdapterError::RecordLost(why)) => CallOutcome::RecordLost(why),
             Err(e) => CallOutcome::Refused(e.to_string()),
         }
     }
@@ -394,6 +395,10 @@ async fn cleanup(req: Arc<Request>, scope: &Scope, ns: &str) -> Result<Action, E
             }
         }
     }
+    // The operation records are kept (finalizer) until here: the request is done with them.
+    super::records::release(&scope.shared.client, ns, &uid)
+        .await
+        .map_err(|e| Error::CleanupPending(format!("releasing the operation records: {e}")))?;
     if !is_terminal(&st, generation) {
         let status = cancelled_status(&st, generation, Timestamp::now());
         match write(scope, ns, &req, &status).await {

@@ -2,6 +2,7 @@
 //! (inventory cache), what the backend says of a recorded operation, the concurrency limits, and
 //! the one-time rebuild of the occupancy book from the request store. Reads only; no writes.
 use super::Scope;
+use crate::adapter::AdapterError;
 use crate::api::{
     OSDispatcher, OSProvisioningRequest, OSProvisioningRequestStatus, Phase, PROVISIONER_LABEL,
 };
@@ -196,6 +197,7 @@ pub async fn observe(
     match adapter.operation(&id, &op.token).await {
         Ok(Some(s)) => (OpObservation::State(s.state), Some(s.id)),
         Ok(None) => (OpObservation::UnknownToBackend, None),
+        Err(AdapterError::RecordLost(why)) => (OpObservation::RecordLost(why), None),
         Err(e) => (OpObservation::Unreachable(e.to_string()), None),
     }
 }

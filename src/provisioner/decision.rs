@@ -286,6 +286,8 @@ pub enum CallOutcome {
     NotYet,
     /// It refused outright (unknown OS or host).
     Refused(String),
+    /// The operation's record is gone or not the controller's: the attempt ends, never repeated.
+    RecordLost(String),
 }
 
 /// The decision after the reprovision call. `f.status` is the status as written with the
@@ -296,6 +298,16 @@ pub fn after_call(outcome: &CallOutcome, dispatcher: &str, f: &Facts<'_>) -> Dec
             Decision::nothing(Requeue::After(f.poll_every))
         }
         CallOutcome::Answered => Decision::nothing(Requeue::After(SETTLE)),
+        CallOutcome::RecordLost(message) => {
+            let fail = Action::Fail {
+                reason: reason::OPERATION_RECORD_LOST,
+                message: format!("the attempt ends without a second reprovision: {message}"),
+            };
+            let status = f.status_after(&fail);
+            let mut effects = f.announce(status.as_ref());
+            effects.push(Effect::Close);
+            Decision::write(status, effects, Requeue::AwaitChange)
+        }
         CallOutcome::Refused(message) => {
             // A failed attempt, and a fresh discovery so the next request sees the backend's
             // current catalogue.

@@ -136,6 +136,7 @@ pub fn provisioning(generation: i64, attempts: i32) -> OSProvisioningRequestStat
             generation,
             id: None,
             started: None,
+            record: None,
         }),
         attempts: Some(attempts),
         observed_generation: Some(generation),

@@ -57,6 +57,9 @@ pub enum OpObservation {
     State(OperationState),
     /// The backend could not be asked.
     Unreachable(String),
+    /// The operation's record is gone or not the controller's, after the backend may have been
+    /// touched: the attempt cannot be resumed safely.
+    RecordLost(String),
 }
 
 /// Who else wants the host and how busy the dispatcher is.
@@ -226,6 +229,17 @@ pub fn plan(req: &RequestView<'_>, world: &World) -> Action {
                     "the operation was cancelled in the management software".into(),
                 );
             }
+            (OpObservation::RecordLost(why), true) => {
+                return Action::Fail {
+                    reason: reason::OPERATION_RECORD_LOST,
+                    message: format!(
+                        "attempt {} ended without a second reprovision: {why}; create a new \
+                         request (or change spec.os) to reprovision {} again",
+                        attempts_so_far(req),
+                        req.spec.host
+                    ),
+                };
+            }
             (OpObservation::UnknownToBackend, true) if st.phase == Some(Phase::Provisioning) => {
                 return Action::Resume {
                     token: op.token.clone(),
@@ -236,6 +250,7 @@ pub fn plan(req: &RequestView<'_>, world: &World) -> Action {
             (
                 OpObservation::State(_)
                 | OpObservation::UnknownToBackend
+                | OpObservation::RecordLost(_)
                 | OpObservation::NoneRecorded,
                 _,
             ) => {}
@@ -445,6 +460,7 @@ pub fn plan_cleanup(status: &OSProvisioningRequestStatus, observation: &OpObserv
             OperationState::Succeeded | OperationState::Failed { .. } | OperationState::Cancelled,
         )
         | OpObservation::UnknownToBackend
+        | OpObservation::RecordLost(_)
         | OpObservation::NoneRecorded => Cleanup::Release,
     }
 }

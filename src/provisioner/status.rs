@@ -163,6 +163,7 @@ pub fn next_status(
                 generation,
                 id: None,
                 started: Some(MicroTime(now)),
+                record: None,
             });
             st.attempts = Some(i32::try_from(*attempt).unwrap_or(i32::MAX));
             st.next_retry_at = None;

@@ -34,9 +34,21 @@ fn parse_key(s: &str) -> Option<Key> {
 }
 
 impl Persist {
+    /// Open (or create) the database in `dir`. It holds every Secret in plain text, so the
+    /// directory is made 0700 and the file 0600 (existing ones are narrowed to that too).
     pub fn open(dir: &Path) -> Result<Self, ApiServerError> {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
         std::fs::create_dir_all(dir)?;
-        let db = Database::create(dir.join("osprov-api.redb"))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        let file = dir.join("osprov-api.redb");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&file)?;
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))?;
+        let db = Database::create(file)?;
         {
             let txn = db.begin_write()?;
             txn.open_table(OBJECTS)?;
@@ -92,5 +104,32 @@ impl Persist {
         }
         txn.commit()?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p)
+            .map(|m| m.permissions().mode() & 0o777)
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn the_data_dir_and_its_database_are_private() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("data");
+        // A directory made before with the usual umask is narrowed too.
+        std::fs::create_dir(&dir).expect("mkdir");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        drop(Persist::open(&dir).expect("open"));
+        assert_eq!(mode(&dir), 0o700, "data dir");
+        assert_eq!(mode(&dir.join("osprov-api.redb")), 0o600, "database file");
+        // Reopening keeps the data and the modes.
+        drop(Persist::open(&dir).expect("reopen"));
+        assert_eq!(mode(&dir.join("osprov-api.redb")), 0o600);
     }
 }

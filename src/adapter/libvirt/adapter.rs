@@ -539,6 +539,14 @@ impl Adapter for LibvirtAdapter {
         };
         let status = status_of(host_id, &record);
         if !status.state.is_terminal() {
+            if self.cfg.strategy == LibvirtStrategy::Iso {
+                // The callback's record must still be the controller's (a lost one ends the
+                // attempt; the worker would only fail on it).
+                self.store()?
+                    .get(token)
+                    .await
+                    .map_err(crate::adapter::store::StoreError::into_adapter)?;
+            }
             self.ensure_worker(host_id, token);
         }
         Ok(Some(status))

@@ -26,10 +26,7 @@ use virt::sys;
 const MAX_STEPS: usize = 16;
 
 fn store_err(e: StoreError) -> AdapterError {
-    AdapterError::Backend {
-        message: format!("operation record: {e}"),
-        source: Some(Box::new(e)),
-    }
+    e.into_adapter()
 }
 
 fn config_err(e: super::xml::XmlError) -> AdapterError {

@@ -101,7 +101,10 @@ pub struct RedfishAdapter {
 }
 
 fn store_err(e: StoreError) -> RedfishError {
-    RedfishError::Store(e.to_string())
+    match e {
+        StoreError::Lost(m) => RedfishError::RecordLost(m),
+        e => RedfishError::Store(e.to_string()),
+    }
 }
 
 fn status_of(rec: &OpRecord) -> OperationStatus {
@@ -439,10 +442,16 @@ impl Adapter for RedfishAdapter {
                 host: host_id.to_string(),
                 os: os.to_string(),
             })?;
+        // Read afresh, never from the cache: whether the BMC may be touched is decided from the
+        // record the store trusts now.
         let known = inner
-            .record(token, false)
+            .store
+            .get(token)
             .await
-            .map_err(RedfishError::into_adapter)?;
+            .map_err(|e| store_err(e).into_adapter())?;
+        if let Some(rec) = &known {
+            inner.remember(rec);
+        }
         let rec = match known {
             Some(rec) => rec,
             None => {

@@ -21,10 +21,7 @@ pub(super) const MAX_STEPS: usize = 12;
 const TASK_TIMEOUT: Duration = Duration::from_secs(300);
 
 pub(super) fn store_err(e: StoreError) -> AdapterError {
-    AdapterError::Backend {
-        message: format!("operation record: {e}"),
-        source: Some(Box::new(e)),
-    }
+    e.into_adapter()
 }
 
 /// Note in `token`'s record (when it still has one) that the VM holds nothing of the operation

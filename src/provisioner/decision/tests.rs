@@ -249,6 +249,13 @@ fn the_backend_answer_decides_the_next_look() {
         after_call(&CallOutcome::Answered, "d1", &f).requeue,
         Requeue::After(SETTLE)
     );
+    let lost = after_call(&CallOutcome::RecordLost("deleted".into()), "d1", &f);
+    let written = lost.status.expect("failed");
+    assert_eq!(
+        (written.phase, written.reason.as_deref()),
+        (Some(Phase::Failed), Some(reason::OPERATION_RECORD_LOST))
+    );
+    assert_eq!(lost.effects, vec![Effect::Announce, Effect::Close]);
     let refused = after_call(&CallOutcome::Refused("no such image".into()), "d1", &f);
     let written = refused.status.expect("failed");
     assert_eq!(

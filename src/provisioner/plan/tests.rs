@@ -366,6 +366,33 @@ fn intent_recorded_but_never_sent_is_resumed_with_the_same_token() {
 }
 
 #[test]
+fn a_lost_record_fails_the_attempt_without_a_retry() {
+    // Attempt 1 of 3: attempts are left, yet nothing is started again.
+    let st = provisioning(1, 1);
+    let mut w = world(HostLookup::Found(facts()));
+    w.operation = OpObservation::RecordLost("the record Secret was deleted".into());
+    let a = run(&spec("h1", "ubuntu-24.04"), &st, &w);
+    let Action::Fail { reason: r, message } = &a else {
+        panic!("expected Fail, got {a:?}");
+    };
+    assert_eq!(*r, reason::OPERATION_RECORD_LOST);
+    assert!(message.contains("was deleted"), "{message}");
+    let next = next_status(&st, &a, "ubuntu-24.04", 1, now()).expect("status");
+    assert_eq!(next.phase, Some(Phase::Failed));
+    assert!(next.phase.is_some_and(Phase::is_terminal));
+    // Deleting such a request only releases the host.
+    assert_eq!(plan_cleanup(&st, &w.operation), Cleanup::Release);
+    // An older generation's lost record does not block the current generation.
+    let mut old = provisioning(1, 1);
+    old.observed_generation = Some(1);
+    let a2 = plan(
+        &crate::provisioner::fixtures::view(&spec("h1", "ubuntu-24.04"), &old, 2),
+        &w,
+    );
+    assert!(matches!(a2, Action::Start { .. }), "{a2:?}");
+}
+
+#[test]
 fn spec_change_replans_after_the_old_operation() {
     // Generation 2 asks for debian-12 while generation 1's operation ran.
     let st = provisioning(1, 1);

@@ -19,7 +19,7 @@ use crate::api::RedfishAuth;
 use reqwest::{Method, StatusCode};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 /// The standard Sessions collection (Redfish 1.6+), for roots that link only the SessionService.
 const SESSIONS: &str = "/redfish/v1/SessionService/Sessions";
@@ -175,7 +175,7 @@ impl Client {
     pub async fn open_stream(&self, path: &str) -> Result<reqwest::Response, RedfishError> {
         self.check_auth_cool_down()?;
         let credential = self.credential().await?;
-        let url = self.url(path);
+        let url = self.target(path)?;
         self.pace().await;
         self.requests.fetch_add(1, Ordering::Relaxed);
         let req = self
@@ -235,7 +235,10 @@ impl Client {
         else {
             return;
         };
-        let url = self.url(&location);
+        let Ok(url) = self.target(&location) else {
+            warn!("the session's Location is off the service's origin; not deleting it there");
+            return;
+        };
         self.pace().await;
         self.requests.fetch_add(1, Ordering::Relaxed);
         let sent = self
@@ -277,7 +280,7 @@ impl Client {
     /// collection and the mode allows basic auth instead.
     async fn login(&self, collection: &str) -> Result<Option<Token>, RedfishError> {
         self.check_auth_cool_down()?;
-        let url = self.url(collection);
+        let url = self.target(collection)?;
         let body =
             serde_json::json!({"UserName": self.cfg.username, "Password": self.cfg.password});
         self.pace().await;

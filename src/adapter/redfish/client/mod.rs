@@ -63,6 +63,9 @@ pub enum RedfishError {
     Unsupported(String),
     #[error("operation store: {0}")]
     Store(String),
+    /// The operation's record is gone or not the controller's (see `adapter::store`).
+    #[error("{0}")]
+    RecordLost(String),
     /// The BMC refused the session token (expired or deleted); the client logs in again once.
     #[error("the Redfish service refused the session token")]
     SessionExpired,
@@ -104,6 +107,7 @@ impl RedfishError {
                 message: self.to_string(),
                 source: None,
             },
+            RedfishError::RecordLost(m) => AdapterError::RecordLost(m),
             // Any other 4xx, a malformed answer or a failed task needs a person.
             other => AdapterError::Config(other.to_string()),
         }
@@ -210,12 +214,30 @@ impl Client {
         self.requests.load(Ordering::Relaxed)
     }
 
-    /// Absolute URL of a Redfish path (`/redfish/v1/...`) or an absolute link.
+    /// Absolute URL of a Redfish path (`/redfish/v1/...`) or an absolute link (for messages;
+    /// requests go through [`Self::target`]).
     pub fn url(&self, path: &str) -> String {
         if path.starts_with("http://") || path.starts_with("https://") {
             path.to_string()
         } else {
             format!("{}{}", self.cfg.endpoint, path)
+        }
+    }
+
+    /// The URL a request for `path` goes to: a path under the endpoint, or an absolute link on
+    /// the endpoint's own origin. A link elsewhere is refused: the BMC's credentials never go
+    /// to another origin.
+    pub fn target(&self, path: &str) -> Result<String, RedfishError> {
+        let url = self.url(path);
+        if same_origin(&url, &self.cfg.endpoint) {
+            Ok(url)
+        } else {
+            Err(RedfishError::Unsupported(format!(
+                "the Redfish service linked to {} outside its own origin; osprov follows links \
+                 on {} only",
+                origin(&url).unwrap_or("an unparsable URL"),
+                origin(&self.cfg.endpoint).unwrap_or(&self.cfg.endpoint)
+            )))
         }
     }
 
@@ -350,7 +372,7 @@ impl Client {
         idempotent: Idempotent,
         retry: bool,
     ) -> Result<Reply, RedfishError> {
-        let url = self.url(path);
+        let url = self.target(path)?;
         let attempts = if retry { self.cfg.attempts.max(1) } else { 1 };
         let mut attempt = 0;
         let mut renewed = false;
@@ -494,7 +516,23 @@ impl Client {
     }
 }
 
-/// A reqwest client for `cfg`'s TLS settings, with `timeout` for whole requests.
+/// `scheme://host[:port]` of an absolute URL.
+fn origin(url: &str) -> Option<&str> {
+    let (scheme, rest) = url.split_once("://")?;
+    let host_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    url.get(..scheme.len() + 3 + host_end)
+}
+
+/// Whether two absolute URLs share scheme, host and port (case-insensitively).
+fn same_origin(a: &str, b: &str) -> bool {
+    match (origin(a), origin(b)) {
+        (Some(x), Some(y)) => x.eq_ignore_ascii_case(y),
+        _ => false,
+    }
+}
+
+/// A reqwest client for `cfg`'s TLS settings, with `timeout` for whole requests. Redirects are
+/// followed only on the endpoint's own origin.
 fn http_client(
     cfg: &ClientConfig,
     timeout: Option<Duration>,
@@ -503,6 +541,7 @@ fn http_client(
         .use_rustls_tls()
         .connect_timeout(cfg.timeout.min(Duration::from_secs(10)))
         .pool_max_idle_per_host(cfg.max_connections)
+        .redirect(same_origin_redirects(&cfg.endpoint))
         .user_agent(concat!("osprov/", env!("CARGO_PKG_VERSION")));
     if let Some(pem) = cfg.ca_pem.as_deref() {
         let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| {
@@ -527,6 +566,20 @@ fn http_client(
     builder
         .build()
         .map_err(|e| RedfishError::Config(format!("cannot build the HTTP client: {e}")))
+}
+
+/// Follow at most 5 redirects, each on `endpoint`'s origin.
+fn same_origin_redirects(endpoint: &str) -> reqwest::redirect::Policy {
+    let home = endpoint.to_string();
+    reqwest::redirect::Policy::custom(move |attempt| {
+        if attempt.previous().len() >= 5 {
+            attempt.error("too many redirects")
+        } else if same_origin(attempt.url().as_str(), &home) {
+            attempt.follow()
+        } else {
+            attempt.error("a redirect off the Redfish service's origin was refused")
+        }
+    })
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

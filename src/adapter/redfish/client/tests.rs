@@ -46,3 +46,36 @@ fn credentials_never_show_in_debug() {
     let text = format!("{cfg:?}");
     assert!(!text.contains("hunter2") && !text.contains("admin"));
 }
+
+#[test]
+fn requests_stay_on_the_services_origin() {
+    let cfg = ClientConfig {
+        endpoint: "https://bmc-1.example.net:8443/".into(),
+        username: "u".into(),
+        password: "p".into(),
+        ca_pem: None,
+        insecure_skip_verify: false,
+        requests_per_second: 1,
+        max_connections: 1,
+        timeout: Duration::from_secs(1),
+        attempts: 1,
+        auth: RedfishAuth::Auto,
+    };
+    let c = Client::new(cfg).expect("client");
+    assert_eq!(
+        c.target("/redfish/v1/Systems").ok().as_deref(),
+        Some("https://bmc-1.example.net:8443/redfish/v1/Systems")
+    );
+    assert!(c
+        .target("https://BMC-1.example.net:8443/redfish/v1/SessionService/Sessions/1")
+        .is_ok());
+    for elsewhere in [
+        "https://collector.example.org/redfish/v1/Sessions",
+        "http://bmc-1.example.net:8443/redfish/v1/Sessions",
+        "https://bmc-1.example.net/redfish/v1/Sessions",
+        "https://bmc-1.example.net:8443@evil.example/x",
+    ] {
+        let e = c.target(elsewhere).expect_err(elsewhere);
+        assert!(e.to_string().contains("outside its own origin"), "{e}");
+    }
+}
