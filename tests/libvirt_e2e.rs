@@ -28,6 +28,7 @@ on_both_backends!(
     configuration_errors_and_unreachable_uris_are_clear_and_recover,
     credentials_come_from_the_secret,
     a_domain_left_marked_for_a_gone_request_takes_the_next_one,
+    a_uri_that_would_run_a_command_is_refused_before_libvirt_sees_it,
 );
 
 fn start_controller(c: &TestCluster) -> RunningController {
@@ -201,6 +202,34 @@ async fn configuration_errors_and_unreachable_uris_are_clear_and_recover(c: Test
     assert!(message.contains("connecting to libvirt"), "{message}");
     std::fs::write(&path, node_xml(2, None)).expect("node appears");
     dispatcher_state(&dispatchers, "later", DispatcherState::Ready).await;
+}
+
+async fn a_uri_that_would_run_a_command_is_refused_before_libvirt_sees_it(c: TestCluster) {
+    let _ctl = start_controller(&c);
+    let dispatchers: Api<OSDispatcher> = c.api();
+    // libvirt's `ext` transport runs the URI's `command` as the connection's proxy.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let marker = dir.path().join("ran");
+    let script = dir.path().join("proxy.sh");
+    std::fs::write(&script, format!("#!/bin/sh\ntouch {}\n", marker.display())).expect("script");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    let uri = format!("qemu+ext:///system?command={}", script.display());
+    create(
+        &dispatchers,
+        &libvirt_dispatcher("ext", libvirt_spec(&uri), "1s"),
+    )
+    .await;
+    let d = dispatcher_state(&dispatchers, "ext", DispatcherState::Degraded).await;
+    let (reason, message) = ready_message(&d);
+    assert_eq!(reason, "InvalidConfiguration");
+    assert!(
+        message.contains("transport \"ext\" is refused"),
+        "{message}"
+    );
+    assert!(!marker.exists(), "libvirt ran the URI's command");
 }
 
 async fn credentials_come_from_the_secret(c: TestCluster) {

@@ -6,6 +6,7 @@
 mod cluster;
 mod harness;
 mod libvirt_support;
+mod records_support;
 mod support;
 
 use cluster::TestCluster;
@@ -19,6 +20,7 @@ use osprov::api::{
     OSProvisioningRequest, Phase,
 };
 use osprov::controller::settings::MetricsAddr;
+use records_support::*;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +29,7 @@ on_both_backends!(
     an_iso_install_power_cycles_once_and_restores_the_domain_after_the_callback,
     a_failed_or_silent_installer_fails_the_request_and_restores_the_domain,
     a_domain_the_strategy_cannot_change_is_refused_untouched,
+    a_lost_or_replaced_record_never_power_cycles_the_domain_twice,
 );
 
 const ISO: &str = "/disks/debian-12-netinst.iso";
@@ -158,7 +161,7 @@ async fn an_iso_install_power_cycles_once_and_restores_the_domain_after_the_call
     let path = url.split_once("/callback/").expect("path").1;
     let (key, _) = path.split_once('.').expect("key.secret");
     let wrong = format!("http://{addr2}/callback/{key}.{}", "0".repeat(48));
-    assert_eq!(post(&wrong, "").await, 401);
+    assert_eq!(post(&wrong, r#"{"status":"succeeded"}"#).await, 401);
     let url = format!("http://{addr2}/callback/{path}");
     assert_eq!(report(&url, r#"{"status":"succeeded"}"#).await, 200);
     wait_phase(&requests, "r1", Phase::Succeeded, 30).await;
@@ -257,4 +260,44 @@ async fn a_domain_the_strategy_cannot_change_is_refused_untouched(c: TestCluster
     assert!(text.contains("per-device"), "{text}");
     let (after, _, id_after) = read(&node.uri, "vm-0").await;
     assert_eq!((after, id_after), (before, id_before), "untouched");
+}
+
+async fn a_lost_or_replaced_record_never_power_cycles_the_domain_twice(c: TestCluster) {
+    let node = iso_node(2);
+    let (_, _, id0) = read(&node.uri, "vm-0").await;
+    let (_, _, id1) = read(&node.uri, "vm-1").await;
+    let (ctl, _) = controller(&c);
+    let dispatchers: Api<OSDispatcher> = c.api();
+    let requests: Api<OSProvisioningRequest> = c.api();
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = c.api();
+    create(
+        &dispatchers,
+        &libvirt_dispatcher("kvm", iso_spec(&node.uri, None), "1s"),
+    )
+    .await;
+    // vm-0: the record is really gone while the installer runs.
+    create(&requests, &request("r0", "vm-0", "debian-12")).await;
+    let (url0, run0) = installer_running(&node.uri, "vm-0", id0).await;
+    let name = record_name(&requests, "r0").await;
+    lose_record(&secrets, &name).await;
+    let message = wait_record_lost(&requests, "r0").await;
+    assert!(message.contains("deleted"), "{message}");
+    // vm-1: replaced by a planted Secret of the same name while the controller is down.
+    create(&requests, &request("r1", "vm-1", "debian-12")).await;
+    let (_, run1) = installer_running(&node.uri, "vm-1", id1).await;
+    let name = record_name(&requests, "r1").await;
+    ctl.stop().await;
+    replace_record(&secrets, &name).await;
+    let (ctl, addr) = controller(&c);
+    let message = wait_record_lost(&requests, "r1").await;
+    assert!(message.contains("replaced"), "{message}");
+    // The installers' reports find nothing to trust; each domain ran its installer once.
+    let path = url0.split_once("/callback/").expect("path").1;
+    let url0 = format!("http://{addr}/callback/{path}");
+    assert_eq!(report(&url0, r#"{"status":"succeeded"}"#).await, 404);
+    for (vm, run) in [("vm-0", run0), ("vm-1", run1)] {
+        let (_, active, id) = read(&node.uri, vm).await;
+        assert_eq!((active, id), (true, Some(run)), "{vm}: power-cycled once");
+    }
+    drop(ctl);
 }

@@ -131,6 +131,7 @@ async fn redfish_scale() {
             vsphere: None,
             redfish: Some(RedfishSpec {
                 endpoint: emu.endpoint(),
+                insecure_http: false,
                 credentials_secret_ref: CredentialsSecretRef {
                     name: "bmc".into(),
                     username_key: None,

@@ -60,12 +60,15 @@ async fn discovers_and_reprovisions_through_virtual_media_and_callback(c: TestCl
 
     // Wrong tokens are refused and change nothing.
     let (base, _) = callback.rsplit_once('.').expect("key.secret");
-    assert_eq!(post(&format!("{base}.{}", "0".repeat(48)), "").await, 401);
+    let ok = r#"{"status":"succeeded"}"#;
+    assert_eq!(post(&format!("{base}.{}", "0".repeat(48)), ok).await, 401);
     assert_eq!(
-        post(&format!("http://{}/callback/nope.abc", rig.callback), "").await,
+        post(&format!("http://{}/callback/nope.abc", rig.callback), ok).await,
         404
     );
     assert_eq!(post(&callback, r#"{"status":"perhaps"}"#).await, 400);
+    // The outcome must be said: an empty body (as a bare `curl -X POST` sends) is no success.
+    assert_eq!(post(&callback, "").await, 400);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let r = rig.requests.get("r1").await.expect("r1");
     assert_eq!(r.status.and_then(|s| s.phase), Some(Phase::Provisioning));
@@ -81,7 +84,7 @@ async fn discovers_and_reprovisions_through_virtual_media_and_callback(c: TestCl
     assert_ne!(rig.boot_target(1).await, "Cd", "boot override cleared");
     assert_eq!((rig.inserts(1), rig.resets(1)), (1, 1));
     // A repeated callback is harmless; other systems were never touched.
-    assert_eq!(report(&callback, "").await, 200);
+    assert_eq!(report(&callback, ok).await, 200);
     assert_eq!((rig.inserts(0), rig.resets(0), rig.inserts(2)), (0, 0, 0));
     // The next discovery shows the OS osprov installed.
     eventually(30, "current OS on the ManagedHost", || async {

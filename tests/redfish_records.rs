@@ -7,18 +7,18 @@
 //! with `OperationRecordLost`, and the host is never reset a second time.
 mod cluster;
 mod harness;
+mod records_support;
 mod redfish_rig;
 mod redfish_support;
 mod support;
 
 use cluster::TestCluster;
 use harness::*;
-use k8s_openapi::api::core::v1::Secret;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::DeleteParams;
 use kube::ResourceExt;
-use osprov::api::conditions::reason;
 use osprov::api::Phase;
 use osprov::controller::records::RECORD_FINALIZER;
+use records_support::*;
 use redfish_rig::Rig;
 use redfish_support::*;
 use std::time::Duration;
@@ -29,76 +29,6 @@ on_both_backends!(
 );
 
 impl Rig {
-    /// The name of request `req`'s record, once the request's status vouches for it.
-    async fn record_name(&self, req: &str) -> String {
-        eventually(30, &format!("{req}'s anchored record"), || async {
-            let st = self.requests.get(req).await.ok()?.status?;
-            st.operation?.record.map(|r| r.name)
-        })
-        .await
-    }
-
-    /// Make the record really gone: strip its finalizer, then delete it.
-    async fn lose_record(&self, name: &str) {
-        let strip = serde_json::json!({"metadata": {"finalizers": null}});
-        self.secrets
-            .patch(name, &PatchParams::default(), &Patch::Merge(&strip))
-            .await
-            .expect("strip the finalizer");
-        self.secrets
-            .delete(name, &DeleteParams::default())
-            .await
-            .expect("delete the record");
-        eventually(30, "the record gone", || async {
-            self.secrets
-                .get_opt(name)
-                .await
-                .ok()
-                .and_then(|s| s.is_none().then_some(()))
-        })
-        .await;
-    }
-
-    /// Replace the record by another Secret of the same name that claims nothing was sent yet.
-    async fn replace_record(&self, name: &str) {
-        let old = self.secrets.get(name).await.expect("record");
-        self.lose_record(name).await;
-        let mut planted = Secret {
-            metadata: kube::api::ObjectMeta {
-                name: Some(name.into()),
-                labels: old.metadata.labels.clone(),
-                ..Default::default()
-            },
-            type_: old.type_.clone(),
-            data: old.data.clone(),
-            ..Default::default()
-        };
-        if let Some(d) = planted.data.as_mut() {
-            d.remove("resetRequestedAt");
-            d.remove("resetAt");
-            d.insert(
-                "secret".into(),
-                k8s_openapi::ByteString(b"planted-secret".to_vec()),
-            );
-        }
-        self.secrets
-            .create(&PostParams::default(), &planted)
-            .await
-            .expect("plant a record");
-    }
-
-    /// Wait until `req` failed with `OperationRecordLost`; returns its message.
-    async fn wait_record_lost(&self, req: &str) -> String {
-        let r = wait_phase(&self.requests, req, Phase::Failed, 90).await;
-        let st = r.status.unwrap_or_default();
-        assert_eq!(
-            st.reason.as_deref(),
-            Some(reason::OPERATION_RECORD_LOST),
-            "{req}: {st:?}"
-        );
-        st.message.unwrap_or_default()
-    }
-
     async fn restart_controller(&mut self) {
         self.stop_controller().await;
         self.start_controller();
@@ -113,7 +43,7 @@ async fn a_deleted_record_is_kept_until_its_request_is_gone(c: TestCluster) {
     create(&rig.requests, &once("r0", "node-0", "ubuntu-24.04")).await;
     let callback = rig.wait_inserted(0).await;
     eventually(30, "reset", || async { (rig.resets(0) == 1).then_some(()) }).await;
-    let name = rig.record_name("r0").await;
+    let name = record_name(&rig.requests, "r0").await;
 
     // A prune deletes the record while the installer runs, then the controller restarts.
     rig.secrets
@@ -161,9 +91,9 @@ async fn a_lost_record_ends_the_attempt_at_every_step_without_a_second_reset(c: 
     tokio::time::timeout(Duration::from_secs(30), started)
         .await
         .expect("the BMC downloads the image");
-    let name = rig.record_name("r0").await;
-    rig.lose_record(&name).await;
-    let message = rig.wait_record_lost("r0").await;
+    let name = record_name(&rig.requests, "r0").await;
+    lose_record(&rig.secrets, &name).await;
+    let message = wait_record_lost(&rig.requests, "r0").await;
     assert!(message.contains("deleted"), "{message}");
     assert_eq!(rig.resets(0), 0, "no reset after the record was lost");
 
@@ -171,11 +101,11 @@ async fn a_lost_record_ends_the_attempt_at_every_step_without_a_second_reset(c: 
     create(&rig.requests, &request("r1", "node-1", "ubuntu-24.04")).await;
     let callback = rig.wait_inserted(1).await;
     eventually(30, "reset", || async { (rig.resets(1) == 1).then_some(()) }).await;
-    let name = rig.record_name("r1").await;
+    let name = record_name(&rig.requests, "r1").await;
     rig.stop_controller().await;
-    rig.lose_record(&name).await;
+    lose_record(&rig.secrets, &name).await;
     rig.start_controller();
-    rig.wait_record_lost("r1").await;
+    wait_record_lost(&rig.requests, "r1").await;
     // The installer's report finds no record to trust.
     assert_eq!(report(&callback, r#"{"status":"succeeded"}"#).await, 404);
 
@@ -183,9 +113,9 @@ async fn a_lost_record_ends_the_attempt_at_every_step_without_a_second_reset(c: 
     create(&rig.requests, &request("r2", "node-2", "ubuntu-24.04")).await;
     rig.wait_inserted(2).await;
     eventually(30, "reset", || async { (rig.resets(2) == 1).then_some(()) }).await;
-    let name = rig.record_name("r2").await;
-    rig.replace_record(&name).await;
-    let message = rig.wait_record_lost("r2").await;
+    let name = record_name(&rig.requests, "r2").await;
+    replace_record(&rig.secrets, &name).await;
+    let message = wait_record_lost(&rig.requests, "r2").await;
     assert!(message.contains("replaced"), "{message}");
     let planted_callback = format!(
         "http://{}/callback/{}.planted-secret",
@@ -202,11 +132,11 @@ async fn a_lost_record_ends_the_attempt_at_every_step_without_a_second_reset(c: 
     create(&rig.requests, &request("r3", "node-3", "ubuntu-24.04")).await;
     rig.wait_inserted(3).await;
     eventually(30, "reset", || async { (rig.resets(3) == 1).then_some(()) }).await;
-    let name = rig.record_name("r3").await;
+    let name = record_name(&rig.requests, "r3").await;
     rig.stop_controller().await;
-    rig.replace_record(&name).await;
+    replace_record(&rig.secrets, &name).await;
     rig.start_controller();
-    rig.wait_record_lost("r3").await;
+    wait_record_lost(&rig.requests, "r3").await;
 
     // Each host was reset at most once, and every request has ended: nothing is left to repeat.
     let counts: Vec<(usize, usize)> = (0..4).map(|i| (rig.inserts(i), rig.resets(i))).collect();

@@ -4,6 +4,7 @@
 //! SOAP trace counts what osprov sent (reconfigures, resets, logins).
 mod cluster;
 mod harness;
+mod records_support;
 mod support;
 mod vsphere_support;
 
@@ -15,6 +16,7 @@ use osprov::api::{
     DispatcherState, ManagedHost, OSDispatcher, OSProvisioningRequest, Phase, PowerState,
 };
 use osprov::controller::settings::{MetricsAddr, Settings};
+use records_support::*;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +28,7 @@ on_both_backends!(
     wrong_credentials_are_authentication_failed_without_a_retry_storm,
     a_vcenter_restarted_mid_install_gets_no_second_reconfigure_or_reset,
     a_silent_installer_fails_the_request_and_the_vm_is_restored,
+    a_lost_or_replaced_record_never_resets_a_vm_twice,
 );
 
 fn controller(c: &TestCluster, callback: SocketAddr) -> RunningController {
@@ -269,4 +272,50 @@ async fn a_silent_installer_fails_the_request_and_the_vm_is_restored(c: TestClus
     assert_eq!(after.extra(keys::PROGRESS), Some("failed"));
     assert_eq!(after.extra(keys::CALLBACK), None);
     assert_eq!(sim.count("ResetVM_Task"), 1);
+}
+
+async fn a_lost_or_replaced_record_never_resets_a_vm_twice(c: TestCluster) {
+    let sim = Vcsim::start(2);
+    account(&c, PASSWORD).await;
+    let callback = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let ctl = controller(&c, callback);
+    let dispatchers: Api<OSDispatcher> = c.api();
+    let requests: Api<OSProvisioningRequest> = c.api();
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = c.api();
+    create(
+        &dispatchers,
+        &vsphere_dispatcher("vc", vsphere_spec(&sim), "1s"),
+    )
+    .await;
+    // VM0: the record is really gone while the installer runs.
+    create(&requests, &request("r0", "dc0-c0-rp0-vm0", "debian-12")).await;
+    let url = installer_attached(&sim, "DC0_C0_RP0_VM0").await;
+    eventually(30, "VM0 reset", || async {
+        (sim.count("ResetVM_Task") == 1).then_some(())
+    })
+    .await;
+    let name = record_name(&requests, "r0").await;
+    lose_record(&secrets, &name).await;
+    let message = wait_record_lost(&requests, "r0").await;
+    assert!(message.contains("deleted"), "{message}");
+    assert_eq!(report(&url, r#"{"status":"succeeded"}"#).await, 404);
+    // VM1: replaced by a planted Secret of the same name while the controller is down.
+    create(&requests, &request("r1", "dc0-c0-rp0-vm1", "debian-12")).await;
+    installer_attached(&sim, "DC0_C0_RP0_VM1").await;
+    eventually(30, "VM1 reset", || async {
+        (sim.count("ResetVM_Task") == 2).then_some(())
+    })
+    .await;
+    let name = record_name(&requests, "r1").await;
+    ctl.stop().await;
+    replace_record(&secrets, &name).await;
+    let ctl = controller(&c, callback);
+    let message = wait_record_lost(&requests, "r1").await;
+    assert!(message.contains("replaced"), "{message}");
+    assert_eq!(
+        (sim.count("ResetVM_Task"), sim.count("PowerOnVM_Task")),
+        (2, 0),
+        "one reset per VM, whatever happened to the records"
+    );
+    drop(ctl);
 }

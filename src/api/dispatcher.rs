@@ -71,6 +71,19 @@ fn default_provisioner() -> String {
     super::DEFAULT_PROVISIONER.to_string()
 }
 
+impl OSDispatcherSpec {
+    /// The plain-HTTP endpoint the adapter in use sends credentials to (allowed only with
+    /// `insecureHttp`), if any.
+    pub fn plain_http_endpoint(&self) -> Option<&str> {
+        let endpoint = match self.adapter {
+            AdapterKind::Redfish => self.redfish.as_ref().map(|r| r.endpoint.as_str()),
+            AdapterKind::Vsphere => self.vsphere.as_ref().map(|v| v.url.as_str()),
+            AdapterKind::Simulator | AdapterKind::Libvirt => None,
+        };
+        endpoint.filter(|e| e.starts_with("http://"))
+    }
+}
+
 /// The adapters osprov knows.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
@@ -188,13 +201,20 @@ pub struct SimulatorFailures {
 
 /// How to reach a Redfish service (one BMC, or an aggregator that fronts many systems) and what
 /// it may install. A BMC has no OS catalogue of its own, so the admin lists the images here.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+/// An `http://` endpoint needs `insecureHttp: true` (a CEL rule, 422): the account would cross
+/// the network in clear text.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, kube::KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!self.endpoint.startsWith('http://') || (has(self.insecureHttp) && self.insecureHttp)").message("an http:// endpoint sends the BMC account in clear text: use https://, or set insecureHttp: true (labs only)"))]
 pub struct RedfishSpec {
     /// Base URL of the Redfish service, e.g. `https://bmc-17.example.net` (the service root is
     /// `<endpoint>/redfish/v1`).
     #[schemars(regex(pattern = r"^https?://[^\s/]+(/.*)?$"))]
     pub endpoint: String,
+    /// Accept an `http://` endpoint (the account crosses the network in clear text; the
+    /// controller says so with a Warning Event). Off by default.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_http: bool,
     /// Secret (in the dispatcher's namespace) holding the BMC account.
     pub credentials_secret_ref: CredentialsSecretRef,
     /// TLS settings for `https` endpoints.

@@ -13,10 +13,15 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.images.all(i, (has(self.strategy) && self.strategy == 'template') ? has(i.template) : has(i.iso))").message("every image needs `iso` with strategy iso, and `template` with strategy template"))]
+#[x_kube(validation = Rule::new("!self.url.startsWith('http://') || (has(self.insecureHttp) && self.insecureHttp)").message("an http:// URL sends the vCenter account in clear text: use https://, or set insecureHttp: true (labs only)"))]
 pub struct VsphereSpec {
     /// The SDK URL of vCenter or ESXi, e.g. `https://vcenter.example.net/sdk`.
     #[schemars(regex(pattern = r"^https?://[^\s/]+(/.*)?$"), length(max = 2048))]
     pub url: String,
+    /// Accept an `http://` URL (the account crosses the network in clear text; the controller
+    /// says so with a Warning Event). Off by default.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_http: bool,
     /// Secret (in the dispatcher's namespace) holding the vCenter account.
     pub credentials_secret_ref: CredentialsSecretRef,
     /// TLS settings for `https` URLs.

@@ -166,6 +166,26 @@ pub fn lookup_interval(d: &OSDispatcher, default: Duration) -> Duration {
 }
 
 #[instrument(skip_all, fields(dispatcher = %d.name_any(), namespace = d.namespace().unwrap_or_default()))]
+/// A dispatcher that sends its account over plain HTTP (which its spec had to allow explicitly)
+/// gets a Warning Event each time its session is (re)built.
+async fn warn_plain_http(scope: &Scope, d: &OSDispatcher) {
+    let Some(endpoint) = d.spec.plain_http_endpoint() else {
+        return;
+    };
+    let note = super::events::Note {
+        type_: super::events::EventType::Warning,
+        action: "Connect".into(),
+        reason: "InsecureEndpoint".into(),
+        note: format!(
+            "{endpoint} is plain HTTP (insecureHttp): the account and every answer cross the \
+             network unencrypted"
+        ),
+    };
+    if let Err(e) = scope.shared.events.publish(&d.object_ref(&()), &note).await {
+        tracing::debug!(error = %e, "could not publish event");
+    }
+}
+
 async fn reconcile(d: Arc<OSDispatcher>, scope: Arc<Scope>) -> Result<Action, Error> {
     let started = Instant::now();
     let shared = &scope.shared;
@@ -199,6 +219,7 @@ async fn reconcile(d: Arc<OSDispatcher>, scope: Arc<Scope>) -> Result<Action, Er
         inputs.fingerprint()
     );
     if !shared.engine.is_current(&key, &fingerprint) {
+        warn_plain_http(&scope, &d).await;
         let adapter = shared.adapters.build(&key, &d, &scope, inputs);
         shared.engine.ensure(SessionConfig {
             key: key.clone(),

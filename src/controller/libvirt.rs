@@ -27,11 +27,15 @@ impl std::fmt::Debug for Inputs {
     }
 }
 
+/// `spec.libvirt`, with a URI libvirt may be given (see `adapter::libvirt::uri`).
 fn spec(d: &OSDispatcher) -> Result<&LibvirtSpec, AdapterError> {
-    d.spec
+    let spec = d
+        .spec
         .libvirt
         .as_ref()
-        .ok_or_else(|| AdapterError::Config("adapter libvirt needs spec.libvirt".into()))
+        .ok_or_else(|| AdapterError::Config("adapter libvirt needs spec.libvirt".into()))?;
+    crate::adapter::libvirt::uri::check(&spec.uri).map_err(AdapterError::Config)?;
+    Ok(spec)
 }
 
 /// Read the credentials Secret a libvirt dispatcher names (none: nothing to read).

@@ -127,8 +127,9 @@ pub async fn drive(c: &kube::Client, ns: &str, callback: SocketAddr, sims: Optio
 
 /// The Redfish paths, against a real sushy-emulator (basic auth, TLS with a CA Secret): the
 /// dispatcher reads its credentials and CA Secrets; a reprovision creates its operation Secret
-/// and updates it as it goes; the installer's callback finds it (by name) and records the
-/// outcome in it; a callback for a key this replica never saw is looked for by label (list).
+/// and updates it as it goes (anchoring it in the request's status, which it reads); the
+/// installer's callback finds it (by name) and records the outcome in it; a callback for a key
+/// nobody knows is looked for by name in the dispatchers' namespaces (get), never listed.
 async fn redfish(c: &kube::Client, ns: &str, callback: SocketAddr) {
     let emu = Emulator::start(1).await;
     let iso = IsoServer::start().await;
@@ -154,12 +155,27 @@ async fn redfish(c: &kube::Client, ns: &str, callback: SocketAddr) {
     );
     wait_phase(&requests, "bmc-0", Phase::Provisioning, 30).await;
     let unknown = format!("http://{callback}/callback/osprov-none.{}", "0".repeat(48));
-    assert_eq!(crate::harness::post(&unknown, "").await, 404);
+    assert_eq!(
+        crate::harness::post(&unknown, r#"{"status":"succeeded"}"#).await,
+        404
+    );
     assert_eq!(
         crate::harness::post(&url, r#"{"status":"succeeded"}"#).await,
         200
     );
     wait_phase(&requests, "bmc-0", Phase::Succeeded, 60).await;
+    // Deleting the request releases its record: the finalizer comes off, the Secret goes.
+    requests
+        .delete("bmc-0", &Default::default())
+        .await
+        .expect("delete bmc-0");
+    eventually(60, "bmc-0 and its operation record gone", || async {
+        let lp =
+            kube::api::ListParams::default().labels(osprov::controller::records::OPERATION_LABEL);
+        let left = secrets.list(&lp).await.ok()?.items.len();
+        (requests.get_opt("bmc-0").await.ok()?.is_none() && left == 0).then_some(())
+    })
+    .await;
 }
 
 fn root() -> PathBuf {

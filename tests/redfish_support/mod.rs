@@ -494,6 +494,7 @@ pub fn redfish_spec(emu: &Emulator, iso: &IsoServer, with_ca: bool) -> osprov::a
     use osprov::api::{CredentialsSecretRef, RedfishImage, RedfishSpec, RedfishTls, SecretKeyRef};
     RedfishSpec {
         endpoint: emu.endpoint(),
+        insecure_http: false,
         credentials_secret_ref: CredentialsSecretRef {
             name: "bmc".into(),
             username_key: None,

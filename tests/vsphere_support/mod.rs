@@ -291,6 +291,7 @@ pub async fn account_secret(
 pub fn vsphere_spec(sim: &Vcsim) -> VsphereSpec {
     VsphereSpec {
         url: sim.info.url.clone(),
+        insecure_http: false,
         credentials_secret_ref: CredentialsSecretRef {
             name: "vcenter".into(),
             username_key: None,

@@ -67,7 +67,7 @@ rules with the API requests the controller really makes, both ways):
 {{- define "osprov.rules" -}}
 - apiGroups: ["osprov.io"]
   resources: ["osprovisioningrequests"]
-  verbs: ["list", "watch", "patch"]
+  verbs: ["list", "watch", "get", "patch"]
 - apiGroups: ["osprov.io"]
   resources: ["osprovisioningrequests/status"]
   verbs: ["update"]
@@ -88,7 +88,7 @@ rules with the API requests the controller really makes, both ways):
   verbs: ["create", "patch"]
 - apiGroups: [""]
   resources: ["secrets"]
-  verbs: ["get", "list", "create", "update"]
+  verbs: ["get", "list", "create", "update", "delete"]
 {{- end }}
 
 {{/* The URL under which images reach the callback endpoint (OSPROV_CALLBACK_URL): callback.url,

@@ -1,7 +1,8 @@
 //! The libvirt adapter: KVM/QEMU and Xen domains (any libvirt driver) as hosts.
 //!
-//! - [`xml`], [`installer`], [`steps`] and [`iso_steps`]: pure — the domain XML osprov reads and
-//!   rewrites, its metadata record, and the step machines of the `image` and `iso` strategies.
+//! - [`xml`], [`installer`], [`steps`], [`iso_steps`] and [`uri`]: pure — the domain XML osprov
+//!   reads and rewrites, its metadata record, the step machines of the `image` and `iso`
+//!   strategies, and which connection URIs are allowed.
 //!   They build without the `libvirt` feature, so their unit tests always run.
 //! - `conn`, `events`, `adapter`, `image`, `iso` (feature `libvirt`, linking libvirt through the
 //!   `virt` crate, libvirt's own Rust bindings): shared connections with credentials, libvirt's
@@ -14,6 +15,7 @@
 pub mod installer;
 pub mod iso_steps;
 pub mod steps;
+pub mod uri;
 pub mod xml;
 
 #[cfg(feature = "libvirt")]
