@@ -25,6 +25,7 @@ use std::sync::Arc;
 on_both_backends!(
     tls_settings_that_contradict_each_other_are_refused,
     plain_http_needs_an_opt_in_and_is_warned_about,
+    a_self_signed_bmc_is_trusted_by_its_pinned_fingerprint,
     credentials_never_leave_the_services_origin,
 );
 
@@ -47,17 +48,30 @@ async fn tls_settings_that_contradict_each_other_are_refused(c: TestCluster) {
     });
     let mut spec = redfish_spec_for("https://bmc.example.net");
     spec.tls = Some(RedfishTls {
+        fingerprint: None,
         ca_secret_ref: ca.clone(),
         insecure_skip_verify: true,
     });
     refused(
         &api,
         &redfish_dispatcher("both", spec.clone()),
-        "insecureSkipVerify and caSecretRef exclude each other",
+        "insecureSkipVerify excludes caSecretRef and fingerprint",
+    )
+    .await;
+    spec.tls = Some(RedfishTls {
+        ca_secret_ref: ca.clone(),
+        fingerprint: Some("AB".repeat(32)),
+        insecure_skip_verify: false,
+    });
+    refused(
+        &api,
+        &redfish_dispatcher("pin-and-ca", spec.clone()),
+        "caSecretRef and fingerprint exclude each other",
     )
     .await;
     // Either alone is accepted.
     spec.tls = Some(RedfishTls {
+        fingerprint: None,
         ca_secret_ref: ca.clone(),
         insecure_skip_verify: false,
     });
@@ -245,5 +259,78 @@ async fn credentials_never_leave_the_services_origin(c: TestCluster) {
         0,
         "the account reached another origin ({} requests there)",
         seen.load(Ordering::SeqCst)
+    );
+}
+
+async fn a_self_signed_bmc_is_trusted_by_its_pinned_fingerprint(c: TestCluster) {
+    // The BMC's own certificate is marked CA:TRUE: rustls refuses it even as the trusted CA.
+    let (cert, key, der) = self_signed_ca_marked();
+    let emu = Emulator::start_with_cert(1, Some(1800), false, (cert, key)).await;
+    let iso = IsoServer::start().await;
+    create_bmc_secrets(&c.api(), &emu, PASSWORD).await;
+    let dispatchers: Api<OSDispatcher> = c.api();
+    let pinned = |fp: String| {
+        let mut spec = redfish_spec(&emu, &iso, false);
+        spec.tls = Some(RedfishTls {
+            fingerprint: Some(fp),
+            ..Default::default()
+        });
+        spec
+    };
+    let hex: Vec<String> = osprov::adapter::tls::thumbprint_of(&der, 32)
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect();
+    create(
+        &dispatchers,
+        &redfish_dispatcher("pinned", pinned(hex.join(":"))),
+    )
+    .await;
+    create(
+        &dispatchers,
+        &redfish_dispatcher("wrong", pinned("AB".repeat(32))),
+    )
+    .await;
+    create(
+        &dispatchers,
+        &redfish_dispatcher("ca", redfish_spec(&emu, &iso, true)),
+    )
+    .await;
+    let _ctl = RunningController::start(
+        c.client.clone(),
+        fast_settings_in(&c.ns),
+        Arc::new(SimRegistry::default()),
+    );
+    let ready = |name: &'static str| {
+        let dispatchers = dispatchers.clone();
+        async move {
+            let d = dispatchers.get(name).await.ok()?;
+            let st = d.status?;
+            let c = st.conditions.into_iter().find(|c| c.type_ == "Ready")?;
+            Some((c.status, c.message, st.host_count))
+        }
+    };
+    eventually(60, "the pinned dispatcher Ready with its host", || async {
+        let (status, _, hosts) = ready("pinned").await?;
+        (status == "True" && hosts == Some(1)).then_some(())
+    })
+    .await;
+    let wrong = eventually(60, "the wrong pin refused", || async {
+        let (status, message, _) = ready("wrong").await?;
+        (status == "False" && message.contains("TLS")).then_some(message)
+    })
+    .await;
+    assert!(
+        wrong.contains("does not match the pinned fingerprint"),
+        "{wrong}"
+    );
+    let ca = eventually(60, "the CA-marked certificate refused as a CA", || async {
+        let (status, message, _) = ready("ca").await?;
+        (status == "False" && message.contains("TLS")).then_some(message)
+    })
+    .await;
+    assert!(
+        ca.contains("fingerprint"),
+        "the refusal points at the pin: {ca}"
     );
 }

@@ -138,6 +138,7 @@ async fn redfish_scale() {
                     password_key: None,
                 },
                 tls: Some(RedfishTls {
+                    fingerprint: None,
                     ca_secret_ref: Some(SecretKeyRef {
                         name: "bmc-ca".into(),
                         key: None,

@@ -222,6 +222,7 @@ fn adapter(endpoint: &str) -> RedfishAdapter {
             username: "u".into(),
             password: "p".into(),
             ca_pem: None,
+            fingerprint: None,
             insecure_skip_verify: false,
             requests_per_second: 10_000,
             max_connections: 8,

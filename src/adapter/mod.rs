@@ -8,6 +8,7 @@ pub mod libvirt;
 pub mod redfish;
 pub mod simulator;
 pub mod store;
+pub mod tls;
 pub mod vsphere;
 
 use crate::api::{HostProvisioningState, PowerState};

@@ -272,16 +272,24 @@ pub struct CredentialsSecretRef {
     pub password_key: Option<String>,
 }
 
-/// TLS settings of a Redfish endpoint. `insecureSkipVerify` with a CA bundle is refused (a CEL
-/// rule, 422): one of them would be silently ignored.
+/// TLS settings of a Redfish endpoint: the CA that signed the BMC's certificate, or the one
+/// certificate to trust by its SHA-256 fingerprint (a self-signed BMC certificate, which rustls
+/// refuses as a CA when it is marked `CA:TRUE`), or — in a lab — none. Combinations that would
+/// silently ignore one setting are refused (CEL rules, 422).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, kube::KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("!(has(self.insecureSkipVerify) && self.insecureSkipVerify && has(self.caSecretRef))").message("insecureSkipVerify and caSecretRef exclude each other: trust the CA, or (in a lab only) skip verification"))]
+#[x_kube(validation = Rule::new("!(has(self.insecureSkipVerify) && self.insecureSkipVerify && (has(self.caSecretRef) || has(self.fingerprint)))").message("insecureSkipVerify excludes caSecretRef and fingerprint: trust the CA or the certificate, or (in a lab only) skip verification"))]
+#[x_kube(validation = Rule::new("!(has(self.caSecretRef) && has(self.fingerprint))").message("caSecretRef and fingerprint exclude each other: trust the CA, or pin the certificate"))]
 pub struct RedfishTls {
     /// Secret holding the PEM CA bundle that signed the BMC's certificate; only these CAs are
     /// trusted when set (the system's roots otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_secret_ref: Option<SecretKeyRef>,
+    /// Trust exactly the certificate with this SHA-256 fingerprint (hex, with or without colons,
+    /// as `openssl x509 -noout -fingerprint -sha256` prints it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9A-Fa-f]{2}:?){31}[0-9A-Fa-f]{2}$"))]
+    pub fingerprint: Option<String>,
     /// Accept any certificate. Off by default; only for lab BMCs.
     #[serde(default)]
     pub insecure_skip_verify: bool,

@@ -196,6 +196,7 @@ pub fn build(
             username: inputs.username,
             password: inputs.password,
             ca_pem: inputs.ca_pem,
+            fingerprint: spec.tls.as_ref().and_then(|t| t.fingerprint.clone()),
             insecure_skip_verify: spec.tls.as_ref().is_some_and(|t| t.insecure_skip_verify),
             requests_per_second: spec
                 .requests_per_second

@@ -51,6 +51,31 @@ pub fn self_signed() -> (String, String) {
     (ck.cert.pem(), ck.signing_key.serialize_pem())
 }
 
+/// The DER of the first certificate of a PEM text.
+pub fn pem_der(pem: &str) -> Vec<u8> {
+    use base64::Engine;
+    let body: String = pem
+        .lines()
+        .skip_while(|l| !l.starts_with("-----BEGIN"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("-----END"))
+        .collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .expect("PEM base64")
+}
+
+/// A self-signed certificate for 127.0.0.1 marked `CA:TRUE`, as many BMCs make theirs (rustls
+/// refuses it as a server certificate even when it is the trusted CA): (cert PEM, key PEM, DER).
+pub fn self_signed_ca_marked() -> (String, String, Vec<u8>) {
+    let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])
+        .expect("params");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = params.self_signed(&key).expect("certificate");
+    (cert.pem(), key.serialize_pem(), cert.der().to_vec())
+}
+
 fn bcrypt_line(user: &str, password: &str) -> String {
     let out = Command::new(venv_bin("python"))
         .args([
@@ -105,8 +130,17 @@ impl Emulator {
         session_timeout: Option<u64>,
         events: bool,
     ) -> Emulator {
+        Emulator::start_with_cert(systems, session_timeout, events, self_signed()).await
+    }
+
+    /// [`Emulator::start_with`] serving `cert` (cert PEM, key PEM).
+    pub async fn start_with_cert(
+        systems: usize,
+        session_timeout: Option<u64>,
+        events: bool,
+        (cert, key): (String, String),
+    ) -> Emulator {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (cert, key) = self_signed();
         let p = |n: &str| dir.path().join(n);
         std::fs::write(p("cert.pem"), &cert).expect("cert");
         std::fs::write(p("key.pem"), &key).expect("key");
@@ -216,10 +250,16 @@ impl Emulator {
     }
 
     /// A client that trusts the emulator's certificate and logs in.
+    /// A client of the test's own that trusts exactly the emulator's certificate (pinned: it
+    /// may be marked CA:TRUE, which rustls refuses as a server certificate).
     pub fn http(&self) -> reqwest::Client {
+        let fingerprint: String = osprov::adapter::tls::thumbprint_of(&pem_der(&self.cert_pem), 32)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         reqwest::Client::builder()
-            .add_root_certificate(
-                reqwest::Certificate::from_pem(self.cert_pem.as_bytes()).expect("cert"),
+            .use_preconfigured_tls(
+                osprov::adapter::tls::pinned_config(&fingerprint, "the emulator").expect("pin"),
             )
             .no_proxy()
             .build()
@@ -501,6 +541,7 @@ pub fn redfish_spec(emu: &Emulator, iso: &IsoServer, with_ca: bool) -> osprov::a
             password_key: None,
         },
         tls: with_ca.then(|| RedfishTls {
+            fingerprint: None,
             ca_secret_ref: Some(SecretKeyRef {
                 name: "bmc-ca".into(),
                 key: None,

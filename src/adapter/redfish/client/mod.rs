@@ -36,7 +36,7 @@ pub enum RedfishError {
     Auth(u16),
     #[error("the Redfish service refused the credentials recently; not trying again for {0:?}")]
     AuthCoolDown(Duration),
-    #[error("TLS with {endpoint} failed: {detail}; give the BMC's CA bundle in spec.redfish.tls.caSecretRef")]
+    #[error("TLS with {endpoint} failed: {detail}; give the BMC's CA bundle in spec.redfish.tls.caSecretRef, or pin its certificate with spec.redfish.tls.fingerprint")]
     Tls { endpoint: String, detail: String },
     #[error("cannot reach {url}: {detail}")]
     Connect { url: String, detail: String },
@@ -123,6 +123,8 @@ pub struct ClientConfig {
     pub password: String,
     /// PEM CA bundle; only these CAs are trusted when set.
     pub ca_pem: Option<Vec<u8>>,
+    /// SHA-256 fingerprint of the one certificate to trust (see `adapter::tls`).
+    pub fingerprint: Option<String>,
     pub insecure_skip_verify: bool,
     pub requests_per_second: u32,
     pub max_connections: usize,
@@ -140,6 +142,7 @@ impl std::fmt::Debug for ClientConfig {
             .field("username", &"<redacted>")
             .field("password", &"<redacted>")
             .field("ca_pem", &self.ca_pem.as_ref().map(|c| c.len()))
+            .field("fingerprint", &self.fingerprint)
             .field("insecure_skip_verify", &self.insecure_skip_verify)
             .field("auth", &self.auth)
             .finish()
@@ -543,7 +546,11 @@ fn http_client(
         .pool_max_idle_per_host(cfg.max_connections)
         .redirect(same_origin_redirects(&cfg.endpoint))
         .user_agent(concat!("osprov/", env!("CARGO_PKG_VERSION")));
-    if let Some(pem) = cfg.ca_pem.as_deref() {
+    if let Some(fp) = cfg.fingerprint.as_deref() {
+        let tls = crate::adapter::tls::pinned_config(fp, "the BMC")
+            .map_err(|e| RedfishError::Config(format!("tls.fingerprint: {e}")))?;
+        builder = builder.use_preconfigured_tls(tls);
+    } else if let Some(pem) = cfg.ca_pem.as_deref() {
         let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| {
             RedfishError::Config(format!("the TLS CA bundle is not valid PEM: {e}"))
         })?;
