@@ -114,22 +114,27 @@ impl CallbackHub {
 /// What the endpoint needs.
 pub struct CallbackState {
     pub hub: Arc<CallbackHub>,
-    /// Only the leader's adapters hold the stores; a standby says so instead of "unknown".
+    /// Only a leader whose caches are filled can say a key is unknown; otherwise the answer
+    /// is 503 (try again).
     pub health: Arc<super::metrics::Health>,
 }
 
-/// The callback router (`POST /callback/{token}`).
+/// The callback router (`POST /callback/{token}`), with the body and rate limits.
 pub fn router(state: Arc<CallbackState>) -> Router {
-    Router::new()
-        .route("/callback/{token}", post(callback))
-        .with_state(state)
+    super::callback_server::limited(
+        Router::new()
+            .route("/callback/{token}", post(callback))
+            .with_state(state),
+    )
 }
 
-/// Serve the callback endpoint until the task is dropped.
-pub async fn serve(addr: SocketAddr, state: Arc<CallbackState>) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    info!(%addr, "provisioning callback endpoint listening");
-    axum::serve(listener, router(state)).await
+/// Serve the callback endpoint (HTTPS when `tls` is given) until the task is dropped.
+pub async fn serve(
+    addr: SocketAddr,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    state: Arc<CallbackState>,
+) -> std::io::Result<()> {
+    super::callback_server::serve(addr, tls, router(state)).await
 }
 
 type Reply = (StatusCode, Json<Value>);

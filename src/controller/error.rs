@@ -24,6 +24,8 @@ pub enum Error {
     CleanupPending(String),
     #[error("leader election: {0}")]
     Leader(#[from] LeaderError),
+    #[error("invalid setting: {0}")]
+    Setting(String),
 }
 
 impl Error {
@@ -37,6 +39,7 @@ impl Error {
             Error::Json(_) => "Serialisation",
             Error::CleanupPending(_) => "CleanupPending",
             Error::Leader(_) => "Leader",
+            Error::Setting(_) => "Setting",
         }
     }
 

@@ -11,6 +11,7 @@
 //! health and metrics endpoint and the provisioning callback endpoint on standbys too.
 pub mod adapters;
 pub mod callback;
+pub mod callback_server;
 mod context;
 pub mod discovery_request;
 pub mod dispatchers;
@@ -154,13 +155,19 @@ pub async fn run_with(
     // Callbacks can reach any replica behind the Service: the leader records the outcome in the
     // operation's record; a standby answers 503 so the installer tries again.
     let callbacks = Arc::new(callback::CallbackHub::default());
+    let tls = match (&settings.callback_tls_cert, &settings.callback_tls_key) {
+        (Some(cert), Some(key)) => {
+            Some(callback_server::acceptor(cert, key).map_err(Error::Setting)?)
+        }
+        _ => None,
+    };
     let _callback_endpoint = settings.callback_addr.0.map(|addr| {
         let state = Arc::new(callback::CallbackState {
             hub: callbacks.clone(),
             health: health.clone(),
         });
         AbortOnDrop(tokio::spawn(async move {
-            if let Err(e) = callback::serve(addr, state).await {
+            if let Err(e) = callback::serve(addr, tls, state).await {
                 tracing::error!(error = %e, "provisioning callback endpoint stopped");
             }
         }))

@@ -154,7 +154,12 @@ pub fn callback_base(scope: &Scope) -> Option<String> {
         return Some(url.trim_end_matches('/').to_string());
     }
     let addr = s.callback_addr.0?;
-    (!addr.ip().is_unspecified()).then(|| format!("http://{addr}"))
+    let scheme = if s.callback_tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    (!addr.ip().is_unspecified()).then(|| format!("{scheme}://{addr}"))
 }
 
 /// The operation store of a dispatcher: Secrets in its namespace, anchored in the status of the

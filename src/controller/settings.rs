@@ -64,6 +64,13 @@ pub struct Settings {
     /// defaults to `http://<callback-addr>` when that is not a wildcard address.
     #[arg(long, env = "OSPROV_CALLBACK_URL")]
     pub callback_url: Option<String>,
+    /// PEM certificate chain of the callback endpoint (e.g. `tls.crt` of a Secret mounted from
+    /// cert-manager); with `--callback-tls-key` the endpoint speaks HTTPS only.
+    #[arg(long, env = "OSPROV_CALLBACK_TLS_CERT", requires = "callback_tls_key")]
+    pub callback_tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of the callback endpoint's certificate.
+    #[arg(long, env = "OSPROV_CALLBACK_TLS_KEY", requires = "callback_tls_cert")]
+    pub callback_tls_key: Option<std::path::PathBuf>,
     /// Log filter (`info`, `debug`, `osprov=debug,kube=info`…).
     #[arg(long, env = "OSPROV_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -100,6 +107,8 @@ impl Default for Settings {
             host_grace: Duration::from_secs(300),
             callback_addr: MetricsAddr(None),
             callback_url: None,
+            callback_tls_cert: None,
+            callback_tls_key: None,
             log_level: "info".into(),
             log_format: LogFormat::Text,
         }

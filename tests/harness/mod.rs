@@ -255,12 +255,12 @@ pub async fn post(url: &str, body: &str) -> u16 {
 
 /// Report an installer outcome the way the documented installer step does
 /// (`curl --retry … --retry-all-errors`): POST until the endpoint answers something other than
-/// "no answer" or `503 try again`, for at most 30 s; the last HTTP status.
+/// "no answer", `429 too many` or `503 try again`, for at most 30 s; the last HTTP status.
 pub async fn report(url: &str, body: &str) -> u16 {
     let mut status = 0;
     for _ in 0..60 {
         status = post(url, body).await;
-        if status != 0 && status != 503 {
+        if !matches!(status, 0 | 429 | 503) {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
