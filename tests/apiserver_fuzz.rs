@@ -240,7 +240,7 @@ async fn hostile_requests_get_a_4xx_status_and_change_nothing() {
     let kc = dir.path().join("kubeconfig");
     server.write_kubeconfig(&kc).expect("kubeconfig");
     let doc: Value =
-        serde_yaml::from_str(&std::fs::read_to_string(&kc).expect("read")).expect("yaml");
+        serde_norway::from_str(&std::fs::read_to_string(&kc).expect("read")).expect("yaml");
     let token = doc["users"][0]["user"]["token"]
         .as_str()
         .expect("token")

@@ -118,7 +118,7 @@ async fn check_crds(c: &TestCluster) {
     assert_eq!(files.len(), 3, "{files:?}");
     for path in files {
         let text = std::fs::read_to_string(&path).expect("CRD file");
-        let want: serde_json::Value = serde_yaml::from_str(&text).expect("CRD YAML");
+        let want: serde_json::Value = serde_norway::from_str(&text).expect("CRD YAML");
         let name = want["metadata"]["name"].as_str().expect("CRD name");
         let live = serde_json::to_value(crds.get(name).await.expect("CRD served")).expect("json");
         assert!(
@@ -187,8 +187,8 @@ async fn installed_grants(c: &TestCluster, sa: &str) -> BTreeMap<String, Access>
 
 /// A kubeconfig that authenticates with `token` (server and CA of the admin kubeconfig).
 fn token_kubeconfig(c: &TestCluster, token: &str) -> PathBuf {
-    let admin: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(&c.kubeconfig).expect("admin kubeconfig"))
+    let admin: serde_norway::Value =
+        serde_norway::from_str(&std::fs::read_to_string(&c.kubeconfig).expect("admin kubeconfig"))
             .expect("kubeconfig YAML");
     let cluster = &admin["clusters"][0]["cluster"];
     let doc = serde_json::json!({
@@ -203,7 +203,7 @@ fn token_kubeconfig(c: &TestCluster, token: &str) -> PathBuf {
         "current-context": "sa",
     });
     let path = c.dir().join("sa.kubeconfig");
-    std::fs::write(&path, serde_yaml::to_string(&doc).expect("YAML")).expect("kubeconfig");
+    std::fs::write(&path, serde_norway::to_string(&doc).expect("YAML")).expect("kubeconfig");
     path
 }
 

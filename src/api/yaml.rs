@@ -1,9 +1,9 @@
 //! YAML for the generated CRDs that every YAML reader parses the same way.
 //!
-//! `serde_yaml` writes YAML 1.2, where `On`, `Off`, `yes` or `n` are plain strings, so it leaves
+//! `serde_norway` writes YAML 1.2, where `On`, `Off`, `yes` or `n` are plain strings, so it leaves
 //! them unquoted. Kubernetes' own tooling (kubectl, Helm: sigs.k8s.io/yaml over go-yaml) reads
 //! YAML 1.1, where those words are booleans: `enum: [On, Off]` became `[true, false]` on a real
-//! kube-apiserver and every ManagedHost status write was refused. serde_yaml has no knob for
+//! kube-apiserver and every ManagedHost status write was refused. serde_norway has no knob for
 //! scalar styles, so its output is post-processed here: a plain scalar that is a YAML 1.1
 //! boolean word is single-quoted. The result is re-parsed and compared with the input, so the
 //! rewrite can never change what a YAML 1.2 reader sees.
@@ -12,12 +12,12 @@ use serde::Serialize;
 #[derive(Debug, thiserror::Error)]
 pub enum YamlError {
     #[error("serialising to YAML: {0}")]
-    Serialize(#[from] serde_yaml::Error),
+    Serialize(#[from] serde_norway::Error),
     #[error("quoting YAML 1.1 booleans changed the document (a bug in osprov)")]
     RoundTrip,
 }
 
-/// Words YAML 1.1 reads as booleans that YAML 1.2 (serde_yaml) leaves plain.
+/// Words YAML 1.1 reads as booleans that YAML 1.2 (serde_norway) leaves plain.
 fn yaml11_bool(s: &str) -> bool {
     matches!(
         s,
@@ -58,14 +58,14 @@ fn quote_line(line: &str) -> String {
 
 /// `value` as YAML that YAML 1.1 and YAML 1.2 readers parse identically.
 pub fn to_portable_yaml<T: Serialize>(value: &T) -> Result<String, YamlError> {
-    let plain = serde_yaml::to_string(value)?;
+    let plain = serde_norway::to_string(value)?;
     let mut out = String::with_capacity(plain.len() + 64);
     for line in plain.lines() {
         out.push_str(&quote_line(line));
         out.push('\n');
     }
-    let before: serde_yaml::Value = serde_yaml::from_str(&plain)?;
-    let after: serde_yaml::Value = serde_yaml::from_str(&out)?;
+    let before: serde_norway::Value = serde_norway::from_str(&plain)?;
+    let after: serde_norway::Value = serde_norway::from_str(&out)?;
     if before != after {
         return Err(YamlError::RoundTrip);
     }
@@ -95,7 +95,7 @@ mod tests {
             y.contains("- Unknown\n") && y.contains("text: Power is On\n"),
             "{y}"
         );
-        let back: serde_json::Value = serde_yaml::from_str(&y).expect("parses");
+        let back: serde_json::Value = serde_norway::from_str(&y).expect("parses");
         assert_eq!(back, doc);
     }
 

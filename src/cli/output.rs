@@ -53,7 +53,7 @@ pub fn list<T: Serialize>(format: Format, items: &[T]) -> Result<String, CliErro
 pub fn document<T: Serialize>(format: Format, doc: &T) -> Result<String, CliError> {
     let err = |e: &dyn std::fmt::Display| CliError::Output(e.to_string());
     match format {
-        Format::Yaml => serde_yaml::to_string(doc).map_err(|e| err(&e)),
+        Format::Yaml => serde_norway::to_string(doc).map_err(|e| err(&e)),
         _ => serde_json::to_string_pretty(doc)
             .map(|s| s + "\n")
             .map_err(|e| err(&e)),

@@ -121,7 +121,7 @@ impl TestCluster {
     /// The API server's address (host:port of the kubeconfig's server URL).
     pub fn api_addr(&self) -> std::net::SocketAddr {
         let text = std::fs::read_to_string(&self.kubeconfig).expect("kubeconfig");
-        let doc: serde_yaml::Value = serde_yaml::from_str(&text).expect("kubeconfig YAML");
+        let doc: serde_norway::Value = serde_norway::from_str(&text).expect("kubeconfig YAML");
         let server = doc["clusters"][0]["cluster"]["server"]
             .as_str()
             .expect("server URL");
@@ -135,14 +135,14 @@ impl TestCluster {
     /// A client (User-Agent `agent`) that reaches the API only through `proxy`.
     pub async fn client_via(&self, proxy: &proxy::Proxy, agent: &str) -> kube::Client {
         let text = std::fs::read_to_string(&self.kubeconfig).expect("kubeconfig");
-        let mut doc: serde_yaml::Value = serde_yaml::from_str(&text).expect("kubeconfig YAML");
+        let mut doc: serde_norway::Value = serde_norway::from_str(&text).expect("kubeconfig YAML");
         doc["clusters"][0]["cluster"]["server"] =
-            serde_yaml::Value::String(format!("https://{}", proxy.addr));
+            serde_norway::Value::String(format!("https://{}", proxy.addr));
         let path = self
             .dir
             .path()
             .join(format!("via-{}.kubeconfig", proxy.addr.port()));
-        std::fs::write(&path, serde_yaml::to_string(&doc).expect("yaml")).expect("kubeconfig");
+        std::fs::write(&path, serde_norway::to_string(&doc).expect("yaml")).expect("kubeconfig");
         client_for(&path, Some(agent)).await
     }
 
@@ -243,17 +243,17 @@ impl Drop for TestCluster {
 fn write_with_namespace(from: &Path, to: &Path, ns: &str) {
     use std::os::unix::fs::OpenOptionsExt;
     let text = std::fs::read_to_string(from).expect("admin kubeconfig");
-    let mut doc: serde_yaml::Value = serde_yaml::from_str(&text).expect("kubeconfig YAML");
+    let mut doc: serde_norway::Value = serde_norway::from_str(&text).expect("kubeconfig YAML");
     let current = doc["current-context"].as_str().map(str::to_string);
     if let Some(contexts) = doc["contexts"].as_sequence_mut() {
         for c in contexts {
             let selected = current.is_none() || c["name"].as_str() == current.as_deref();
             if selected {
-                c["context"]["namespace"] = serde_yaml::Value::String(ns.into());
+                c["context"]["namespace"] = serde_norway::Value::String(ns.into());
             }
         }
     }
-    let out = serde_yaml::to_string(&doc).expect("kubeconfig YAML");
+    let out = serde_norway::to_string(&doc).expect("kubeconfig YAML");
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)

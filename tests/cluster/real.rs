@@ -522,6 +522,6 @@ impl Pki {
             "contexts": [{"name": "real", "context": {"cluster": "real", "user": "admin"}}],
             "current-context": "real",
         });
-        serde_yaml::to_string(&doc).unwrap_or_default()
+        serde_norway::to_string(&doc).unwrap_or_default()
     }
 }

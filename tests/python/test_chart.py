@@ -158,8 +158,41 @@ def test_namespaced_install_grants_roles_in_the_watched_namespaces_only():
     assert by_kind(docs, "ClusterRole") == [] and by_kind(docs, "ClusterRoleBinding") == []
     g = grants(docs)
     assert set(g) == {"lab", "prod", NAMESPACE}
-    assert g["lab"] == g["prod"] == grants(render())["*"]
+    default = grants(render())
+    secrets = [t for t in default[NAMESPACE] if t[2] == "secrets"]
+    assert g["lab"] == g["prod"] == sorted(default["*"] + secrets)
     assert env(docs)["OSPROV_NAMESPACES"] == "lab,prod"
+
+
+SECRET_VERBS = {"get", "list", "create", "update", "delete"}
+
+
+def test_secrets_are_never_granted_cluster_wide():
+    default = grants(render())
+    assert not [t for t in default["*"] if t[2] == "secrets"], default["*"]
+    assert {t[0] for t in default[NAMESPACE] if t[2] == "secrets"} == SECRET_VERBS
+    listed = grants(render({"secretNamespaces": ["racks", "labs"]}))
+    assert not [t for t in listed["*"] if t[2] == "secrets"]
+    for ns in ("racks", "labs"):
+        assert {t[0] for t in listed[ns] if t[2] == "secrets"} == SECRET_VERBS
+    assert not [t for t in listed.get(NAMESPACE, []) if t[2] == "secrets"]
+
+
+def test_network_policy_opens_only_the_callback_and_metrics_ports():
+    np = one(render(), "NetworkPolicy")
+    assert np["spec"]["policyTypes"] == ["Ingress"]
+    assert np["spec"]["podSelector"]["matchLabels"].items() <= \
+        one(render(), "Deployment")["spec"]["template"]["metadata"]["labels"].items()
+    rules = np["spec"]["ingress"]
+    assert [r["ports"][0]["port"] for r in rules] == ["metrics"]
+    assert rules[0]["from"] == [{"podSelector": {}}], "metrics: this namespace only by default"
+    peers = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    docs = render({"callback": {"enabled": True}, "networkPolicy": {"metricsFrom": peers}})
+    rules = one(docs, "NetworkPolicy")["spec"]["ingress"]
+    assert [r["ports"][0]["port"] for r in rules] == ["metrics", "callback"]
+    assert rules[0]["from"] == peers
+    assert "from" not in rules[1], "the hosts being installed reach the callback from anywhere"
+    assert by_kind(render({"networkPolicy": {"enabled": False}}), "NetworkPolicy") == []
 
 
 def test_callback_service_only_when_enabled():

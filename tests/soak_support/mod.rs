@@ -278,7 +278,7 @@ pub fn kubeconfig(path: &Path, url: &str, token: Option<&str>, namespace: &str) 
         "contexts": [{"name": "soak", "context": {"cluster": "soak", "user": "soak", "namespace": namespace}}],
         "current-context": "soak",
     });
-    std::fs::write(path, serde_yaml::to_string(&doc).expect("yaml")).expect("kubeconfig");
+    std::fs::write(path, serde_norway::to_string(&doc).expect("yaml")).expect("kubeconfig");
 }
 
 /// A kube client from a kubeconfig file.
@@ -412,8 +412,8 @@ impl ApiUnderTest {
 fn upstream_tls(kubeconfig: &Path) -> (String, reqwest::Certificate, reqwest::Identity) {
     use base64::Engine;
     let text = std::fs::read_to_string(kubeconfig).expect("kubeconfig");
-    let doc: serde_yaml::Value = serde_yaml::from_str(&text).expect("kubeconfig YAML");
-    let field = |v: &serde_yaml::Value, what: &str| -> Vec<u8> {
+    let doc: serde_norway::Value = serde_norway::from_str(&text).expect("kubeconfig YAML");
+    let field = |v: &serde_norway::Value, what: &str| -> Vec<u8> {
         let b64 = v[what]
             .as_str()
             .unwrap_or_else(|| panic!("the soak needs {what} in {}", kubeconfig.display()));

@@ -52,7 +52,7 @@ impl TestApi {
     /// The bearer token from the kubeconfig, for raw HTTP requests.
     pub fn token(&self) -> String {
         let text = std::fs::read_to_string(&self.kubeconfig).expect("kubeconfig");
-        let doc: serde_json::Value = serde_yaml::from_str(&text).expect("yaml");
+        let doc: serde_json::Value = serde_norway::from_str(&text).expect("yaml");
         doc["users"][0]["user"]["token"]
             .as_str()
             .expect("token")

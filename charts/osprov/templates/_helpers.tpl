@@ -86,6 +86,12 @@ rules with the API requests the controller really makes, both ways):
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+{{- end }}
+
+{{/* Secrets: the dispatchers' account and CA Secrets, and the operation records. Granted only in
+the namespaces where dispatchers live (watchNamespaces, else secretNamespaces, else the release
+namespace), never cluster-wide. */}}
+{{- define "osprov.secretRules" -}}
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get", "list", "create", "update", "delete"]

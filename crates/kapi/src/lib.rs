@@ -260,7 +260,7 @@ impl ApiServer {
     pub fn write_kubeconfig(&self, path: &Path) -> Result<(), ApiServerError> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
-        let text = serde_yaml::to_string(&self.kubeconfig_json())
+        let text = serde_norway::to_string(&self.kubeconfig_json())
             .map_err(|e| ApiServerError::Kubeconfig(e.to_string()))?;
         let _ = std::fs::remove_file(path);
         let mut f = std::fs::OpenOptions::new()

@@ -1,6 +1,6 @@
 //! YAML request bodies (`application/yaml` creates and updates, `application/apply-patch+yaml`).
 //!
-//! libyaml, under `serde_yaml`, takes time quadratic in the nesting of flow collections before
+//! libyaml, under `serde_norway`, takes time quadratic in the nesting of flow collections before
 //! it reaches its own recursion limit of 128: 200 KB of `[` took 1.6 s and 100 KB of `{a: ` 4.7 s
 //! in a release build, so a 3 MiB body could hold a worker for minutes. [`parse`] first measures
 //! the flow nesting with one linear pass (outside quoted scalars and comments) and refuses a body
@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::error::{ApiError, ApiResult};
 
-/// libyaml's (serde_yaml's) own recursion limit: a document nested deeper fails to parse anyway.
+/// libyaml's (serde_norway's) own recursion limit: a document nested deeper fails to parse anyway.
 pub const MAX_DEPTH: usize = 128;
 
 /// The deepest nesting of flow collections (`[...]`, `{...}`) in `body`.
@@ -64,7 +64,7 @@ pub fn parse(body: &[u8]) -> ApiResult<Value> {
             "error decoding YAML: collections nested deeper than {MAX_DEPTH} levels"
         )));
     }
-    serde_yaml::from_slice(body)
+    serde_norway::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))
 }
 
