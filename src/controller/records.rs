@@ -96,6 +96,14 @@ fn api_err(e: kube::Error) -> StoreError {
     }
 }
 
+/// A record as a Secret's `data`.
+fn data_of(rec: &OpRecord) -> BTreeMap<String, ByteString> {
+    rec.to_fields()
+        .into_iter()
+        .map(|(k, v)| (k, ByteString(v.into_bytes())))
+        .collect()
+}
+
 fn stamp(t: Option<Timestamp>) -> Option<String> {
     t.map(|t| t.to_string())
 }
@@ -184,12 +192,7 @@ impl SecretStore {
                 finalizers: Some(vec![RECORD_FINALIZER.to_string()]),
                 ..Default::default()
             },
-            data: Some(
-                rec.to_fields()
-                    .into_iter()
-                    .map(|(k, v)| (k, ByteString(v.into_bytes())))
-                    .collect(),
-            ),
+            data: Some(data_of(rec)),
             type_: Some(SECRET_TYPE.to_string()),
             ..Default::default()
         }
@@ -488,12 +491,7 @@ mod tests {
                 uid: Some(uid.into()),
                 ..Default::default()
             },
-            data: Some(
-                rec.to_fields()
-                    .into_iter()
-                    .map(|(k, v)| (k, ByteString(v.into_bytes())))
-                    .collect(),
-            ),
+            data: Some(data_of(rec)),
             ..Default::default()
         }
     }

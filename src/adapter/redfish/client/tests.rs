@@ -29,12 +29,12 @@ fn errors_map_onto_adapter_errors() {
     );
 }
 
-#[test]
-fn credentials_never_show_in_debug() {
-    let cfg = ClientConfig {
-        endpoint: "https://bmc".into(),
-        username: "admin".into(),
-        password: "hunter2".into(),
+/// A configuration for `endpoint` with this account and no TLS settings.
+fn config(endpoint: &str, username: &str, password: &str) -> ClientConfig {
+    ClientConfig {
+        endpoint: endpoint.into(),
+        username: username.into(),
+        password: password.into(),
         ca_pem: None,
         fingerprint: None,
         insecure_skip_verify: false,
@@ -43,27 +43,19 @@ fn credentials_never_show_in_debug() {
         timeout: Duration::from_secs(1),
         attempts: 1,
         auth: RedfishAuth::Auto,
-    };
+    }
+}
+
+#[test]
+fn credentials_never_show_in_debug() {
+    let cfg = config("https://bmc", "admin", "hunter2");
     let text = format!("{cfg:?}");
     assert!(!text.contains("hunter2") && !text.contains("admin"));
 }
 
 #[test]
 fn requests_stay_on_the_services_origin() {
-    let cfg = ClientConfig {
-        endpoint: "https://bmc-1.example.net:8443/".into(),
-        username: "u".into(),
-        password: "p".into(),
-        ca_pem: None,
-        fingerprint: None,
-        insecure_skip_verify: false,
-        requests_per_second: 1,
-        max_connections: 1,
-        timeout: Duration::from_secs(1),
-        attempts: 1,
-        auth: RedfishAuth::Auto,
-    };
-    let c = Client::new(cfg).expect("client");
+    let c = Client::new(config("https://bmc-1.example.net:8443/", "u", "p")).expect("client");
     assert_eq!(
         c.target("/redfish/v1/Systems").ok().as_deref(),
         Some("https://bmc-1.example.net:8443/redfish/v1/Systems")
