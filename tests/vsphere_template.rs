@@ -5,6 +5,7 @@
 //! session of its own; vcsim's SOAP trace counts the copies, reconfigures and power tasks.
 mod cluster;
 mod harness;
+mod records_support;
 mod support;
 mod vsphere_support;
 
@@ -15,6 +16,7 @@ use osprov::adapter::vsphere::model::keys;
 use osprov::api::{ManagedHost, OSDispatcher, OSProvisioningRequest, Phase, PowerState};
 use osprov::controller::settings::Settings;
 use std::sync::Arc;
+use records_support::*;
 use std::time::Duration;
 use vsphere_support::*;
 
@@ -23,6 +25,7 @@ on_both_backends!(
     a_missing_template_fails_the_request_and_leaves_the_vm_alone,
     a_catalogue_that_does_not_fit_the_strategy_is_refused_by_the_api,
     a_request_deleted_mid_way_leaves_the_vm_ready_for_the_next_one,
+    a_record_lost_mid_swap_ends_the_attempt_without_repeating_a_step,
 );
 
 const TEMPLATE: &str = "tmpl-ubuntu";
@@ -280,4 +283,41 @@ async fn refused(
         }
         other => panic!("{other:?}"),
     }
+}
+
+async fn a_record_lost_mid_swap_ends_the_attempt_without_repeating_a_step(c: TestCluster) {
+    let sim = Vcsim::start_with(2, 0, &[TEMPLATE]);
+    account(&c).await;
+    let ctl = controller(&c);
+    let dispatchers: Api<OSDispatcher> = c.api();
+    let requests: Api<OSProvisioningRequest> = c.api();
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = c.api();
+    let spec = template_spec(&sim, &[("ubuntu-24.04", TEMPLATE)]);
+    create(&dispatchers, &vsphere_dispatcher("vc", spec, "1s")).await;
+    create(&requests, &request("r1", HOST, "ubuntu-24.04")).await;
+    // The controller dies once the copy was asked for; the record goes while it is down.
+    eventually(30, "the template's disk copied", || async {
+        (sim.count("CopyVirtualDisk_Task") >= 1).then_some(())
+    })
+    .await;
+    let name = record_name(&requests, "r1").await;
+    ctl.stop().await;
+    let steps = |sim: &Vcsim| {
+        (
+            sim.count("CopyVirtualDisk_Task"),
+            sim.count("PowerOffVM_Task"),
+            sim.count("ReconfigVM_Task"),
+        )
+    };
+    let before = steps(&sim);
+    lose_record(&secrets, &name).await;
+    let _ctl = controller(&c);
+    let message = wait_record_lost(&requests, "r1").await;
+    assert!(message.contains("deleted"), "{message}");
+    let after = steps(&sim);
+    assert_eq!(after, before, "no step of the swap was sent again");
+    assert!(
+        after.0 == 1 && after.1 <= 1 && after.2 <= 1,
+        "(copies, power-offs, reconfigures) = {after:?}"
+    );
 }
