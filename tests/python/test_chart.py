@@ -52,8 +52,8 @@ def test_rendered_objects_validate_against_kubernetes_schemas(variant):
     docs = render(VARIANTS[variant])
     assert docs
     for doc in docs:
-        if doc["apiVersion"].startswith("monitoring.coreos.com/"):
-            continue  # a prometheus-operator CRD: checked in test_service_monitor
+        if doc["apiVersion"].startswith(("monitoring.coreos.com/", "cert-manager.io/")):
+            continue  # CRDs of prometheus-operator and cert-manager: checked in their own tests
         kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
 
 
@@ -207,6 +207,35 @@ def test_callback_service_only_when_enabled():
     # Images reach the Service (its port, not the container's) by its in-cluster name.
     svc_name = svc["metadata"]["name"]
     assert e["OSPROV_CALLBACK_URL"] == f"http://{svc_name}.{NAMESPACE}.svc:443"
+
+
+def test_callback_tls_from_a_secret_or_cert_manager():
+    docs = render({"callback": {"enabled": True, "tls": {"secretName": "callback-cert"}}})
+    e = env(docs)
+    assert e["OSPROV_CALLBACK_TLS_CERT"] == "/etc/osprov/callback-tls/tls.crt"
+    assert e["OSPROV_CALLBACK_TLS_KEY"] == "/etc/osprov/callback-tls/tls.key"
+    assert e["OSPROV_CALLBACK_URL"].startswith("https://"), e["OSPROV_CALLBACK_URL"]
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    vol = next(v for v in pod["volumes"] if v["name"] == "callback-tls")
+    assert vol["secret"]["secretName"] == "callback-cert"
+    assert {"name": "callback-tls", "mountPath": "/etc/osprov/callback-tls", "readOnly": True} \
+        in container(docs)["volumeMounts"]
+    assert by_kind(docs, "Certificate") == []
+    issuer = {"name": "lab-ca", "kind": "ClusterIssuer"}
+    docs = render({"callback": {"enabled": True, "tls": {"certManager": {
+        "enabled": True, "issuerRef": issuer, "dnsNames": ["osprov.lab.example.net"]}}}})
+    cert = one(docs, "Certificate")
+    secret = next(v for v in one(docs, "Deployment")["spec"]["template"]["spec"]["volumes"]
+                  if v["name"] == "callback-tls")["secret"]["secretName"]
+    assert cert["spec"]["secretName"] == secret
+    assert cert["spec"]["issuerRef"] == issuer
+    assert "osprov.lab.example.net" in cert["spec"]["dnsNames"]
+    assert f"osprov-callback.{NAMESPACE}.svc" in cert["spec"]["dnsNames"]
+    with pytest.raises(helm.HelmError, match="issuerRef.name"):
+        render({"callback": {"enabled": True, "tls": {"certManager": {"enabled": True}}}})
+    # Without TLS: plain HTTP and no mount.
+    plain = env(render({"callback": {"enabled": True}}))
+    assert "OSPROV_CALLBACK_TLS_CERT" not in plain and plain["OSPROV_CALLBACK_URL"].startswith("http://")
 
 
 def test_callback_url_can_be_overridden():

@@ -103,6 +103,16 @@ else the callback Service's in-cluster DNS name and port. */}}
 {{- if .Values.callback.url }}
 {{- .Values.callback.url | trimSuffix "/" }}
 {{- else }}
-{{- printf "http://%s-callback.%s.svc:%d" (include "osprov.fullname" .) .Release.Namespace (int .Values.callback.service.port) }}
+{{- printf "%s://%s-callback.%s.svc:%d" (ternary "https" "http" (ne (include "osprov.callbackTlsSecret" .) "")) (include "osprov.fullname" .) .Release.Namespace (int .Values.callback.service.port) }}
+{{- end }}
+{{- end }}
+
+{{/* The Secret holding the callback endpoint's certificate: callback.tls.secretName, else
+<fullname>-callback-tls when cert-manager issues it, else none. */}}
+{{- define "osprov.callbackTlsSecret" -}}
+{{- if .Values.callback.tls.secretName }}
+{{- .Values.callback.tls.secretName }}
+{{- else if .Values.callback.tls.certManager.enabled }}
+{{- printf "%s-callback-tls" (include "osprov.fullname" .) }}
 {{- end }}
 {{- end }}
