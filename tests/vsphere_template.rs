@@ -15,8 +15,8 @@ use kube::api::{Api, PostParams};
 use osprov::adapter::vsphere::model::keys;
 use osprov::api::{ManagedHost, OSDispatcher, OSProvisioningRequest, Phase, PowerState};
 use osprov::controller::settings::Settings;
-use std::sync::Arc;
 use records_support::*;
+use std::sync::Arc;
 use std::time::Duration;
 use vsphere_support::*;
 

@@ -232,14 +232,14 @@ impl Client {
     /// to another origin.
     pub fn target(&self, path: &str) -> Result<String, RedfishError> {
         let url = self.url(path);
-        if same_origin(&url, &self.cfg.endpoint) {
+        if origin::same_origin(&url, &self.cfg.endpoint) {
             Ok(url)
         } else {
             Err(RedfishError::Unsupported(format!(
                 "the Redfish service linked to {} outside its own origin; osprov follows links \
                  on {} only",
-                origin(&url).unwrap_or("an unparsable URL"),
-                origin(&self.cfg.endpoint).unwrap_or(&self.cfg.endpoint)
+                origin::origin(&url).unwrap_or("an unparsable URL"),
+                origin::origin(&self.cfg.endpoint).unwrap_or(&self.cfg.endpoint)
             )))
         }
     }
@@ -519,21 +519,6 @@ impl Client {
     }
 }
 
-/// `scheme://host[:port]` of an absolute URL.
-fn origin(url: &str) -> Option<&str> {
-    let (scheme, rest) = url.split_once("://")?;
-    let host_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    url.get(..scheme.len() + 3 + host_end)
-}
-
-/// Whether two absolute URLs share scheme, host and port (case-insensitively).
-fn same_origin(a: &str, b: &str) -> bool {
-    match (origin(a), origin(b)) {
-        (Some(x), Some(y)) => x.eq_ignore_ascii_case(y),
-        _ => false,
-    }
-}
-
 /// A reqwest client for `cfg`'s TLS settings, with `timeout` for whole requests. Redirects are
 /// followed only on the endpoint's own origin.
 fn http_client(
@@ -544,7 +529,7 @@ fn http_client(
         .use_rustls_tls()
         .connect_timeout(cfg.timeout.min(Duration::from_secs(10)))
         .pool_max_idle_per_host(cfg.max_connections)
-        .redirect(same_origin_redirects(&cfg.endpoint))
+        .redirect(origin::same_origin_redirects(&cfg.endpoint))
         .user_agent(concat!("osprov/", env!("CARGO_PKG_VERSION")));
     if let Some(fp) = cfg.fingerprint.as_deref() {
         let tls = crate::adapter::tls::pinned_config(fp, "the BMC")
@@ -573,20 +558,6 @@ fn http_client(
     builder
         .build()
         .map_err(|e| RedfishError::Config(format!("cannot build the HTTP client: {e}")))
-}
-
-/// Follow at most 5 redirects, each on `endpoint`'s origin.
-fn same_origin_redirects(endpoint: &str) -> reqwest::redirect::Policy {
-    let home = endpoint.to_string();
-    reqwest::redirect::Policy::custom(move |attempt| {
-        if attempt.previous().len() >= 5 {
-            attempt.error("too many redirects")
-        } else if same_origin(attempt.url().as_str(), &home) {
-            attempt.follow()
-        } else {
-            attempt.error("a redirect off the Redfish service's origin was refused")
-        }
-    })
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -633,5 +604,6 @@ fn decode<T: DeserializeOwned>(url: &str, body: &[u8]) -> Result<T, RedfishError
     })
 }
 
+mod origin;
 #[cfg(test)]
 mod tests;
