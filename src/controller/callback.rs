@@ -17,6 +17,7 @@
 use super::records::SecretStore;
 use super::Scope;
 use crate::adapter::store::{OpStore, Outcome, OutcomeKind, StoreError};
+use crate::api::OSDispatcher;
 use crate::api::DISPATCHER_LABEL;
 use crate::provisioner::keys::DispKey;
 use axum::body::Bytes;
@@ -26,7 +27,6 @@ use axum::routing::post;
 use axum::{Json, Router};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
-use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -80,29 +80,14 @@ impl CallbackHub {
         scopes.push(Arc::downgrade(scope));
     }
 
-    /// Each (scope, namespace) with dispatchers, the namespace the index names for `key` first.
-    fn places(&self, key: &str) -> Vec<(Arc<Scope>, String)> {
-        let first = self.namespace_of(key);
-        let scopes: Vec<Arc<Scope>> = self
-            .scopes
+    /// The live scopes of this leader.
+    fn scopes(&self) -> Vec<Arc<Scope>> {
+        self.scopes
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
             .filter_map(Weak::upgrade)
-            .collect();
-        let mut places = Vec::new();
-        for scope in scopes {
-            let mut seen = std::collections::BTreeSet::new();
-            for d in scope.dispatchers.state() {
-                if let Some(ns) = d.metadata.namespace.clone() {
-                    if seen.insert(ns.clone()) {
-                        places.push((scope.clone(), ns));
-                    }
-                }
-            }
-        }
-        places.sort_by_key(|(_, ns)| Some(ns) != first.as_ref());
-        places
+            .collect()
     }
 
     /// Tokens whose outcome was just recorded.
@@ -187,16 +172,50 @@ fn valid_key(key: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
-/// The trusted record of `key` and the store of its dispatcher: in each namespace with
-/// dispatchers, the one Secret of that name (a `GET`), read through the store of the dispatcher
-/// it names when that dispatcher is this controller's.
+/// This provisioner's dispatchers in each scope, read from the API (not a cache, so a just
+/// restarted leader knows them too), as (scope, namespace, name), the namespace the index names
+/// for `key` first.
+async fn dispatchers(
+    hub: &CallbackHub,
+    key: &str,
+) -> Result<Vec<(Arc<Scope>, String, String)>, StoreError> {
+    let first = hub.namespace_of(key);
+    let mut found = Vec::new();
+    for scope in hub.scopes() {
+        let api: Api<OSDispatcher> = match scope.namespace.as_deref() {
+            Some(ns) => Api::namespaced(scope.shared.client.clone(), ns),
+            None => Api::all(scope.shared.client.clone()),
+        };
+        let list = api
+            .list(&Default::default())
+            .await
+            .map_err(|e| StoreError::Other(e.to_string()))?;
+        let me = &scope.shared.settings.identifier;
+        for d in list.items.into_iter().filter(|d| &d.spec.provisioner == me) {
+            if let (Some(ns), Some(name)) = (d.metadata.namespace, d.metadata.name) {
+                found.push((scope.clone(), ns, name));
+            }
+        }
+    }
+    found.sort_by_key(|(_, ns, _)| Some(ns) != first.as_ref());
+    Ok(found)
+}
+
+/// The trusted record of `key` and the store of its dispatcher: in each namespace with this
+/// provisioner's dispatchers, the one Secret of that name (a `GET`), read through the store of
+/// the dispatcher it names.
 async fn find(
     hub: &CallbackHub,
     key: &str,
 ) -> Result<Option<(Arc<SecretStore>, crate::adapter::store::OpRecord)>, StoreError> {
     let name = format!("osprov-op-{key}");
-    for (scope, ns) in hub.places(key) {
-        let api: Api<Secret> = Api::namespaced(scope.shared.client.clone(), &ns);
+    let owned = dispatchers(hub, key).await?;
+    let mut looked = std::collections::BTreeSet::new();
+    for (scope, ns, _) in &owned {
+        if !looked.insert(ns.clone()) {
+            continue;
+        }
+        let api: Api<Secret> = Api::namespaced(scope.shared.client.clone(), ns);
         let found = api
             .get_opt(&name)
             .await
@@ -207,18 +226,14 @@ async fn find(
         else {
             continue;
         };
-        let owned = scope
-            .dispatchers
-            .get(&ObjectRef::new(&dispatcher).within(&ns))
-            .is_some();
-        if !owned {
+        if !owned.iter().any(|(_, n, d)| n == ns && *d == dispatcher) {
             continue;
         }
         let key_of = DispKey {
             namespace: ns.clone(),
             name: dispatcher,
         };
-        let store = super::redfish::operation_store(&key_of, &scope);
+        let store = super::redfish::operation_store(&key_of, scope);
         if let Some(rec) = store.find_by_key(key).await? {
             return Ok(Some((store, rec)));
         }

@@ -214,21 +214,44 @@ impl SecretStore {
         let Some(rec) = parse(&s).filter(|r| ours && token_key(&r.token) == key) else {
             return Ok(None);
         };
-        self.get(&rec.token).await
+        // The request by the record's owner reference when the cache does not know it yet (a
+        // leader just started): the uid decides, so a wrong name finds nothing.
+        let uid = uid_of(&rec.token);
+        let hint = s
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .find(|o| o.uid == uid)
+            .map(|o| o.name.clone());
+        let Some(req) = self.request_named(&rec.token, hint).await? else {
+            // No live request: nothing to report to.
+            return Ok(None);
+        };
+        match current(&req, &rec.token) {
+            Some(op) => trusted(op.record.as_ref(), Some(&s)),
+            // An older attempt of a live request: as stored (its outcome changes nothing).
+            None => Ok(Some(rec)),
+        }
     }
 
     /// The live request of `token`, read from the API server (not a cache: trust is decided
     /// from it).
     async fn request(&self, token: &str) -> Result<Option<OSProvisioningRequest>, StoreError> {
+        self.request_named(token, None).await
+    }
+
+    /// [`Self::request`], trying `hint` as its name when the cache does not know the uid.
+    async fn request_named(
+        &self,
+        token: &str,
+        hint: Option<String>,
+    ) -> Result<Option<OSProvisioningRequest>, StoreError> {
         let uid = uid_of(token);
-        let Some(cached) = (self.lookup)(uid) else {
+        let Some(name) = (self.lookup)(uid).map(|r| r.name_any()).or(hint) else {
             return Ok(None);
         };
-        let fresh = self
-            .requests
-            .get_opt(&cached.name_any())
-            .await
-            .map_err(api_err)?;
+        let fresh = self.requests.get_opt(&name).await.map_err(api_err)?;
         Ok(fresh.filter(|r| r.metadata.uid.as_deref() == Some(uid)))
     }
 
