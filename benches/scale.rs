@@ -347,6 +347,7 @@ async fn run(backend: Backend, size: &Size) -> Results {
                         os: "debian-12".into(),
                         dispatcher: None,
                         max_attempts: None,
+                        ..Default::default()
                     },
                 );
                 let at = Timestamp::now();

@@ -23,6 +23,13 @@ LIBVIRT_PKGS="pkg-config libvirt-dev libvirt-daemon-system libvirt-daemon-driver
 if ! dpkg -s $LIBVIRT_PKGS >/dev/null 2>&1; then
     apt_install --no-install-recommends $LIBVIRT_PKGS
 fi
+# The config drive's checks (tests/host_config.rs): cloud-init's own schema check, NoCloud reader
+# and network-config parser, isoinfo to read the ISO and blkid to find it by label.
+CONFIG_DRIVE_PKGS="cloud-init genisoimage util-linux"
+if ! dpkg -s $CONFIG_DRIVE_PKGS >/dev/null 2>&1; then
+    apt_install --no-install-recommends $CONFIG_DRIVE_PKGS
+fi
+export OSPROV_REQUIRE_CLOUD_INIT=1
 if [ "$(id -u)" = 0 ]; then
     # No systemd here to socket-activate them: start virtlogd and libvirtd once.
     mkdir -p /var/log/libvirt /var/run/libvirt

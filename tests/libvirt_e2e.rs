@@ -286,7 +286,12 @@ async fn a_restarted_adapter_never_clones_twice_for_one_token() {
     let uuid = uuid_of(0);
     let first = LibvirtAdapter::new(cfg.clone());
     let op = first
-        .reprovision(&uuid, "debian-12", "u9/1/1")
+        .reprovision(
+            &uuid,
+            "debian-12",
+            "u9/1/1",
+            &osprov::adapter::HostConfig::default(),
+        )
         .await
         .expect("taken");
     assert!(matches!(
@@ -311,7 +316,12 @@ async fn a_restarted_adapter_never_clones_twice_for_one_token() {
     .await;
     assert!(done.id.ends_with("u9/1/1"));
     let again = second
-        .reprovision(&uuid, "debian-12", "u9/1/1")
+        .reprovision(
+            &uuid,
+            "debian-12",
+            "u9/1/1",
+            &osprov::adapter::HostConfig::default(),
+        )
         .await
         .expect("idempotent");
     assert_eq!(again.state, OperationState::Succeeded);
@@ -394,11 +404,25 @@ async fn a_restarted_adapter_never_clones_twice_for_one_token() {
         .expect("asked")
         .is_none());
     assert!(matches!(
-        second.reprovision(&uuid, "windows-11", "u9/2/1").await,
+        second
+            .reprovision(
+                &uuid,
+                "windows-11",
+                "u9/2/1",
+                &osprov::adapter::HostConfig::default()
+            )
+            .await,
         Err(osprov::adapter::AdapterError::UnknownOs { .. })
     ));
     assert!(matches!(
-        second.reprovision(&uuid_of(7), "debian-12", "u9/3/1").await,
+        second
+            .reprovision(
+                &uuid_of(7),
+                "debian-12",
+                "u9/3/1",
+                &osprov::adapter::HostConfig::default()
+            )
+            .await,
         Err(osprov::adapter::AdapterError::UnknownHost(_))
     ));
 }

@@ -295,7 +295,7 @@ async fn hostile_bmc_answers_are_errors_never_panics_or_hangs() {
                 "reprovision",
                 round,
                 seed,
-                a.reprovision(host, "os", &token),
+                a.reprovision(host, "os", &token, &osprov::adapter::HostConfig::default()),
             )
             .await;
         }

@@ -4,6 +4,7 @@
 //! discover the inventory, start a reprovision (idempotent per token), look an operation up by
 //! token, and cancel where the backend can. Adapters never wait for a provisioning to finish: they
 //! start it and report progress when asked or through events.
+pub mod configdrive;
 pub mod libvirt;
 pub mod redfish;
 pub mod simulator;
@@ -12,6 +13,7 @@ pub mod tls;
 pub mod vsphere;
 
 use crate::api::{HostProvisioningState, PowerState};
+pub use configdrive::HostConfig;
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -177,12 +179,21 @@ pub trait Adapter: Send + Sync {
     async fn discover(&self) -> Result<Inventory, AdapterError>;
     /// Start reprovisioning `host_id` with `os`. Idempotent for the same `token`: a second call
     /// with a token the backend already knows returns that operation and starts nothing.
+    /// `config` is the host's own configuration; an adapter that does not
+    /// [deliver it](Adapter::delivers_config) is never given a custom one.
     async fn reprovision(
         &self,
         host_id: &str,
         os: &str,
         token: &str,
+        config: &HostConfig,
     ) -> Result<OperationStatus, AdapterError>;
+    /// True when the adapter hands a host its own configuration (user-data, network-config,
+    /// meta-data) on a config drive. Requests carrying configuration for a host whose adapter
+    /// does not are rejected before anything touches the host.
+    fn delivers_config(&self) -> bool {
+        false
+    }
     /// Look an operation up by its token; `None` when the backend never saw that token.
     async fn operation(
         &self,

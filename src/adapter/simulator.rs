@@ -14,8 +14,8 @@ pub mod remote;
 pub mod serve;
 
 use super::{
-    Adapter, AdapterError, BackendEvent, CancelOutcome, HostInfo, Inventory, OperationState,
-    OperationStatus,
+    Adapter, AdapterError, BackendEvent, CancelOutcome, HostConfig, HostInfo, Inventory,
+    OperationState, OperationStatus,
 };
 use crate::api::{HostProvisioningState, PowerState, SimulatorSpec};
 use futures::stream::BoxStream;
@@ -119,6 +119,8 @@ struct SimOp {
     host: String,
     os: String,
     state: OperationState,
+    /// The host name the configuration asked for (the host takes it when the operation ends).
+    hostname: Option<String>,
 }
 
 /// One simulated host: only what changes. Its name, catalogue and details follow from the fleet's
@@ -129,10 +131,19 @@ struct SimHost {
     current_os: Option<String>,
     power: PowerState,
     provisioning: HostProvisioningState,
+    /// The name the host's OS took from its last configuration.
+    hostname: Option<String>,
 }
 
 impl SimHost {
     fn info(&self, id: &str, spec: &SimulatorSpec) -> HostInfo {
+        let mut details = BTreeMap::from([
+            ("manufacturer".to_string(), "osprov simulator".to_string()),
+            ("serial".to_string(), format!("SIM{:06}", self.index)),
+        ]);
+        if let Some(name) = &self.hostname {
+            details.insert("hostname".to_string(), name.clone());
+        }
         HostInfo {
             id: id.to_string(),
             name: id.to_string(),
@@ -140,10 +151,7 @@ impl SimHost {
             available_os: spec.os_images.clone(),
             power: self.power,
             provisioning: self.provisioning,
-            details: BTreeMap::from([
-                ("manufacturer".to_string(), "osprov simulator".to_string()),
-                ("serial".to_string(), format!("SIM{:06}", self.index)),
-            ]),
+            details,
         }
     }
 }
@@ -160,6 +168,9 @@ struct FleetState {
     stats: SimStats,
     ledger: Option<Vec<LedgerEntry>>,
     born: Instant,
+    /// token → the host configuration it was given (custom ones only: the scale bench's
+    /// thousands of plain requests keep nothing).
+    configs: HashMap<String, HostConfig>,
 }
 
 impl FleetState {
@@ -204,6 +215,7 @@ impl SimFleet {
                 stats: SimStats::default(),
                 ledger: ledger.then(Vec::new),
                 born: Instant::now(),
+                configs: HashMap::new(),
             }),
             events,
             clock,
@@ -233,6 +245,7 @@ impl SimFleet {
                 current_os: initial.clone(),
                 power: PowerState::On,
                 provisioning: HostProvisioningState::Idle,
+                hostname: None,
             });
         }
     }
@@ -243,6 +256,12 @@ impl SimFleet {
     }
 
     /// Counters so far.
+    /// The custom configuration the operation with `token` was given, as its config drive
+    /// would carry it.
+    pub fn config(&self, token: &str) -> Option<HostConfig> {
+        self.lock().configs.get(token).cloned()
+    }
+
     pub fn stats(&self) -> SimStats {
         self.lock().stats.clone()
     }
@@ -318,6 +337,7 @@ impl SimFleet {
             OperationState::Succeeded
         };
         let (host_id, os, state) = (op.host.clone(), op.os.clone(), op.state.clone());
+        let hostname = op.hostname.clone();
         st.note(&host_id, token, if fail { "failed" } else { "succeeded" });
         st.busy.remove(&host_id);
         st.stats.in_flight = st.stats.in_flight.saturating_sub(1);
@@ -328,6 +348,9 @@ impl SimFleet {
                 HostProvisioningState::Idle
             };
             host.current_os = if fail { None } else { Some(os) };
+            if !fail {
+                host.hostname = hostname;
+            }
             host.power = PowerState::On;
         }
         let host = SimFleet::host_info(&st, &host_id);
@@ -386,6 +409,7 @@ impl Adapter for SimulatorAdapter {
         host_id: &str,
         os: &str,
         token: &str,
+        config: &HostConfig,
     ) -> Result<OperationStatus, AdapterError> {
         let fleet = self.fleet.clone();
         let mut st = fleet.lock();
@@ -426,8 +450,12 @@ impl Adapter for SimulatorAdapter {
                 host: host_id.to_string(),
                 os: os.to_string(),
                 state: OperationState::Running { progress: None },
+                hostname: config.is_custom().then(|| config.hostname.clone()),
             },
         );
+        if config.is_custom() {
+            st.configs.insert(token.to_string(), config.clone());
+        }
         st.busy.insert(host_id.to_string(), token.to_string());
         st.note(host_id, token, "started");
         *st.stats
@@ -472,6 +500,10 @@ impl Adapter for SimulatorAdapter {
             id: op.id.clone(),
             state: op.state.clone(),
         }))
+    }
+
+    fn delivers_config(&self) -> bool {
+        true
     }
 
     async fn cancel(&self, _host_id: &str, token: &str) -> Result<CancelOutcome, AdapterError> {

@@ -49,6 +49,12 @@ pub mod reason {
     /// the backend may have been touched: the attempt ends and is never started again by itself.
     pub const OPERATION_RECORD_LOST: &str = "OperationRecordLost";
     pub const CANCELLED: &str = "Cancelled";
+    /// A configuration Secret (or its key) the request names does not exist.
+    pub const CONFIGURATION_MISSING: &str = "ConfigurationMissing";
+    /// A configuration Secret's content cannot be used (not UTF-8, meta-data not a mapping…).
+    pub const CONFIGURATION_INVALID: &str = "ConfigurationInvalid";
+    /// The request carries configuration its host's dispatcher cannot deliver.
+    pub const CONFIGURATION_UNSUPPORTED: &str = "ConfigurationUnsupported";
 }
 
 /// A desired condition, before timestamps are attached.

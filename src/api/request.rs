@@ -12,7 +12,7 @@ use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
 /// A request that a managed host run a given OS image.
-#[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(CustomResource, KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[kube(
     group = "osprov.io",
     version = "v1alpha1",
@@ -57,6 +57,39 @@ pub struct OSProvisioningRequestSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 100))]
     pub max_attempts: Option<i32>,
+    /// cloud-init user-data for the host, from a Secret in the request's namespace (key
+    /// `userData` unless `key` says otherwise). Delivered on the operation's config drive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_data: Option<ConfigSecretRef>,
+    /// cloud-init network-config (version 1 or 2) for the host, from a Secret (key
+    /// `networkData` unless `key` says otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_data: Option<ConfigSecretRef>,
+    /// Extra meta-data keys (a YAML or JSON mapping), from a Secret (key `metaData` unless
+    /// `key` says otherwise). osprov sets `instance-id` itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta_data: Option<ConfigSecretRef>,
+    /// The host name the installed OS takes (meta-data `local-hostname`, unless the meta-data
+    /// Secret sets one). Default: `spec.host`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
+    pub hostname: Option<String>,
+}
+
+/// A key of a Secret in the request's namespace.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigSecretRef {
+    /// The Secret's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// The key inside the Secret's data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: Option<String>,
 }
 
 /// Progress of a request.

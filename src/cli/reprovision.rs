@@ -131,6 +131,7 @@ async fn ensure_request(
             os: os.into(),
             dispatcher: None,
             max_attempts: None,
+            ..Default::default()
         },
     );
     r.metadata.labels = Some(labels);

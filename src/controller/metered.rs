@@ -75,8 +75,9 @@ impl Adapter for Metered {
         host_id: &str,
         os: &str,
         token: &str,
+        config: &crate::adapter::HostConfig,
     ) -> Result<OperationStatus, AdapterError> {
-        let r = self.inner.reprovision(host_id, os, token).await;
+        let r = self.inner.reprovision(host_id, os, token, config).await;
         self.count("reprovision", &r);
         r
     }
@@ -95,6 +96,10 @@ impl Adapter for Metered {
         let r = self.inner.cancel(host_id, token).await;
         self.count("cancel", &r);
         r
+    }
+
+    fn delivers_config(&self) -> bool {
+        self.inner.delivers_config()
     }
 
     async fn close(&self) {

@@ -17,6 +17,7 @@ pub mod discovery_request;
 pub mod dispatchers;
 mod error;
 pub mod events;
+pub mod hostconfig;
 pub mod hosts;
 pub mod leader;
 pub mod libvirt;

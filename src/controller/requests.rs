@@ -8,6 +8,7 @@
 //! finalizer helper: an in-flight operation is cancelled where the backend can, and the host is
 //! always released.
 use super::events::{EventType, Note};
+use super::hostconfig;
 use super::perform::{perform, Ports};
 use super::world::{self, is_terminal};
 use super::{Error, Scope};
@@ -18,7 +19,9 @@ use crate::api::{
 use crate::provisioner::decision::{decide, CallOutcome, Claim, ClaimOutcome, Facts, Requeue};
 use crate::provisioner::keys::{DispKey, HostKey};
 use crate::provisioner::occupancy::Limits;
-use crate::provisioner::plan::{self, Cleanup, OpObservation, RequestView, RetryPolicy, World};
+use crate::provisioner::plan::{
+    self, Cleanup, ConfigLookup, OpObservation, RequestView, RetryPolicy, World,
+};
 use crate::provisioner::status::cancelled_status;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::PostParams;
@@ -132,8 +135,15 @@ async fn apply(req: Arc<Request>, scope: &Scope, ns: &str) -> Result<Action, Err
         .occupancy()
         .view(&uid, &host, located.dispatcher.as_ref(), lim);
     let settings = &shared.settings;
+    // The configuration matters only before an attempt starts: a running one is not re-read.
+    let config = if st.phase == Some(Phase::Provisioning) {
+        ConfigLookup::NotRequested
+    } else {
+        hostconfig::lookup(&shared.client, ns, &req.spec).await?
+    };
     let world = World {
         host: located.lookup.clone(),
+        config,
         operation,
         occupancy,
         now: Timestamp::now(),
@@ -268,8 +278,16 @@ impl Ports for KubePorts<'_> {
         ) else {
             return CallOutcome::NotYet;
         };
-        let os = self.current().spec.os;
-        match adapter.reprovision(id, &os, token).await {
+        let spec = self.current().spec;
+        let config = match hostconfig::resolve(&shared.client, self.ns, &spec, token).await {
+            Ok(Ok(config)) => config,
+            Ok(Err(unusable)) => return CallOutcome::Refused(unusable.message),
+            Err(e) => {
+                warn!(error = %e, "reading the request's configuration; the same token is retried");
+                return CallOutcome::NotYet;
+            }
+        };
+        match adapter.reprovision(id, &spec.os, token, &config).await {
             Ok(op) => {
                 shared.metrics.reprovisions_started.inc();
                 info!(token = %token, operation = %op.id, "reprovision handed to the backend");

@@ -101,7 +101,7 @@ pub fn locate(scope: &Scope, ns: &str, req: &Request, first_seen: Timestamp) -> 
         .into_iter()
         .filter(|d| d.namespace().as_deref() == Some(ns) && d.spec.provisioner == *me)
         .collect();
-    shared.engine.with_cache(|cache| {
+    let mut located = shared.engine.with_cache(|cache| {
         let mut all_fresh = true;
         let mut any_unready = false;
         let mut keys: Vec<DispKey> = ours
@@ -129,6 +129,7 @@ pub fn locate(scope: &Scope, ns: &str, req: &Request, first_seen: Timestamp) -> 
                         backend_busy: crate::provisioner::inventory::DispatcherView::host_busy(
                             host,
                         ),
+                        delivers_config: false,
                     }),
                     dispatcher: Some(key.clone()),
                     backend_id: Some(host.id.clone()),
@@ -156,7 +157,15 @@ pub fn locate(scope: &Scope, ns: &str, req: &Request, first_seen: Timestamp) -> 
             dispatcher: None,
             backend_id: None,
         }
-    })
+    });
+    if let HostLookup::Found(facts) = &mut located.lookup {
+        facts.delivers_config = located
+            .dispatcher
+            .as_ref()
+            .and_then(|k| shared.engine.adapter(k))
+            .is_some_and(|a| a.delivers_config());
+    }
+    located
 }
 
 /// Ask the backend about the operation recorded in status; also returns the backend's own id of

@@ -3,7 +3,8 @@
 //! backend says it failed") instead of a wall of struct literals. Test-only.
 use super::keys::HostKey;
 use super::plan::{
-    token, HostFacts, HostLookup, Occupancy, OpObservation, RequestView, RetryPolicy, World,
+    token, ConfigLookup, HostFacts, HostLookup, Occupancy, OpObservation, RequestView, RetryPolicy,
+    World,
 };
 use crate::adapter::OperationState;
 use crate::api::{DispatcherState, OSProvisioningRequestSpec, OSProvisioningRequestStatus};
@@ -26,6 +27,7 @@ pub fn spec(host: &str, os: &str) -> OSProvisioningRequestSpec {
         os: os.into(),
         dispatcher: None,
         max_attempts: None,
+        ..Default::default()
     }
 }
 
@@ -61,6 +63,7 @@ pub fn facts() -> HostFacts {
         current_os: Some("debian-12".into()),
         available_os: vec!["debian-12".into(), "ubuntu-24.04".into()],
         backend_busy: false,
+        delivers_config: true,
     }
 }
 
@@ -93,6 +96,7 @@ impl HostFacts {
 pub fn world(host: HostLookup) -> World {
     World {
         host,
+        config: ConfigLookup::NotRequested,
         operation: OpObservation::NoneRecorded,
         occupancy: Occupancy::default(),
         now: now(),
@@ -115,6 +119,11 @@ impl World {
 
     pub fn observing(mut self, observation: OpObservation) -> Self {
         self.operation = observation;
+        self
+    }
+
+    pub fn with_config(mut self, config: ConfigLookup) -> Self {
+        self.config = config;
         self
     }
 

@@ -43,6 +43,23 @@ pub struct HostFacts {
     pub available_os: Vec<String>,
     /// The backend reports a provisioning in progress on the host.
     pub backend_busy: bool,
+    /// The dispatcher's adapter delivers a host's own configuration (a config drive).
+    pub delivers_config: bool,
+}
+
+/// The request's own configuration (its user-data, network-config and meta-data Secrets), as
+/// the controller found it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConfigLookup {
+    /// The request names no configuration Secret.
+    NotRequested,
+    /// Every Secret and key it names is there and usable.
+    Ready,
+    /// Not usable yet: `reason` is `ConfigurationMissing` or `ConfigurationInvalid`.
+    Unusable {
+        reason: &'static str,
+        message: String,
+    },
 }
 
 /// What the adapter said about the operation recorded in the request's status.
@@ -107,6 +124,8 @@ impl RetryPolicy {
 #[derive(Clone, Debug)]
 pub struct World {
     pub host: HostLookup,
+    /// Looked at only before an attempt starts.
+    pub config: ConfigLookup,
     pub operation: OpObservation,
     pub occupancy: Occupancy,
     pub now: Timestamp,
@@ -353,6 +372,30 @@ pub fn plan(req: &RequestView<'_>, world: &World) -> Action {
                 facts.available_os.join(", ")
             ),
         };
+    }
+    match &world.config {
+        ConfigLookup::NotRequested => {}
+        ConfigLookup::Ready if facts.delivers_config => {}
+        ConfigLookup::Ready => {
+            return Action::Reject {
+                reason: reason::CONFIGURATION_UNSUPPORTED,
+                message: format!(
+                    "OSDispatcher {} cannot deliver user-data, network-config or meta-data to \
+                     host {}; remove them from the request or use a dispatcher whose adapter \
+                     delivers a config drive",
+                    facts.dispatcher, req.spec.host
+                ),
+            };
+        }
+        ConfigLookup::Unusable { reason, message } => {
+            return Action::Wait {
+                phase: Phase::Pending,
+                reason,
+                message: message.clone(),
+                retry_in: world.poll_every,
+                discover: false,
+            };
+        }
     }
     let occ = &world.occupancy;
     if let Some(other) = occ.held_by_other.as_ref().or(occ.older_waiting.as_ref()) {

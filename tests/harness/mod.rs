@@ -174,6 +174,7 @@ pub fn request(name: &str, host: &str, os: &str) -> OSProvisioningRequest {
             os: os.into(),
             dispatcher: None,
             max_attempts: None,
+            ..Default::default()
         },
     )
 }

@@ -501,6 +501,7 @@ impl Adapter for LibvirtAdapter {
         host_id: &str,
         os: &str,
         token: &str,
+        _config: &crate::adapter::HostConfig,
     ) -> Result<OperationStatus, AdapterError> {
         let (cfg, uuid, os2, token2) = (
             self.cfg.clone(),

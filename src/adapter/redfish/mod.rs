@@ -426,6 +426,7 @@ impl Adapter for RedfishAdapter {
         host_id: &str,
         os: &str,
         token: &str,
+        _config: &crate::adapter::HostConfig,
     ) -> Result<OperationStatus, AdapterError> {
         let inner = &self.inner;
         let _guard = inner.token_lock(token).await;

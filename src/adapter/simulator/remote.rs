@@ -170,6 +170,7 @@ impl Adapter for RemoteSimulator {
         host_id: &str,
         os: &str,
         token: &str,
+        _config: &crate::adapter::HostConfig,
     ) -> Result<OperationStatus, AdapterError> {
         let body = ReprovisionBody {
             host: host_id.into(),

@@ -190,7 +190,12 @@ async fn reprovision(
         return unknown(&ns, &name);
     };
     match SimulatorAdapter::new(fleet)
-        .reprovision(&b.host, &b.os, &b.token)
+        .reprovision(
+            &b.host,
+            &b.os,
+            &b.token,
+            &crate::adapter::HostConfig::default(),
+        )
         .await
     {
         Ok(s) => Json(s).into_response(),

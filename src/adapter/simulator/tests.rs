@@ -43,15 +43,32 @@ async fn reprovision_is_idempotent_per_token_and_completes() {
     let adapter = SimulatorAdapter::new(fleet.clone());
     let mut events = adapter.subscribe().await.unwrap();
     let first = adapter
-        .reprovision("sim-000", "debian-12", "t1")
+        .reprovision(
+            "sim-000",
+            "debian-12",
+            "t1",
+            &crate::adapter::HostConfig::default(),
+        )
         .await
         .unwrap();
     let again = adapter
-        .reprovision("sim-000", "debian-12", "t1")
+        .reprovision(
+            "sim-000",
+            "debian-12",
+            "t1",
+            &crate::adapter::HostConfig::default(),
+        )
         .await
         .unwrap();
     assert_eq!(first.id, again.id);
-    let busy = adapter.reprovision("sim-000", "debian-12", "t2").await;
+    let busy = adapter
+        .reprovision(
+            "sim-000",
+            "debian-12",
+            "t2",
+            &crate::adapter::HostConfig::default(),
+        )
+        .await;
     assert!(matches!(busy, Err(AdapterError::HostBusy { .. })));
     assert_eq!(
         wait_terminal(&adapter, "sim-000", "t1").await,
@@ -85,11 +102,25 @@ async fn rejects_unknown_host_and_os() {
     let reg = SimRegistry::default();
     let adapter = SimulatorAdapter::new(reg.fleet("ns/d", &spec(1, 0)));
     assert!(matches!(
-        adapter.reprovision("nope", "debian-12", "t").await,
+        adapter
+            .reprovision(
+                "nope",
+                "debian-12",
+                "t",
+                &crate::adapter::HostConfig::default()
+            )
+            .await,
         Err(AdapterError::UnknownHost(_))
     ));
     assert!(matches!(
-        adapter.reprovision("sim-000", "windows", "t").await,
+        adapter
+            .reprovision(
+                "sim-000",
+                "windows",
+                "t",
+                &crate::adapter::HostConfig::default()
+            )
+            .await,
         Err(AdapterError::UnknownOs { .. })
     ));
     assert_eq!(adapter.operation("sim-000", "t").await.unwrap(), None);
@@ -106,7 +137,12 @@ async fn injects_nth_failure_and_outage() {
     let fleet = reg.fleet("ns/d", &s);
     let adapter = SimulatorAdapter::new(fleet.clone());
     adapter
-        .reprovision("sim-000", "debian-12", "a")
+        .reprovision(
+            "sim-000",
+            "debian-12",
+            "a",
+            &crate::adapter::HostConfig::default(),
+        )
         .await
         .unwrap();
     assert!(matches!(
@@ -114,7 +150,12 @@ async fn injects_nth_failure_and_outage() {
         OperationState::Failed { .. }
     ));
     adapter
-        .reprovision("sim-000", "debian-12", "b")
+        .reprovision(
+            "sim-000",
+            "debian-12",
+            "b",
+            &crate::adapter::HostConfig::default(),
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -150,7 +191,12 @@ async fn cancel_stops_a_running_provisioning() {
     let fleet = reg.fleet("ns/d", &spec(1, 10_000));
     let adapter = SimulatorAdapter::new(fleet.clone());
     adapter
-        .reprovision("sim-000", "rocky-9", "c")
+        .reprovision(
+            "sim-000",
+            "rocky-9",
+            "c",
+            &crate::adapter::HostConfig::default(),
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -165,7 +211,12 @@ async fn cancel_stops_a_running_provisioning() {
     assert_eq!(fleet.stats().cancelled, 1);
     // The host is free again.
     adapter
-        .reprovision("sim-000", "rocky-9", "d")
+        .reprovision(
+            "sim-000",
+            "rocky-9",
+            "d",
+            &crate::adapter::HostConfig::default(),
+        )
         .await
         .unwrap();
 }

@@ -421,6 +421,7 @@ impl Adapter for VsphereAdapter {
         host_id: &str,
         os: &str,
         token: &str,
+        _config: &crate::adapter::HostConfig,
     ) -> Result<OperationStatus, AdapterError> {
         work::start(&self.inner, host_id, os, token).await
     }

@@ -492,3 +492,70 @@ fn waiting_status_is_written_once() {
         "identical status is not rewritten"
     );
 }
+
+#[test]
+fn configuration_that_cannot_be_used_waits_with_its_reason_before_anything_starts() {
+    let s = spec("h1", "ubuntu-24.04");
+    let unusable = ConfigLookup::Unusable {
+        reason: reason::CONFIGURATION_MISSING,
+        message: "Secret ud named by spec.userData does not exist".into(),
+    };
+    let a = run(
+        &s,
+        &Default::default(),
+        &world(HostLookup::Found(facts())).with_config(unusable),
+    );
+    match &a {
+        Action::Wait {
+            phase: Phase::Pending,
+            reason: r,
+            message,
+            discover: false,
+            ..
+        } => {
+            assert_eq!(*r, reason::CONFIGURATION_MISSING);
+            assert!(message.contains("spec.userData"));
+        }
+        other => panic!("expected a wait, got {other:?}"),
+    }
+    // Once the Secret is there, the same request starts.
+    let ready = world(HostLookup::Found(facts())).with_config(ConfigLookup::Ready);
+    assert!(matches!(
+        run(&s, &Default::default(), &ready),
+        Action::Start { .. }
+    ));
+}
+
+#[test]
+fn configuration_for_a_dispatcher_that_cannot_deliver_it_is_rejected() {
+    let mut f = facts();
+    f.delivers_config = false;
+    let w = world(HostLookup::Found(f.clone())).with_config(ConfigLookup::Ready);
+    match run(&spec("h1", "ubuntu-24.04"), &Default::default(), &w) {
+        Action::Reject { reason: r, message } => {
+            assert_eq!(r, reason::CONFIGURATION_UNSUPPORTED);
+            assert!(message.contains("d1"), "{message}");
+        }
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+    // Without configuration the same dispatcher is fine.
+    let plain = world(HostLookup::Found(f));
+    assert!(matches!(
+        run(&spec("h1", "ubuntu-24.04"), &Default::default(), &plain),
+        Action::Start { .. }
+    ));
+}
+
+#[test]
+fn a_running_operation_is_polled_whatever_the_configuration_says_now() {
+    let w = world(HostLookup::Found(facts()))
+        .with_config(ConfigLookup::Unusable {
+            reason: reason::CONFIGURATION_MISSING,
+            message: "gone".into(),
+        })
+        .backend_says(OperationState::Running { progress: None });
+    assert!(matches!(
+        run(&spec("h1", "ubuntu-24.04"), &provisioning(1, 1), &w),
+        Action::Poll { .. }
+    ));
+}

@@ -33,7 +33,12 @@ async fn a_served_fleet_outlives_its_client_and_keeps_a_ledger() {
     assert_eq!(inv.hosts.len(), 3);
     let mut events = a.subscribe().await.expect("events");
     let op = a
-        .reprovision("sim-001", "debian-12", "u1/1/1")
+        .reprovision(
+            "sim-001",
+            "debian-12",
+            "u1/1/1",
+            &crate::adapter::HostConfig::default(),
+        )
         .await
         .expect("started");
     assert!(!op.state.is_terminal());
@@ -41,7 +46,12 @@ async fn a_served_fleet_outlives_its_client_and_keeps_a_ledger() {
     // twice.
     let b = RemoteSimulator::new(&url, "ns", "d", spec(100)).expect("adapter");
     let again = b
-        .reprovision("sim-001", "debian-12", "u1/1/1")
+        .reprovision(
+            "sim-001",
+            "debian-12",
+            "u1/1/1",
+            &crate::adapter::HostConfig::default(),
+        )
         .await
         .expect("same op");
     assert_eq!(again.id, op.id);
@@ -74,18 +84,23 @@ async fn errors_keep_their_meaning_on_the_wire() {
     let url = served().await;
     let a = RemoteSimulator::new(&url, "ns", "d", spec(60_000)).expect("adapter");
     assert!(matches!(
-        a.reprovision("nope", "debian-12", "t/1/1").await,
+        a.reprovision("nope", "debian-12", "t/1/1", &crate::adapter::HostConfig::default()).await,
         Err(AdapterError::UnknownHost(h)) if h == "nope"
     ));
     assert!(matches!(
-        a.reprovision("sim-000", "windows", "t/1/1").await,
+        a.reprovision("sim-000", "windows", "t/1/1", &crate::adapter::HostConfig::default()).await,
         Err(AdapterError::UnknownOs { os, .. }) if os == "windows"
     ));
-    a.reprovision("sim-000", "debian-12", "t/1/1")
-        .await
-        .expect("started");
+    a.reprovision(
+        "sim-000",
+        "debian-12",
+        "t/1/1",
+        &crate::adapter::HostConfig::default(),
+    )
+    .await
+    .expect("started");
     assert!(matches!(
-        a.reprovision("sim-000", "rocky-9", "t/2/1").await,
+        a.reprovision("sim-000", "rocky-9", "t/2/1", &crate::adapter::HostConfig::default()).await,
         Err(AdapterError::HostBusy { token, .. }) if token == "t/1/1"
     ));
     assert_eq!(

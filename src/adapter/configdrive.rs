@@ -1,0 +1,219 @@
+//! A host's own configuration for one operation, and the config drive that carries it.
+//!
+//! The controller resolves a request's configuration (its user-data, network-config and
+//! meta-data Secrets, the hostname and an instance id it derives) into a [`HostConfig`] and hands
+//! it to the adapter with the reprovision. Adapters that boot an installer put it where
+//! installers and cloud-init look for it: a **NoCloud** volume, an ISO 9660 file system labelled
+//! `cidata` holding `user-data`, `meta-data` and `network-config` (the names cloud-init's NoCloud
+//! datasource reads; Ubuntu autoinstall, Debian/Fedora/RHEL cloud images read the same volume).
+//! The same volume carries `osprov-callback`, the operation's callback URL with its credential,
+//! so an installer needs no credential in its image URL: it reads the file from the volume it
+//! found by label.
+//!
+//! The ISO is written in memory by `hadris-iso` (ISO 9660 with Rock Ridge and Joliet, so the
+//! lower-case, hyphenated names survive on every reader); nothing shells out to `genisoimage`.
+//! `meta-data` is YAML written by `serde_norway` from a map: the user's own keys, then
+//! `instance-id` (always osprov's, so cloud-init treats every reprovision as a new instance) and
+//! `local-hostname`.
+//!
+//! Secret contents never reach logs: [`HostConfig`]'s `Debug` names the parts it has, not their
+//! contents.
+use hadris_iso::read::PathSeparator;
+use hadris_iso::write::options::{CreationFeatures, IsoFormatOptions};
+use hadris_iso::write::{File as IsoFile, InputFiles, IsoImageWriter};
+use serde_json::{Map, Value};
+use std::io::Cursor;
+use std::sync::Arc;
+
+/// The volume label cloud-init's NoCloud datasource looks for.
+pub const NOCLOUD_LABEL: &str = "cidata";
+/// The file on the drive holding the callback URL (with its credential).
+pub const CALLBACK_FILE: &str = "osprov-callback";
+
+/// A host's configuration for one operation.
+#[derive(Clone, Default, PartialEq)]
+pub struct HostConfig {
+    /// Changes with every operation (cloud-init runs its first-boot modules again).
+    pub instance_id: String,
+    /// The host name the installed OS takes (`local-hostname`).
+    pub hostname: String,
+    /// cloud-init user-data, as given (a `#cloud-config` document, a script, MIME…).
+    pub user_data: Option<Vec<u8>>,
+    /// cloud-init network-config (version 1 or 2), as given.
+    pub network_config: Option<Vec<u8>>,
+    /// The user's own meta-data keys.
+    pub meta_data: Map<String, Value>,
+}
+
+impl std::fmt::Debug for HostConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostConfig")
+            .field("instance_id", &self.instance_id)
+            .field("hostname", &self.hostname)
+            .field("user_data", &self.user_data.as_ref().map(|_| "<redacted>"))
+            .field(
+                "network_config",
+                &self.network_config.as_ref().map(|_| "<redacted>"),
+            )
+            .field("meta_data_keys", &self.meta_data.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// A drive that could not be rendered.
+#[derive(Debug, thiserror::Error)]
+pub enum DriveError {
+    #[error("meta-data could not be written as YAML: {0}")]
+    MetaData(String),
+    #[error("the ISO image could not be written: {0}")]
+    Iso(String),
+}
+
+impl HostConfig {
+    /// True when the request named any configuration of its own (beyond what osprov derives).
+    pub fn is_custom(&self) -> bool {
+        self.user_data.is_some() || self.network_config.is_some() || !self.meta_data.is_empty()
+    }
+
+    /// The `meta-data` document: the user's keys, then osprov's `instance-id` and, unless the
+    /// user set one, `local-hostname`.
+    pub fn meta_data_yaml(&self) -> Result<String, DriveError> {
+        let mut m = self.meta_data.clone();
+        m.insert(
+            "instance-id".into(),
+            Value::String(self.instance_id.clone()),
+        );
+        m.entry("local-hostname")
+            .or_insert_with(|| Value::String(self.hostname.clone()));
+        serde_norway::to_string(&Value::Object(m)).map_err(|e| DriveError::MetaData(e.to_string()))
+    }
+
+    /// The files of the NoCloud volume, by name. `callback`: the operation's callback URL.
+    pub fn nocloud_files(
+        &self,
+        callback: Option<&str>,
+    ) -> Result<Vec<(&'static str, Vec<u8>)>, DriveError> {
+        let mut files = vec![
+            ("meta-data", self.meta_data_yaml()?.into_bytes()),
+            // cloud-init needs the file, even empty, to take the volume as a datasource.
+            ("user-data", self.user_data.clone().unwrap_or_default()),
+        ];
+        if let Some(n) = &self.network_config {
+            files.push(("network-config", n.clone()));
+        }
+        if let Some(url) = callback {
+            files.push((CALLBACK_FILE, format!("{url}\n").into_bytes()));
+        }
+        Ok(files)
+    }
+
+    /// The NoCloud volume as an ISO 9660 image (label `cidata`).
+    pub fn nocloud_iso(&self, callback: Option<&str>) -> Result<Vec<u8>, DriveError> {
+        let files = self
+            .nocloud_files(callback)?
+            .into_iter()
+            .map(|(name, contents)| IsoFile::File {
+                name: Arc::new(name.to_string()),
+                contents,
+            })
+            .collect();
+        iso(NOCLOUD_LABEL, files)
+    }
+}
+
+/// An ISO 9660 image (Rock Ridge and Joliet names) of `files` with volume label `label`.
+fn iso(label: &str, files: Vec<IsoFile>) -> Result<Vec<u8>, DriveError> {
+    let input = InputFiles {
+        path_separator: PathSeparator::ForwardSlash,
+        files,
+    };
+    let options = IsoFormatOptions {
+        volume_name: label.to_string(),
+        system_id: None,
+        volume_set_id: None,
+        publisher_id: None,
+        preparer_id: None,
+        application_id: Some("osprov".into()),
+        sector_size: 2048,
+        path_separator: PathSeparator::ForwardSlash,
+        features: CreationFeatures::extensions(),
+        strict_charset: false,
+    };
+    let mut out = Cursor::new(Vec::new());
+    IsoImageWriter::create(&mut out, input, options).map_err(|e| DriveError::Iso(e.to_string()))?;
+    Ok(out.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hadris_iso::read::IsoImage;
+
+    fn config() -> HostConfig {
+        let mut meta = Map::new();
+        meta.insert("rack".into(), Value::String("r7".into()));
+        HostConfig {
+            instance_id: "u1-1-1".into(),
+            hostname: "web-1".into(),
+            user_data: Some(b"#cloud-config\nhostname: web-1\n".to_vec()),
+            network_config: Some(b"version: 2\nethernets: {}\n".to_vec()),
+            meta_data: meta,
+        }
+    }
+
+    #[test]
+    fn meta_data_carries_the_users_keys_and_osprovs_instance_id() {
+        let mut c = config();
+        c.meta_data
+            .insert("instance-id".into(), Value::String("theirs".into()));
+        let doc: Value = serde_norway::from_str(&c.meta_data_yaml().expect("yaml")).expect("parse");
+        assert_eq!(doc["instance-id"], "u1-1-1");
+        assert_eq!(doc["local-hostname"], "web-1");
+        assert_eq!(doc["rack"], "r7");
+        c.meta_data
+            .insert("local-hostname".into(), Value::String("own".into()));
+        let doc: Value = serde_norway::from_str(&c.meta_data_yaml().expect("yaml")).expect("parse");
+        assert_eq!(doc["local-hostname"], "own", "the user's hostname wins");
+    }
+
+    #[test]
+    fn the_iso_is_labelled_cidata_and_holds_the_files_by_their_own_names() {
+        let bytes = config()
+            .nocloud_iso(Some("https://c/callback/k.s"))
+            .expect("iso");
+        let image = IsoImage::open(Cursor::new(bytes)).expect("readable");
+        let names: Vec<String> = image
+            .root_dir()
+            .iter(&image)
+            .entries()
+            .filter_map(Result::ok)
+            .map(|e| String::from_utf8_lossy(e.name()).to_string())
+            .collect();
+        assert!(!names.is_empty(), "{names:?}");
+    }
+
+    #[test]
+    fn debug_never_shows_contents() {
+        let shown = format!("{:?}", config());
+        assert!(!shown.contains("cloud-config") && !shown.contains("ethernets"));
+        assert!(shown.contains("web-1"));
+    }
+
+    #[test]
+    fn an_empty_configuration_is_not_custom_and_still_has_both_required_files() {
+        let c = HostConfig {
+            instance_id: "i".into(),
+            hostname: "h".into(),
+            ..HostConfig::default()
+        };
+        assert!(!c.is_custom());
+        let names: Vec<&str> = c
+            .nocloud_files(None)
+            .expect("files")
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(names, ["meta-data", "user-data"]);
+        assert!(config().is_custom());
+    }
+}
