@@ -323,8 +323,20 @@ async fn a_qemu_domain_boots_the_installer_iso_and_is_restored_after_the_callbac
     };
     let (_, id_before) = definition(0).await;
     let iso = lab.dir.path().join("installer.iso").display().to_string();
+    // The request carries configuration of its own: it goes on a config drive.
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = c.api();
+    let user_data = "#cloud-config\npackages: [htop]\n";
+    let mut secret = k8s_openapi::api::core::v1::Secret::default();
+    secret.metadata.name = Some("r1-user-data".into());
+    secret.string_data = Some([("userData".to_string(), user_data.to_string())].into());
+    create(&secrets, &secret).await;
     let mut r = request("r1", &lab.domain, "tiny-installer");
     r.spec.max_attempts = Some(1);
+    r.spec.user_data = Some(osprov::api::ConfigSecretRef {
+        name: "r1-user-data".into(),
+        key: None,
+    });
+    r.spec.hostname = Some("tiny-1".into());
     create(&requests, &r).await;
     let (live, id) = eventually(120, "QEMU restarted with the installer ISO", || async {
         let (live, id) = definition(0).await;
@@ -352,6 +364,45 @@ async fn a_qemu_domain_boots_the_installer_iso_and_is_restored_after_the_callbac
     );
     assert!(cmdline.contains(&iso), "QEMU has the ISO: {cmdline}");
     wait_phase(&requests, "r1", Phase::Provisioning, 10).await;
+    // The config drive: a volume of the pool on a CD-ROM of its own, which QEMU opened, holding
+    // the user-data, the hostname and the same callback URL.
+    let token = requests
+        .get("r1")
+        .await
+        .expect("r1")
+        .status
+        .and_then(|s| s.operation)
+        .map(|o| o.token)
+        .expect("token");
+    let drive_name = format!(
+        "{}-osprov-cidata-{}.iso",
+        lab.domain,
+        osprov::ident::short_hash(&token)
+    );
+    let drive = lab.dir.path().join(&drive_name).display().to_string();
+    assert!(
+        installer::attached(&live, "hdd", &drive).expect("live XML"),
+        "{live}"
+    );
+    assert!(
+        cmdline.contains(&drive),
+        "QEMU has the config drive: {cmdline}"
+    );
+    let read = |file: &str| {
+        let out = std::process::Command::new("isoinfo")
+            .args(["-R", "-i", &drive, "-x", &format!("/{file}")])
+            .output()
+            .expect("isoinfo (genisoimage)");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    assert_eq!(read("user-data"), user_data);
+    assert!(read("meta-data").contains("local-hostname: tiny-1"));
+    assert_eq!(read("osprov-callback").trim(), callback);
+    let blkid = std::process::Command::new("blkid")
+        .args(["-o", "value", "-s", "LABEL", &drive])
+        .output()
+        .expect("blkid");
+    assert_eq!(String::from_utf8_lossy(&blkid.stdout).trim(), "cidata");
 
     let status = reqwest::Client::builder()
         .no_proxy()
@@ -374,6 +425,10 @@ async fn a_qemu_domain_boots_the_installer_iso_and_is_restored_after_the_callbac
     );
     let (inactive, _) = definition(virt::sys::VIR_DOMAIN_XML_INACTIVE).await;
     assert!(installer::callback_url(&inactive).is_none(), "{inactive}");
+    assert!(
+        !lab.volumes().contains(&drive_name),
+        "the config drive is deleted with the operation"
+    );
     assert!(!inactive.contains("device='cdrom'"), "{inactive}");
     assert!(!inactive.contains("<boot dev='cdrom'/>"), "{inactive}");
     let (_, _, record) = {

@@ -501,7 +501,7 @@ impl Adapter for LibvirtAdapter {
         host_id: &str,
         os: &str,
         token: &str,
-        _config: &crate::adapter::HostConfig,
+        config: &crate::adapter::HostConfig,
     ) -> Result<OperationStatus, AdapterError> {
         let (cfg, uuid, os2, token2) = (
             self.cfg.clone(),
@@ -514,7 +514,9 @@ impl Adapter for LibvirtAdapter {
                 blocking(move || image::record_intent(&cfg, &uuid, &os2, &token2)).await?
             }
             LibvirtStrategy::Iso => {
-                let record = iso::start(&cfg, self.store()?.as_ref(), &uuid, &os2, &token2).await?;
+                let store = self.store()?;
+                let record =
+                    iso::start(&cfg, store.as_ref(), (&uuid, &os2, &token2), config).await?;
                 status_of(&uuid, &record)
             }
         };
@@ -551,6 +553,12 @@ impl Adapter for LibvirtAdapter {
             self.ensure_worker(host_id, token);
         }
         Ok(Some(status))
+    }
+
+    /// The `iso` strategy boots an installer, which reads a config drive; the `image` strategy
+    /// boots a disk as it is.
+    fn delivers_config(&self) -> bool {
+        self.cfg.strategy == LibvirtStrategy::Iso
     }
 
     async fn cancel(&self, host_id: &str, token: &str) -> Result<CancelOutcome, AdapterError> {

@@ -31,6 +31,8 @@ pub struct Undo {
     pub cdrom_xml: Option<String>,
     /// The domain's `<os><boot dev>` list before (empty: it had none).
     pub boot: Vec<String>,
+    /// Target device of the CD-ROM osprov added for the config drive, if it added one.
+    pub drive: Option<String>,
 }
 
 /// One `<disk>` of `<devices>`.
@@ -209,9 +211,14 @@ fn boot_elements(devs: &[String]) -> String {
         .collect()
 }
 
-/// A free CD-ROM target on `bus`.
-fn free_target(l: &Layout, bus: &str) -> String {
-    let used: Vec<&str> = l.disks.iter().filter_map(|d| d.target.as_deref()).collect();
+/// A free CD-ROM target on `bus`, other than `taken`.
+fn free_target(l: &Layout, bus: &str, taken: Option<&str>) -> String {
+    let used: Vec<&str> = l
+        .disks
+        .iter()
+        .filter_map(|d| d.target.as_deref())
+        .chain(taken)
+        .collect();
     let candidates: Vec<String> = if bus == "ide" {
         ["hdc", "hdd", "hdb", "hda"].map(String::from).to_vec()
     } else {
@@ -232,9 +239,14 @@ fn cdrom_element(iso: &str, target: &str, bus: &str) -> String {
     )
 }
 
-/// `domain_xml` booting `iso` from a CD-ROM first, with `callback_url` for the guest; and what
-/// to keep to undo it.
-pub fn attach(domain_xml: &str, iso: &str, callback_url: &str) -> Result<(String, Undo), XmlError> {
+/// `domain_xml` booting `iso` from a CD-ROM first, with `callback_url` for the guest and, when
+/// given, the config drive `drive` on a CD-ROM of its own; and what to keep to undo it.
+pub fn attach(
+    domain_xml: &str,
+    iso: &str,
+    drive: Option<&str>,
+    callback_url: &str,
+) -> Result<(String, Undo), XmlError> {
     let l = scan(domain_xml)?;
     let (Some(os_start), Some(os_end)) = (l.os_start, l.os_end) else {
         return Err(XmlError::Unsupported(
@@ -258,30 +270,36 @@ pub fn attach(domain_xml: &str, iso: &str, callback_url: &str) -> Result<(String
         ));
     }
     let mut edits = Edits::default();
-    let undo = match l.disks.iter().find(|d| d.device == "cdrom") {
+    let (undo, bus) = match l.disks.iter().find(|d| d.device == "cdrom") {
         Some(d) => {
             let target = d.target.clone().unwrap_or_else(|| "hdc".into());
             let bus = d.bus.clone().unwrap_or_else(|| "ide".into());
             edits.replace(d.span, cdrom_element(iso, &target, &bus));
             let original = domain_xml.get(d.span.0..d.span.1).unwrap_or_default();
-            Undo {
+            let undo = Undo {
                 cdrom: target,
                 cdrom_xml: Some(original.replace(['\n', '\r'], " ")),
-                boot: Vec::new(),
-            }
+                ..Undo::default()
+            };
+            (undo, bus)
         }
         None => {
             let q35 = l.machine.as_deref().is_some_and(|m| m.contains("q35"));
             let bus = if q35 { "sata" } else { "ide" };
-            let target = free_target(&l, bus);
+            let target = free_target(&l, bus, None);
             edits.insert(devices_end, cdrom_element(iso, &target, bus));
-            Undo {
+            let undo = Undo {
                 cdrom: target,
-                cdrom_xml: None,
-                boot: Vec::new(),
-            }
+                ..Undo::default()
+            };
+            (undo, bus.to_string())
         }
     };
+    let drive = drive.map(|path| {
+        let target = free_target(&l, &bus, Some(&undo.cdrom));
+        edits.insert(devices_end, cdrom_element(path, &target, &bus));
+        target
+    });
     let boot: Vec<String> = l.boots.iter().map(|(d, _)| d.clone()).collect();
     for (_, span) in &l.boots {
         edits.replace(*span, "");
@@ -302,7 +320,14 @@ pub fn attach(domain_xml: &str, iso: &str, callback_url: &str) -> Result<(String
             escape(&format!("{CALLBACK_PREFIX}{callback_url}"))
         ),
     );
-    Ok((edits.apply(domain_xml), Undo { boot, ..undo }))
+    Ok((
+        edits.apply(domain_xml),
+        Undo {
+            boot,
+            drive,
+            ..undo
+        },
+    ))
 }
 
 /// `domain_xml` with what [`attach`] changed restored. Safe to repeat.
@@ -315,6 +340,15 @@ pub fn detach(domain_xml: &str, undo: &Undo) -> Result<String, XmlError> {
         .find(|d| d.device == "cdrom" && d.target.as_deref() == Some(undo.cdrom.as_str()))
     {
         edits.replace(d.span, undo.cdrom_xml.clone().unwrap_or_default());
+    }
+    if let Some(drive) = &undo.drive {
+        for d in l
+            .disks
+            .iter()
+            .filter(|d| d.device == "cdrom" && d.target.as_deref() == Some(drive.as_str()))
+        {
+            edits.replace(d.span, "");
+        }
     }
     for (_, span) in &l.boots {
         edits.replace(*span, "");
@@ -368,18 +402,26 @@ pub fn callback_url(domain_xml: &str) -> Option<String> {
     }
 }
 
-/// The element that ejects the CD-ROM of `undo` on a running domain (`virDomainUpdateDeviceFlags`).
-pub fn eject_element(domain_xml: &str, undo: &Undo) -> Option<String> {
-    let l = scan(domain_xml).ok()?;
-    let d = l
-        .disks
-        .iter()
-        .find(|d| d.device == "cdrom" && d.target.as_deref() == Some(undo.cdrom.as_str()))?;
-    Some(format!(
-        "<disk type='file' device='cdrom'><target dev='{}' bus='{}'/><readonly/></disk>",
-        escape(&undo.cdrom),
-        escape(d.bus.as_deref().unwrap_or("ide"))
-    ))
+/// The elements that eject the CD-ROMs of `undo` (the installer's, then the config drive's) on a
+/// running domain (`virDomainUpdateDeviceFlags`).
+pub fn eject_elements(domain_xml: &str, undo: &Undo) -> Vec<String> {
+    let Ok(l) = scan(domain_xml) else {
+        return Vec::new();
+    };
+    std::iter::once(undo.cdrom.as_str())
+        .chain(undo.drive.as_deref())
+        .filter_map(|target| {
+            let d = l
+                .disks
+                .iter()
+                .find(|d| d.device == "cdrom" && d.target.as_deref() == Some(target))?;
+            Some(format!(
+                "<disk type='file' device='cdrom'><target dev='{}' bus='{}'/><readonly/></disk>",
+                escape(target),
+                escape(d.bus.as_deref().unwrap_or("ide"))
+            ))
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -11,12 +11,13 @@
 //!   SMBIOS strings are restored for its next cold start.
 use super::adapter::{catalogue_volume, connect, domain, read_record, write_record};
 use super::conn::{self, blocking};
+use super::drive;
 use super::installer::{self, Undo};
 use super::iso_steps::{self, Observed, Step};
 use super::xml::{Installer, Progress, Record};
 use super::LibvirtConfig;
 use crate::adapter::store::{self, OpRecord, OpStore, Outcome, OutcomeKind, StoreError};
-use crate::adapter::AdapterError;
+use crate::adapter::{AdapterError, HostConfig};
 use k8s_openapi::jiff::Timestamp;
 use std::time::Duration;
 use virt::domain::Domain;
@@ -38,15 +39,16 @@ fn inactive_xml(d: &Domain) -> Result<String, AdapterError> {
         .map_err(|e| conn::call("domain XML", &e))
 }
 
-/// Check and record `token`'s intent to install `os` on `uuid`. `Ok(None)`: recorded now (or
-/// before) and not finished; `Ok(Some(record))`: the domain's record of this token.
+/// Check and record `token`'s intent to install `os` on `uuid`; the domain's record of this
+/// token. A custom `config` is rendered on a config drive, uploaded as a volume of the image pool
+/// before the domain's record names it.
 pub(super) async fn start(
     cfg: &std::sync::Arc<LibvirtConfig>,
     store: &dyn OpStore,
-    uuid: &str,
-    os: &str,
-    token: &str,
+    target: (&str, &str, &str),
+    config: &HostConfig,
 ) -> Result<Record, AdapterError> {
+    let (uuid, os, token) = target;
     let base = cfg.callback_base.clone().ok_or_else(|| {
         AdapterError::Config(
             "the provisioning callback endpoint is off (set --callback-addr); an iso reprovision \
@@ -54,11 +56,12 @@ pub(super) async fn start(
                 .into(),
         )
     })?;
-    let (c2, u2, o2, t2) = (
+    let (c2, u2, o2, t2, b2) = (
         cfg.clone(),
         uuid.to_string(),
         os.to_string(),
         token.to_string(),
+        base.clone(),
     );
     let checked = blocking(move || {
         let c = connect(&c2)?;
@@ -77,7 +80,7 @@ pub(super) async fn start(
             .path()
             .map_err(|e| conn::call("the image volume's path", &e))?;
         // Refuse a domain the strategy cannot change before anything is recorded.
-        installer::attach(&inactive_xml(&d)?, &iso, &base).map_err(config_err)?;
+        installer::attach(&inactive_xml(&d)?, &iso, Some(&iso), &b2).map_err(config_err)?;
         Ok(Ok(iso))
     })
     .await?;
@@ -85,13 +88,23 @@ pub(super) async fn start(
         Err(existing) => return Ok(existing),
         Ok(iso) => iso,
     };
-    store
+    let op = store
         .create(OpRecord {
             boot_override: Some("cdrom".into()),
             ..OpRecord::starting(token, uuid, os, &iso)
         })
         .await
         .map_err(store_err)?;
+    let drive = if config.is_custom() {
+        let url = op.callback_url(&base);
+        let bytes = config
+            .nocloud_iso(Some(&url))
+            .map_err(|e| AdapterError::Config(format!("the config drive: {e}")))?;
+        let (c2, u2, t2) = (cfg.clone(), uuid.to_string(), token.to_string());
+        Some(blocking(move || drive::upload(&c2, &u2, &t2, &bytes)).await?)
+    } else {
+        None
+    };
     let record = Record {
         os: Some(os.to_string()),
         token: Some(token.to_string()),
@@ -100,6 +113,7 @@ pub(super) async fn start(
         message: None,
         installer: Some(Installer {
             iso,
+            drive,
             ..Default::default()
         }),
     };
@@ -245,6 +259,12 @@ pub(super) async fn work(
                         .await
                         .map_err(store_err)?;
                 }
+                // The drive holds the host's secrets and the callback credential: gone with
+                // the operation.
+                if let Some(path) = l.record.installer.as_ref().and_then(|i| i.drive.clone()) {
+                    let c2 = cfg.clone();
+                    blocking(move || drive::delete(&c2, &path)).await?;
+                }
                 let next = Record {
                     progress: Some(match kind {
                         OutcomeKind::Succeeded => Progress::Done,
@@ -282,12 +302,14 @@ pub(super) async fn work(
 /// Record the undo, then redefine the domain with the installer attached.
 fn attach(l: &Look, url: &str) -> Result<(), AdapterError> {
     let inst = l.record.installer.clone().unwrap_or_default();
-    let (_, undo) = installer::attach(&l.xml, &inst.iso, url).map_err(config_err)?;
+    let drive = inst.drive.as_deref();
+    let (_, undo) = installer::attach(&l.xml, &inst.iso, drive, url).map_err(config_err)?;
     if inst.undo.as_ref() != Some(&undo) {
         write_record(&l.d, &with_installer(&l.record, |i| i.undo = Some(undo)))?;
     }
     // Read again: the definition must carry the record just written.
-    let (xml, _) = installer::attach(&inactive_xml(&l.d)?, &inst.iso, url).map_err(config_err)?;
+    let (xml, _) =
+        installer::attach(&inactive_xml(&l.d)?, &inst.iso, drive, url).map_err(config_err)?;
     let c =
         l.d.connect()
             .map_err(|e| conn::call("domain connection", &e))?;
@@ -320,9 +342,9 @@ fn libvirt_step(step: Step, l: &Look) -> Result<(), AdapterError> {
                 .and_then(|i| i.undo.clone())
                 .unwrap_or_default();
             if l.observed.active {
-                if let Some(eject) = installer::eject_element(&l.xml, &undo) {
+                for eject in installer::eject_elements(&l.xml, &undo) {
                     if let Err(e) = d.update_device_flags(&eject, sys::VIR_DOMAIN_AFFECT_LIVE) {
-                        tracing::warn!(error = %e.message(), "ejecting the installer ISO from the running domain failed");
+                        tracing::warn!(error = %e.message(), "ejecting a CD-ROM of the operation from the running domain failed");
                     }
                 }
             }

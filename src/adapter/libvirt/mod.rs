@@ -4,7 +4,7 @@
 //!   reads and rewrites, its metadata record, the step machines of the `image` and `iso`
 //!   strategies, and which connection URIs are allowed.
 //!   They build without the `libvirt` feature, so their unit tests always run.
-//! - `conn`, `events`, `adapter`, `image`, `iso` (feature `libvirt`, linking libvirt through the
+//! - `conn`, `events`, `adapter`, `image`, `iso`, `drive` (feature `libvirt`, linking libvirt through the
 //!   `virt` crate, libvirt's own Rust bindings): shared connections with credentials, libvirt's
 //!   event loop and lifecycle callbacks, [`LibvirtAdapter`] itself, and the two strategies'
 //!   performers.
@@ -22,6 +22,8 @@ pub mod xml;
 mod adapter;
 #[cfg(feature = "libvirt")]
 mod conn;
+#[cfg(feature = "libvirt")]
+mod drive;
 #[cfg(feature = "libvirt")]
 mod events;
 #[cfg(feature = "libvirt")]

@@ -256,6 +256,8 @@ pub struct Installer {
     pub reset_from: Option<String>,
     /// The domain was started with the installer; never started again for this token.
     pub started: bool,
+    /// Path of the operation's config drive volume, when the request carries configuration.
+    pub drive: Option<String>,
 }
 
 impl Record {
@@ -279,6 +281,8 @@ impl Record {
             ("boot", boot.as_deref()),
             ("resetFrom", i.and_then(|i| i.reset_from.as_deref())),
             ("started", i.filter(|i| i.started).map(|_| "yes")),
+            ("drive", i.and_then(|i| i.drive.as_deref())),
+            ("driveTarget", undo.and_then(|u| u.drive.as_deref())),
         ];
         for (k, v) in fields.into_iter().chain(installer) {
             if let Some(v) = v {
@@ -326,6 +330,7 @@ fn installer(e: &BytesStart<'_>) -> Result<Option<Installer>, XmlError> {
                 .filter(|d| !d.is_empty())
                 .map(str::to_string)
                 .collect(),
+            drive: attr(e, "driveTarget")?,
         }),
         None => None,
     };
@@ -334,6 +339,7 @@ fn installer(e: &BytesStart<'_>) -> Result<Option<Installer>, XmlError> {
         undo,
         reset_from: attr(e, "resetFrom")?,
         started: attr(e, "started")?.as_deref() == Some("yes"),
+        drive: attr(e, "drive")?,
     }))
 }
 

@@ -33,7 +33,7 @@ const URL: &str = "http://osprov:8082/callback/k.s?a=1&b=2";
 
 #[test]
 fn an_existing_cdrom_takes_the_iso_and_boots_first() {
-    let (xml, undo) = attach(WITH_CDROM, ISO, URL).expect("attach");
+    let (xml, undo) = attach(WITH_CDROM, ISO, None, URL).expect("attach");
     assert!(attached(&xml, "hdc", ISO).expect("scan"));
     assert!(!attached(WITH_CDROM, "hdc", ISO).expect("scan"));
     assert_eq!(undo.cdrom, "hdc");
@@ -58,7 +58,7 @@ fn an_existing_cdrom_takes_the_iso_and_boots_first() {
 #[test]
 fn detach_restores_the_domain_byte_for_byte_and_repeats_safely() {
     for original in [WITH_CDROM, NO_CDROM_Q35] {
-        let (xml, undo) = attach(original, ISO, URL).expect("attach");
+        let (xml, undo) = attach(original, ISO, None, URL).expect("attach");
         let restored = detach(&xml, &undo).expect("detach");
         let squash = |s: &str| s.split_whitespace().collect::<String>();
         assert_eq!(squash(&restored), squash(original));
@@ -69,7 +69,7 @@ fn detach_restores_the_domain_byte_for_byte_and_repeats_safely() {
 
 #[test]
 fn a_domain_without_cdrom_gets_one_on_the_machines_bus() {
-    let (xml, undo) = attach(NO_CDROM_Q35, ISO, URL).expect("attach");
+    let (xml, undo) = attach(NO_CDROM_Q35, ISO, None, URL).expect("attach");
     assert_eq!(undo.cdrom_xml, None);
     assert_eq!(undo.cdrom, "sdb", "sda is the disk's");
     assert!(xml.contains("<target dev='sdb' bus='sata'/>"), "{xml}");
@@ -78,18 +78,48 @@ fn a_domain_without_cdrom_gets_one_on_the_machines_bus() {
     let pc = NO_CDROM_Q35
         .replace("pc-q35-8.2", "pc")
         .replace("'sda' bus='sata'", "'vda' bus='virtio'");
-    let (xml, undo) = attach(&pc, ISO, URL).expect("attach");
+    let (xml, undo) = attach(&pc, ISO, None, URL).expect("attach");
     assert_eq!(undo.cdrom, "hdc");
     assert!(xml.contains("bus='ide'"));
 }
 
 #[test]
-fn the_eject_element_names_the_cdrom() {
-    let (xml, undo) = attach(WITH_CDROM, ISO, URL).expect("attach");
+fn the_eject_elements_name_the_cdroms() {
+    let (xml, undo) = attach(WITH_CDROM, ISO, None, URL).expect("attach");
     assert_eq!(
-        eject_element(&xml, &undo).as_deref(),
-        Some("<disk type='file' device='cdrom'><target dev='hdc' bus='ide'/><readonly/></disk>")
+        eject_elements(&xml, &undo),
+        ["<disk type='file' device='cdrom'><target dev='hdc' bus='ide'/><readonly/></disk>"]
     );
+    let (xml, undo) = attach(WITH_CDROM, ISO, Some(DRIVE), URL).expect("attach");
+    assert_eq!(
+        eject_elements(&xml, &undo),
+        [
+            "<disk type='file' device='cdrom'><target dev='hdc' bus='ide'/><readonly/></disk>",
+            "<disk type='file' device='cdrom'><target dev='hdd' bus='ide'/><readonly/></disk>"
+        ]
+    );
+}
+
+const DRIVE: &str = "/pool/vm1-osprov-cidata-0123abcd.iso";
+
+#[test]
+fn the_config_drive_gets_a_cdrom_of_its_own_on_the_same_bus_and_goes_with_detach() {
+    for (original, installer, drive, bus) in [
+        (WITH_CDROM, "hdc", "hdd", "ide"),
+        (NO_CDROM_Q35, "sdb", "sdc", "sata"),
+    ] {
+        let (xml, undo) = attach(original, ISO, Some(DRIVE), URL).expect("attach");
+        assert_eq!(undo.cdrom, installer);
+        assert_eq!(undo.drive.as_deref(), Some(drive));
+        assert!(attached(&xml, installer, ISO).expect("scan"));
+        assert!(attached(&xml, drive, DRIVE).expect("scan"), "{xml}");
+        assert!(xml.contains(&format!("<target dev='{drive}' bus='{bus}'/>")));
+        let restored = detach(&xml, &undo).expect("detach");
+        let squash = |s: &str| s.split_whitespace().collect::<String>();
+        assert_eq!(squash(&restored), squash(original));
+        assert!(!restored.contains(DRIVE));
+        assert_eq!(detach(&restored, &undo).expect("again"), restored);
+    }
 }
 
 #[test]
@@ -101,15 +131,15 @@ fn unsupported_shapes_are_refused_with_a_reason() {
             "<target dev='vda' bus='virtio'/>",
             "<target dev='vda' bus='virtio'/><boot order='1'/>",
         );
-    let e = attach(&per_device, ISO, URL).expect_err("per-device boot order");
+    let e = attach(&per_device, ISO, None, URL).expect_err("per-device boot order");
     assert!(e.to_string().contains("per-device"), "{e}");
     let own_smbios = WITH_CDROM.replace(
         "<os>",
         "<sysinfo type='smbios'><bios><entry name='vendor'>X</entry></bios></sysinfo><os>",
     );
-    let e = attach(&own_smbios, ISO, URL).expect_err("own sysinfo");
+    let e = attach(&own_smbios, ISO, None, URL).expect_err("own sysinfo");
     assert!(e.to_string().contains("SMBIOS"), "{e}");
-    let e = attach("<domain><devices/></domain>", ISO, URL).expect_err("no os");
+    let e = attach("<domain><devices/></domain>", ISO, None, URL).expect_err("no os");
     assert!(e.to_string().contains("<os>"), "{e}");
-    assert!(attach("<domain><os><boot", ISO, URL).is_err());
+    assert!(attach("<domain><os><boot", ISO, None, URL).is_err());
 }

@@ -105,9 +105,11 @@ fn the_record_round_trips_and_an_empty_label_is_a_record_of_nothing() {
                     "<disk type='file' device='cdrom'><target dev='hdc'/></disk>".into(),
                 ),
                 boot: vec!["hd".into(), "network".into()],
+                drive: Some("hdd".into()),
             }),
             reset_from: Some("7".into()),
             started: true,
+            drive: Some("/pool/vm1-osprov-cidata-0a1b.iso".into()),
         }),
         ..r.clone()
     };
