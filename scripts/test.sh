@@ -30,6 +30,12 @@ if ! dpkg -s $CONFIG_DRIVE_PKGS >/dev/null 2>&1; then
     apt_install --no-install-recommends $CONFIG_DRIVE_PKGS
 fi
 export OSPROV_REQUIRE_CLOUD_INIT=1
+# The real guests of tests/real_os.rs (tests/guests/build.sh): a bootable installer ISO and two
+# tiny OS disks, built from Debian packages with these tools.
+GUEST_PKGS="xorriso syslinux isolinux syslinux-common mtools dosfstools cpio"
+if ! dpkg -s $GUEST_PKGS >/dev/null 2>&1; then
+    apt_install --no-install-recommends $GUEST_PKGS
+fi
 if [ "$(id -u)" = 0 ]; then
     # No systemd here to socket-activate them: start virtlogd and libvirtd once.
     mkdir -p /var/log/libvirt /var/run/libvirt

@@ -141,8 +141,16 @@ fn iso(label: &str, files: Vec<IsoFile>) -> Result<Vec<u8>, DriveError> {
     };
     let mut out = Cursor::new(Vec::new());
     IsoImageWriter::create(&mut out, input, options).map_err(|e| DriveError::Iso(e.to_string()))?;
-    Ok(out.into_inner())
+    let mut bytes = out.into_inner();
+    // 150 zero sectors after the file system, as mkisofs pads by default: Linux reads ahead on
+    // a CD-ROM, and on a medium that ends right after the file system that read fails and takes
+    // the label probe with it (busybox's `findfs LABEL=cidata` found nothing without it).
+    bytes.resize(bytes.len() + PADDING_SECTORS * SECTOR, 0);
+    Ok(bytes)
 }
+
+const SECTOR: usize = 2048;
+const PADDING_SECTORS: usize = 150;
 
 #[cfg(test)]
 mod tests {
@@ -181,6 +189,10 @@ mod tests {
         let bytes = config()
             .nocloud_iso(Some("https://c/callback/k.s"))
             .expect("iso");
+        assert!(bytes.len() >= (16 + 3 + PADDING_SECTORS) * SECTOR, "padded");
+        assert!(bytes[bytes.len() - PADDING_SECTORS * SECTOR..]
+            .iter()
+            .all(|b| *b == 0));
         let image = IsoImage::open(Cursor::new(bytes)).expect("readable");
         let names: Vec<String> = image
             .root_dir()

@@ -179,6 +179,8 @@ fn look(
         id: if active { d.id() } else { None },
         reset_from: inst.reset_from.clone(),
         started: inst.started,
+        run: inst.run.is_some(),
+        installed_boot: inst.installed_boot,
         outcome,
         timed_out,
     };
@@ -287,7 +289,12 @@ pub(super) async fn work(
                     .unwrap_or_default();
                 blocking(move || attach(&l, &url)).await?;
             }
-            Step::PowerOff | Step::Start | Step::AdoptStart | Step::Detach => {
+            Step::PowerOff
+            | Step::Start
+            | Step::AdoptStart
+            | Step::RecordRun
+            | Step::BootInstalled
+            | Step::Detach => {
                 blocking(move || libvirt_step(step, &l)).await?;
             }
         }
@@ -318,6 +325,24 @@ fn attach(l: &Look, url: &str) -> Result<(), AdapterError> {
     Ok(())
 }
 
+/// Redefine the domain without what attaching changed.
+fn restore(l: &Look) -> Result<(), AdapterError> {
+    let undo: Undo = l
+        .record
+        .installer
+        .as_ref()
+        .and_then(|i| i.undo.clone())
+        .unwrap_or_default();
+    // Read again: the definition carries the record as last written.
+    let restored = installer::detach(&inactive_xml(&l.d)?, &undo).map_err(config_err)?;
+    let c =
+        l.d.connect()
+            .map_err(|e| conn::call("domain connection", &e))?;
+    c.define_domain_xml(&restored)
+        .map_err(|e| conn::call("restoring the domain after the install", &e))?;
+    Ok(())
+}
+
 fn libvirt_step(step: Step, l: &Look) -> Result<(), AdapterError> {
     let d = &l.d;
     match step {
@@ -325,6 +350,21 @@ fn libvirt_step(step: Step, l: &Look) -> Result<(), AdapterError> {
             .destroy()
             .map_err(|e| conn::call("powering the domain off", &e)),
         Step::AdoptStart => write_record(d, &with_installer(&l.record, |i| i.started = true)),
+        Step::RecordRun => {
+            let run = d
+                .id()
+                .map(|id| id.to_string())
+                .unwrap_or_else(|| "?".into());
+            write_record(d, &with_installer(&l.record, |i| i.run = Some(run)))
+        }
+        Step::BootInstalled => {
+            let booted = with_installer(&l.record, |i| i.installed_boot = true);
+            write_record(d, &booted)?;
+            restore(l)?;
+            d.create()
+                .map(|_| ())
+                .map_err(|e| conn::call("starting the installed OS", &e))
+        }
         Step::Start => {
             write_record(d, &with_installer(&l.record, |i| i.started = true))?;
             if let Err(e) = d.create() {
@@ -348,13 +388,7 @@ fn libvirt_step(step: Step, l: &Look) -> Result<(), AdapterError> {
                     }
                 }
             }
-            let restored = installer::detach(&l.xml, &undo).map_err(config_err)?;
-            let c = d
-                .connect()
-                .map_err(|e| conn::call("domain connection", &e))?;
-            c.define_domain_xml(&restored)
-                .map_err(|e| conn::call("restoring the domain after the install", &e))?;
-            Ok(())
+            restore(l)
         }
         Step::Attach
         | Step::RecordReset

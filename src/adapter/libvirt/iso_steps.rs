@@ -8,6 +8,14 @@
 //! written *before* the domain is started, and a token whose record says so is never started
 //! again: a controller that dies between the two leaves a domain that stays off, which the
 //! callback timeout turns into a clear failure instead of a second install.
+//!
+//! An installer may report itself, or write the OS and power the machine off, leaving the report
+//! to the installed OS's first boot (as cloud-init's `phone_home` does): once the domain id of the
+//! installer's run is recorded (`run`), a domain that is off again has finished installing, so
+//! osprov restores the definition and starts the installed OS, once (`installedBoot` is recorded
+//! before the start), and waits for the report. A start recorded with no run id (the controller
+//! died before the domain started) still waits for the timeout: that domain never ran the
+//! installer.
 use crate::adapter::store::OutcomeKind;
 
 /// What libvirt and the operation record show of one `iso` operation.
@@ -24,6 +32,10 @@ pub struct Observed {
     pub reset_from: Option<String>,
     /// The start with the installer was recorded.
     pub started: bool,
+    /// The domain id of the installer's run was recorded.
+    pub run: bool,
+    /// The start of the installed OS was recorded.
+    pub installed_boot: bool,
     /// The installer's outcome (or a recorded timeout or cancel).
     pub outcome: Option<OutcomeKind>,
     /// No outcome and the callback timeout has passed since the power cycle.
@@ -43,6 +55,11 @@ pub enum Step {
     Start,
     /// The domain was started by someone else after the power-off: record `started` only.
     AdoptStart,
+    /// The installer runs: record its run's domain id.
+    RecordRun,
+    /// The installer powered the domain off: record `installedBoot`, restore the definition and
+    /// start the installed OS.
+    BootInstalled,
     /// The installer runs; wait for its callback.
     Wait,
     /// Record the timeout as the outcome.
@@ -78,7 +95,11 @@ pub fn next_step(o: &Observed) -> Step {
         };
     };
     if o.started {
-        return Step::Wait;
+        return match (o.active, o.run, o.installed_boot) {
+            (true, false, _) => Step::RecordRun,
+            (false, true, false) => Step::BootInstalled,
+            (true, true, _) | (false, false, _) | (false, true, true) => Step::Wait,
+        };
     }
     let same_run = o.id.is_some_and(|id| id.to_string() == from);
     match (o.active, same_run) {
@@ -117,6 +138,8 @@ mod tests {
                 id: active.then_some(3),
                 reset_from: None,
                 started: false,
+                run: false,
+                installed_boot: false,
                 outcome: None,
                 timed_out: false,
             },
@@ -143,6 +166,14 @@ mod tests {
                     w.starts += 1;
                 }
                 Step::AdoptStart => w.o.started = true,
+                Step::RecordRun => w.o.run = true,
+                Step::BootInstalled => {
+                    w.o.installed_boot = true;
+                    w.o.attached = false;
+                    (w.o.active, w.o.id) = (true, Some(w.next_id));
+                    w.next_id += 1;
+                    w.starts += 1;
+                }
                 Step::RecordTimeout => w.o.outcome = Some(OutcomeKind::Failed),
                 Step::Detach => w.o.attached = false,
                 Step::MarkFinished(_) => w.o.finished = true,
@@ -162,6 +193,7 @@ mod tests {
                 Step::RecordReset,
                 Step::PowerOff,
                 Step::Start,
+                Step::RecordRun,
                 Step::Wait
             ]
         );
@@ -169,7 +201,13 @@ mod tests {
         let (steps, _, _) = run(world(false));
         assert_eq!(
             steps,
-            [Step::Attach, Step::RecordReset, Step::Start, Step::Wait]
+            [
+                Step::Attach,
+                Step::RecordReset,
+                Step::Start,
+                Step::RecordRun,
+                Step::Wait
+            ]
         );
     }
 
@@ -203,6 +241,31 @@ mod tests {
             ]
         );
         assert_eq!(end.starts, 0);
+    }
+
+    #[test]
+    fn an_installer_that_powers_off_gets_the_installed_os_started_once() {
+        let (_, _, mut w) = run(world(true));
+        // The installer wrote the disk and powered off.
+        (w.o.active, w.o.id) = (false, None);
+        let (steps, seen, end) = run(w);
+        assert_eq!(steps, [Step::BootInstalled, Step::Wait]);
+        assert_eq!((end.starts, end.o.attached, end.o.active), (2, false, true));
+        // Resumed at any point, never a third start; the installed OS off again just waits.
+        for state in seen {
+            let (_, _, e) = run(state);
+            assert_eq!(e.starts, 2);
+        }
+        let mut off = end.clone();
+        (off.o.active, off.o.id) = (false, None);
+        assert_eq!(next_step(&off.o), Step::Wait);
+        // Its report ends the operation; nothing is attached any more.
+        off.o.outcome = Some(OutcomeKind::Succeeded);
+        let (steps, _, _) = run(off);
+        assert_eq!(
+            steps,
+            [Step::MarkFinished(OutcomeKind::Succeeded), Step::Finished]
+        );
     }
 
     #[test]

@@ -258,6 +258,10 @@ pub struct Installer {
     pub started: bool,
     /// Path of the operation's config drive volume, when the request carries configuration.
     pub drive: Option<String>,
+    /// The domain id of the installer's run.
+    pub run: Option<String>,
+    /// The installed OS was started (the installer had powered the domain off).
+    pub installed_boot: bool,
 }
 
 impl Record {
@@ -282,6 +286,11 @@ impl Record {
             ("resetFrom", i.and_then(|i| i.reset_from.as_deref())),
             ("started", i.filter(|i| i.started).map(|_| "yes")),
             ("drive", i.and_then(|i| i.drive.as_deref())),
+            ("run", i.and_then(|i| i.run.as_deref())),
+            (
+                "installedBoot",
+                i.filter(|i| i.installed_boot).map(|_| "yes"),
+            ),
             ("driveTarget", undo.and_then(|u| u.drive.as_deref())),
         ];
         for (k, v) in fields.into_iter().chain(installer) {
@@ -340,6 +349,8 @@ fn installer(e: &BytesStart<'_>) -> Result<Option<Installer>, XmlError> {
         reset_from: attr(e, "resetFrom")?,
         started: attr(e, "started")?.as_deref() == Some("yes"),
         drive: attr(e, "drive")?,
+        run: attr(e, "run")?,
+        installed_boot: attr(e, "installedBoot")?.as_deref() == Some("yes"),
     }))
 }
 

@@ -110,6 +110,8 @@ fn the_record_round_trips_and_an_empty_label_is_a_record_of_nothing() {
             reset_from: Some("7".into()),
             started: true,
             drive: Some("/pool/vm1-osprov-cidata-0a1b.iso".into()),
+            run: Some("8".into()),
+            installed_boot: true,
         }),
         ..r.clone()
     };
