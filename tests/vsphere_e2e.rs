@@ -29,6 +29,7 @@ on_both_backends!(
     a_vcenter_restarted_mid_install_gets_no_second_reconfigure_or_reset,
     a_silent_installer_fails_the_request_and_the_vm_is_restored,
     a_lost_or_replaced_record_never_resets_a_vm_twice,
+    the_configuration_reaches_the_guest_as_vmware_guestinfo,
 );
 
 fn controller(c: &TestCluster, callback: SocketAddr) -> RunningController {
@@ -318,4 +319,109 @@ async fn a_lost_or_replaced_record_never_resets_a_vm_twice(c: TestCluster) {
         "one reset per VM, whatever happened to the records"
     );
     drop(ctl);
+}
+
+/// A request's user-data, network-config and hostname reach the VM as the guestinfo keys of
+/// cloud-init's VMware datasource, which cloud-init's own decoder reads back (Debian's
+/// `cloud-init`; required where `OSPROV_REQUIRE_CLOUD_INIT` is set, as in CI). The keys stay after
+/// the install (cloud-init reads them on every boot); the callback URL goes.
+async fn the_configuration_reaches_the_guest_as_vmware_guestinfo(c: TestCluster) {
+    let sim = Vcsim::start(2);
+    account(&c, PASSWORD).await;
+    let callback = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let _ctl = controller(&c, callback);
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = c.api();
+    let mut secret = k8s_openapi::api::core::v1::Secret::default();
+    secret.metadata.name = Some("vm1-config".into());
+    secret.string_data = Some(
+        [
+            (
+                "userData".to_string(),
+                "#cloud-config\npackages: [htop]\n".to_string(),
+            ),
+            (
+                "networkData".to_string(),
+                "version: 2\nethernets: {}\n".to_string(),
+            ),
+        ]
+        .into(),
+    );
+    create(&secrets, &secret).await;
+    let dispatchers: Api<OSDispatcher> = c.api();
+    create(
+        &dispatchers,
+        &vsphere_dispatcher("vc", vsphere_spec(&sim), "1s"),
+    )
+    .await;
+    let requests: Api<OSProvisioningRequest> = c.api();
+    let mut r = once("r1", "dc0-c0-rp0-vm1", "debian-12");
+    let by = |key: &str| {
+        Some(osprov::api::ConfigSecretRef {
+            name: "vm1-config".into(),
+            key: Some(key.into()),
+        })
+    };
+    r.spec.user_data = by("userData");
+    r.spec.network_data = by("networkData");
+    r.spec.hostname = Some("vm1.example.org".into());
+    create(&requests, &r).await;
+    let url = installer_attached(&sim, "DC0_C0_RP0_VM1").await;
+    let soap = sim.client();
+    let during = vm(&soap, "DC0_C0_RP0_VM1").await;
+    let key = |k: &str| during.extra(k).map(str::to_string).unwrap_or_default();
+    assert_eq!(key("guestinfo.metadata.encoding"), "base64");
+    assert_eq!(key("guestinfo.userdata.encoding"), "base64");
+    read_with_cloud_init(&key("guestinfo.metadata"), &key("guestinfo.userdata"));
+    assert_eq!(report(&url, r#"{"status":"succeeded"}"#).await, 200);
+    wait_phase(&requests, "r1", Phase::Succeeded, 30).await;
+    let after = vm(&soap, "DC0_C0_RP0_VM1").await;
+    assert_eq!(after.extra(keys::CALLBACK), None);
+    assert!(after.extra("guestinfo.userdata").is_some());
+    assert_eq!(
+        vm(&soap, "DC0_C0_RP0_VM0")
+            .await
+            .extra("guestinfo.userdata"),
+        None,
+        "nobody asked for VM0"
+    );
+}
+
+/// Decode the keys with cloud-init's VMware datasource (through its environment-variable
+/// access method, which reads the same keys as guestinfo).
+fn read_with_cloud_init(metadata: &str, userdata: &str) {
+    let python = std::path::Path::new("/usr/bin/python3");
+    let has = std::process::Command::new(python)
+        .args(["-c", "import cloudinit.sources.DataSourceVMware"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has {
+        assert!(
+            std::env::var_os("OSPROV_REQUIRE_CLOUD_INIT").is_none(),
+            "OSPROV_REQUIRE_CLOUD_INIT is set but cloud-init is not installed"
+        );
+        eprintln!("skipping the cloud-init check: cloud-init is not installed");
+        return;
+    }
+    let script = "from cloudinit.sources import DataSourceVMware as v\n\
+                  md = v.process_metadata(v.load_json_or_yaml(v.guestinfo_envvar('metadata')))\n\
+                  print(md['local-hostname'], md['network']['config']['version'], \
+                  md['instance-id'].startswith('osprov-'), repr(v.guestinfo_envvar('userdata')))";
+    let out = std::process::Command::new(python)
+        .args(["-c", script])
+        .env("VMX_GUESTINFO_METADATA", metadata)
+        .env("VMX_GUESTINFO_METADATA_ENCODING", "base64")
+        .env("VMX_GUESTINFO_USERDATA", userdata)
+        .env("VMX_GUESTINFO_USERDATA_ENCODING", "base64")
+        .output()
+        .expect("python3");
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        text,
+        "vm1.example.org 2 True '#cloud-config\\npackages: [htop]\\n'"
+    );
 }

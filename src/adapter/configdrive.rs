@@ -121,6 +121,44 @@ impl HostConfig {
     }
 }
 
+/// The extraConfig keys cloud-init's VMware datasource reads.
+pub mod guestinfo {
+    pub const METADATA: &str = "guestinfo.metadata";
+    pub const METADATA_ENCODING: &str = "guestinfo.metadata.encoding";
+    pub const USERDATA: &str = "guestinfo.userdata";
+    pub const USERDATA_ENCODING: &str = "guestinfo.userdata.encoding";
+}
+
+impl HostConfig {
+    /// The configuration as cloud-init's VMware datasource reads it from a VM's guestinfo:
+    /// `guestinfo.metadata` (the meta-data, with the network-config under `network`) and
+    /// `guestinfo.userdata`, each base64 with its `.encoding` key.
+    pub fn vmware_guestinfo(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, String>, DriveError> {
+        use base64::Engine;
+        let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+        let mut meta = self.clone();
+        if let Some(n) = &self.network_config {
+            meta.meta_data
+                .insert("network".into(), Value::String(b64(n)));
+            meta.meta_data
+                .insert("network.encoding".into(), Value::String("base64".into()));
+        }
+        let mut keys = std::collections::BTreeMap::new();
+        keys.insert(
+            guestinfo::METADATA.to_string(),
+            b64(meta.meta_data_yaml()?.as_bytes()),
+        );
+        keys.insert(guestinfo::METADATA_ENCODING.to_string(), "base64".into());
+        if let Some(u) = &self.user_data {
+            keys.insert(guestinfo::USERDATA.to_string(), b64(u));
+            keys.insert(guestinfo::USERDATA_ENCODING.to_string(), "base64".into());
+        }
+        Ok(keys)
+    }
+}
+
 /// An ISO 9660 image (Rock Ridge and Joliet names) of `files` with volume label `label`.
 fn iso(label: &str, files: Vec<IsoFile>) -> Result<Vec<u8>, DriveError> {
     let input = InputFiles {
@@ -202,6 +240,27 @@ mod tests {
             .map(|e| String::from_utf8_lossy(e.name()).to_string())
             .collect();
         assert!(!names.is_empty(), "{names:?}");
+    }
+
+    #[test]
+    fn guestinfo_carries_meta_data_with_the_network_and_user_data_in_base64() {
+        use base64::Engine;
+        let keys = config().vmware_guestinfo().expect("keys");
+        let decode = |k: &str| {
+            let v = base64::engine::general_purpose::STANDARD
+                .decode(&keys[k])
+                .expect("base64");
+            String::from_utf8(v).expect("utf-8")
+        };
+        assert_eq!(
+            decode(guestinfo::USERDATA),
+            "#cloud-config\nhostname: web-1\n"
+        );
+        let meta: Value = serde_norway::from_str(&decode(guestinfo::METADATA)).expect("yaml");
+        assert_eq!(meta["local-hostname"], "web-1");
+        assert_eq!(meta["network.encoding"], "base64");
+        assert_eq!(keys[guestinfo::METADATA_ENCODING], "base64");
+        assert_eq!(keys[guestinfo::USERDATA_ENCODING], "base64");
     }
 
     #[test]

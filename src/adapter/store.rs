@@ -102,6 +102,9 @@ pub struct OpRecord {
     pub cleaned: bool,
     /// Set once the image was copied for the host (vSphere `template`: the disk copy).
     pub copied_at: Option<Timestamp>,
+    /// extraConfig keys the host's configuration is delivered in (vSphere: cloud-init's VMware
+    /// datasource keys), set with the installer. Empty: none.
+    pub guestinfo: BTreeMap<String, String>,
     /// Store version for optimistic concurrency (a resourceVersion).
     pub version: Option<String>,
 }
@@ -122,6 +125,7 @@ impl OpRecord {
             outcome: None,
             cleaned: false,
             copied_at: None,
+            guestinfo: BTreeMap::new(),
             version: None,
         }
     }
@@ -163,6 +167,12 @@ impl OpRecord {
         if let Some(t) = self.copied_at {
             put("copiedAt", t.to_string());
         }
+        if !self.guestinfo.is_empty() {
+            put(
+                "guestinfo",
+                serde_json::to_string(&self.guestinfo).unwrap_or_default(),
+            );
+        }
         m
     }
 
@@ -193,6 +203,10 @@ impl OpRecord {
             outcome,
             cleaned: m.get("cleaned").is_some_and(|c| c == "true"),
             copied_at: ts("copiedAt"),
+            guestinfo: m
+                .get("guestinfo")
+                .and_then(|g| serde_json::from_str(g).ok())
+                .unwrap_or_default(),
             version,
         })
     }
@@ -397,6 +411,7 @@ mod tests {
             }),
             cleaned: true,
             copied_at: Some(Timestamp::now()),
+            guestinfo: [("guestinfo.userdata".to_string(), "I2Nsb3Vk".to_string())].into(),
             version: Some("7".into()),
         };
         let back = OpRecord::from_fields(&rec.to_fields(), Some("7".into()));

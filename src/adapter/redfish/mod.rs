@@ -342,6 +342,7 @@ impl Inner {
             outcome: None,
             cleaned: false,
             copied_at: None,
+            guestinfo: Default::default(),
             version: None,
         };
         let saved = self

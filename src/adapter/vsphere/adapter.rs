@@ -421,9 +421,15 @@ impl Adapter for VsphereAdapter {
         host_id: &str,
         os: &str,
         token: &str,
-        _config: &crate::adapter::HostConfig,
+        config: &crate::adapter::HostConfig,
     ) -> Result<OperationStatus, AdapterError> {
-        work::start(&self.inner, host_id, os, token).await
+        work::start(&self.inner, (host_id, os, token), config).await
+    }
+
+    /// The `iso` strategy hands the configuration to the guest as cloud-init's VMware
+    /// datasource keys; the `template` strategy does not yet.
+    fn delivers_config(&self) -> bool {
+        self.inner.cfg.strategy == VsphereStrategy::Iso
     }
 
     async fn operation(

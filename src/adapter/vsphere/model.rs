@@ -431,16 +431,17 @@ pub(super) fn reconfigure(vm: &MoRef, spec: &str) -> String {
 }
 
 /// The reconfigure that records `token` and attaches the installer: the CD-ROM holds `iso` and
-/// is connected, the boot order starts with the CD-ROM, the guest gets `callback`. What it
-/// replaces is kept in extraConfig for [`detach`].
+/// is connected, the boot order starts with the CD-ROM, the guest gets `callback` and the
+/// host's configuration as `guestinfo` keys. What it replaces is kept in extraConfig for
+/// [`detach`]; the configuration keys stay (cloud-init reads them on every boot).
 pub fn attach(
     vm: &Vm,
     moref: &MoRef,
-    token: &str,
-    os: &str,
-    iso: &str,
+    target: (&str, &str, &str),
     callback: &str,
+    guestinfo: &BTreeMap<String, String>,
 ) -> Result<String, String> {
+    let (token, os, iso) = target;
     let cdrom = vm.cdrom.as_ref().ok_or_else(|| {
         format!(
             "VM {} has no CD-ROM drive to attach the installer to",
@@ -462,7 +463,8 @@ pub fn attach(
         (keys::PREVIOUS_BOOT, &boot_to_string(&vm.boot)),
         (keys::CALLBACK, callback),
     ]
-    .iter()
+    .into_iter()
+    .chain(guestinfo.iter().map(|(k, v)| (k.as_str(), v.as_str())))
     .map(|(k, v)| option_value(k, v))
     .collect();
     Ok(reconfigure(

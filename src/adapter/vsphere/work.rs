@@ -8,7 +8,7 @@ use super::soap::{esc, MoRef, SoapError};
 use super::steps::{self, Observed, Step};
 use super::template_work;
 use crate::adapter::store::{self, OpRecord, Outcome, OutcomeKind, StoreError};
-use crate::adapter::{AdapterError, OperationStatus};
+use crate::adapter::{AdapterError, HostConfig, OperationStatus};
 use crate::api::VsphereStrategy;
 use k8s_openapi::jiff::Timestamp;
 use std::sync::Arc;
@@ -42,10 +42,10 @@ pub(super) async fn mark_cleaned(
 /// Check, record and start `token`'s reprovision of `host` with `os`.
 pub(super) async fn start(
     inner: &Arc<Inner>,
-    host: &str,
-    os: &str,
-    token: &str,
+    target: (&str, &str, &str),
+    config: &HostConfig,
 ) -> Result<OperationStatus, AdapterError> {
+    let (host, os, token) = target;
     let image = inner
         .cfg
         .images
@@ -107,9 +107,18 @@ pub(super) async fn start(
                         .into(),
                 )
             })?;
-            model::attach(&vm, &moref, token, os, iso, &base).map_err(AdapterError::Config)?;
+            let guestinfo = if config.is_custom() {
+                config
+                    .vmware_guestinfo()
+                    .map_err(|e| AdapterError::Config(format!("the configuration: {e}")))?
+            } else {
+                Default::default()
+            };
+            model::attach(&vm, &moref, (token, os, iso), &base, &guestinfo)
+                .map_err(AdapterError::Config)?;
             OpRecord {
                 boot_override: Some("cdrom".into()),
+                guestinfo,
                 ..OpRecord::starting(token, host, os, iso)
             }
         }
@@ -315,10 +324,9 @@ pub(super) async fn run(inner: &Arc<Inner>, host: &str, token: &str) -> Result<b
                 let body = model::attach(
                     &vm,
                     &moref,
-                    token,
-                    &rec.os,
-                    &rec.image,
+                    (token, &rec.os, &rec.image),
                     &rec.callback_url(&base),
+                    &rec.guestinfo,
                 )
                 .map_err(AdapterError::Config)?;
                 reconfigure(inner, &body).await.map_err(soap_err)?;

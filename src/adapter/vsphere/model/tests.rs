@@ -72,15 +72,22 @@ fn a_vm_is_read_with_its_devices_boot_order_and_record() {
 fn attach_puts_the_cdrom_first_and_keeps_what_it_replaces() {
     let vm = vm();
     let m = MoRef::new("VirtualMachine", "vm-42");
+    let guestinfo: BTreeMap<String, String> =
+        [("guestinfo.userdata".to_string(), "I2Nsb3Vk".to_string())].into();
     let body = attach(
         &vm,
         &m,
-        "u1/2/1",
-        "debian-12",
-        "[ds1] new & shiny.iso",
+        ("u1/2/1", "debian-12", "[ds1] new & shiny.iso"),
         "http://c/cb/k.s",
+        &guestinfo,
     )
     .expect("body");
+    assert!(
+        body.contains(
+            "<key>guestinfo.userdata</key><value xsi:type=\"xsd:string\">I2Nsb3Vk</value>"
+        ),
+        "the configuration goes with the installer: {body}"
+    );
     assert!(
         body.contains("<fileName>[ds1] new &amp; shiny.iso</fileName>"),
         "{body}"
@@ -102,9 +109,15 @@ fn attach_puts_the_cdrom_first_and_keeps_what_it_replaces() {
     assert!(d < e && e < b, "{body}");
     let mut no_cdrom = vm.clone();
     no_cdrom.cdrom = None;
-    assert!(attach(&no_cdrom, &m, "t", "o", "[d] i.iso", "u")
-        .unwrap_err()
-        .contains("no CD-ROM"));
+    assert!(attach(
+        &no_cdrom,
+        &m,
+        ("t", "o", "[d] i.iso"),
+        "u",
+        &BTreeMap::new()
+    )
+    .unwrap_err()
+    .contains("no CD-ROM"));
 }
 
 #[test]
