@@ -26,6 +26,7 @@ on_both_backends!(
     a_catalogue_that_does_not_fit_the_strategy_is_refused_by_the_api,
     a_request_deleted_mid_way_leaves_the_vm_ready_for_the_next_one,
     a_record_lost_mid_swap_ends_the_attempt_without_repeating_a_step,
+    the_copied_disk_boots_with_the_configuration_in_guestinfo,
 );
 
 const TEMPLATE: &str = "tmpl-ubuntu";
@@ -320,4 +321,50 @@ async fn a_record_lost_mid_swap_ends_the_attempt_without_repeating_a_step(c: Tes
         after.0 == 1 && after.1 <= 1 && after.2 <= 1,
         "(copies, power-offs, reconfigures) = {after:?}"
     );
+}
+
+/// The host's configuration is on the VM as cloud-init's VMware datasource keys before the
+/// template's disk is copied, so the copy's first boot reads it.
+async fn the_copied_disk_boots_with_the_configuration_in_guestinfo(c: TestCluster) {
+    let sim = Vcsim::start_with(2, 0, &[TEMPLATE]);
+    account(&c).await;
+    let _ctl = controller(&c);
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = c.api();
+    let mut secret = k8s_openapi::api::core::v1::Secret::default();
+    secret.metadata.name = Some("vm1-user-data".into());
+    secret.string_data = Some([("userData".to_string(), "#cloud-config\n".to_string())].into());
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("secret");
+    let dispatchers: Api<OSDispatcher> = c.api();
+    let spec = template_spec(&sim, &[("ubuntu-24.04", TEMPLATE)]);
+    create(&dispatchers, &vsphere_dispatcher("vc", spec, "1s")).await;
+    let requests: Api<OSProvisioningRequest> = c.api();
+    let mut r = once("r1", HOST, "ubuntu-24.04");
+    r.spec.user_data = Some(osprov::api::ConfigSecretRef {
+        name: "vm1-user-data".into(),
+        key: None,
+    });
+    r.spec.hostname = Some("web-1".into());
+    create(&requests, &r).await;
+    wait_phase(&requests, "r1", Phase::Succeeded, 60).await;
+    let after = vm(&sim.client(), VM).await;
+    let decode = |k: &str| {
+        use base64::Engine;
+        let v = after.extra(k).unwrap_or_default();
+        String::from_utf8(
+            base64::engine::general_purpose::STANDARD
+                .decode(v)
+                .unwrap_or_default(),
+        )
+        .unwrap_or_default()
+    };
+    assert_eq!(decode("guestinfo.userdata"), "#cloud-config\n");
+    assert!(
+        decode("guestinfo.metadata").contains("local-hostname: web-1"),
+        "{}",
+        decode("guestinfo.metadata")
+    );
+    assert_eq!(after.extra("guestinfo.metadata.encoding"), Some("base64"));
 }

@@ -426,10 +426,10 @@ impl Adapter for VsphereAdapter {
         work::start(&self.inner, (host_id, os, token), config).await
     }
 
-    /// The `iso` strategy hands the configuration to the guest as cloud-init's VMware
-    /// datasource keys; the `template` strategy does not yet.
+    /// Both strategies hand the configuration to the guest as cloud-init's VMware datasource
+    /// keys (with the installer, or before the template's disk is copied).
     fn delivers_config(&self) -> bool {
-        self.inner.cfg.strategy == VsphereStrategy::Iso
+        true
     }
 
     async fn operation(

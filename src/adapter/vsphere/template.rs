@@ -44,16 +44,17 @@ pub fn target_file(vm: &Vm, token: &str) -> Result<String, String> {
     ))
 }
 
-/// The reconfigure that records the operation on the VM before anything changes.
+/// The reconfigure that records the operation on the VM before anything changes, with the
+/// host's configuration as `guestinfo` keys for the copied disk's first boot.
 pub fn record(
     vm: &Vm,
     moref: &MoRef,
-    token: &str,
-    os: &str,
-    target: &str,
+    op: (&str, &str, &str),
     capacity_kb: i64,
+    guestinfo: &std::collections::BTreeMap<String, String>,
 ) -> String {
     use super::model::keys as k;
+    let (token, os, target) = op;
     let extra: String = [
         (k::TOKEN, token),
         (k::OS, os),
@@ -62,7 +63,8 @@ pub fn record(
         (keys::DISK_CAPACITY, &capacity_kb.to_string()),
         (keys::PREVIOUS_POWER, vm.power.as_str()),
     ]
-    .iter()
+    .into_iter()
+    .chain(guestinfo.iter().map(|(k, v)| (k.as_str(), v.as_str())))
     .map(|(k, v)| option_value(k, v))
     .collect();
     reconfigure(moref, &extra)

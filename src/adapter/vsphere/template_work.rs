@@ -171,10 +171,9 @@ pub(super) async fn run(inner: &Arc<Inner>, host: &str, token: &str) -> Result<b
                 let body = template::record(
                     &vm,
                     &moref,
-                    token,
-                    &rec.os,
-                    &target,
+                    (token, &rec.os, &target),
                     capacity.unwrap_or_default(),
+                    &rec.guestinfo,
                 );
                 reconfigure(inner, &body).await.map_err(soap_err)?;
             }

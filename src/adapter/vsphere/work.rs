@@ -94,6 +94,13 @@ pub(super) async fn start(
             token: other.to_string(),
         });
     }
+    let guestinfo = if config.is_custom() {
+        config
+            .vmware_guestinfo()
+            .map_err(|e| AdapterError::Config(format!("the configuration: {e}")))?
+    } else {
+        Default::default()
+    };
     // Refuse what cannot work before anything is recorded.
     let rec = match inner.cfg.strategy {
         VsphereStrategy::Iso => {
@@ -107,13 +114,6 @@ pub(super) async fn start(
                         .into(),
                 )
             })?;
-            let guestinfo = if config.is_custom() {
-                config
-                    .vmware_guestinfo()
-                    .map_err(|e| AdapterError::Config(format!("the configuration: {e}")))?
-            } else {
-                Default::default()
-            };
             model::attach(&vm, &moref, (token, os, iso), &base, &guestinfo)
                 .map_err(AdapterError::Config)?;
             OpRecord {
@@ -126,7 +126,10 @@ pub(super) async fn start(
             let source = template_work::template_disk(inner, image).await?;
             super::template::target_file(&vm, token).map_err(AdapterError::Config)?;
             let file = source.file.unwrap_or_default();
-            OpRecord::starting(token, host, os, &file)
+            OpRecord {
+                guestinfo,
+                ..OpRecord::starting(token, host, os, &file)
+            }
         }
     };
     let rec = inner.store.create(rec).await.map_err(store_err)?;

@@ -92,15 +92,16 @@ fn a_stale_boot_entry_is_pointed_at_the_new_disk() {
 
 #[test]
 fn the_record_keeps_the_power_state_and_the_copy_overwrites_a_partial_one() {
+    let guestinfo = [("guestinfo.metadata".to_string(), "aWQ6IHg=".to_string())].into();
     let body = record(
         &vm(),
         &MoRef::new("VirtualMachine", "vm-42"),
-        TOKEN,
-        "ubuntu",
-        "[ds1] web-1/osprov-x.vmdk",
+        (TOKEN, "ubuntu", "[ds1] web-1/osprov-x.vmdk"),
         2048,
+        &guestinfo,
     );
     for (k, v) in [
+        ("guestinfo.metadata", "aWQ6IHg="),
         ("osprov.token", TOKEN),
         ("osprov.progress", "recorded"),
         ("osprov.disk", "[ds1] web-1/osprov-x.vmdk"),
