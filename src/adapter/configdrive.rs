@@ -109,17 +109,63 @@ impl HostConfig {
 
     /// The NoCloud volume as an ISO 9660 image (label `cidata`).
     pub fn nocloud_iso(&self, callback: Option<&str>) -> Result<Vec<u8>, DriveError> {
-        let files = self
+        nocloud_iso_of(
+            self.nocloud_files(callback)?
+                .into_iter()
+                .map(|(n, c)| (n.to_string(), c)),
+        )
+    }
+
+    /// The NoCloud files with their contents in base64, as an operation record keeps them.
+    pub fn nocloud_files_b64(
+        &self,
+        callback: Option<&str>,
+    ) -> Result<std::collections::BTreeMap<String, String>, DriveError> {
+        use base64::Engine;
+        Ok(self
             .nocloud_files(callback)?
             .into_iter()
-            .map(|(name, contents)| IsoFile::File {
-                name: Arc::new(name.to_string()),
-                contents,
+            .map(|(n, c)| {
+                (
+                    n.to_string(),
+                    base64::engine::general_purpose::STANDARD.encode(c),
+                )
             })
-            .collect();
-        iso(NOCLOUD_LABEL, files)
+            .collect())
     }
 }
+
+/// A NoCloud volume (label `cidata`) of `files`.
+pub fn nocloud_iso_of(
+    files: impl IntoIterator<Item = (String, Vec<u8>)>,
+) -> Result<Vec<u8>, DriveError> {
+    let files = files
+        .into_iter()
+        .map(|(name, contents)| IsoFile::File {
+            name: Arc::new(name),
+            contents,
+        })
+        .collect();
+    iso(NOCLOUD_LABEL, files)
+}
+
+/// The files an operation record keeps (base64 contents), decoded.
+pub fn decode_files(
+    files: &std::collections::BTreeMap<String, String>,
+) -> Result<Vec<(String, Vec<u8>)>, DriveError> {
+    use base64::Engine;
+    files
+        .iter()
+        .map(|(n, c)| {
+            base64::engine::general_purpose::STANDARD
+                .decode(c)
+                .map(|b| (n.clone(), b))
+                .map_err(|e| DriveError::Iso(format!("stored file {n}: {e}")))
+        })
+        .collect()
+}
+
+impl HostConfig {}
 
 /// The extraConfig keys cloud-init's VMware datasource reads.
 pub mod guestinfo {

@@ -105,6 +105,11 @@ pub struct OpRecord {
     /// extraConfig keys the host's configuration is delivered in (vSphere: cloud-init's VMware
     /// datasource keys), set with the installer. Empty: none.
     pub guestinfo: BTreeMap<String, String>,
+    /// The config drive's files (name → base64 contents), served to the BMC as an ISO while the
+    /// operation runs (Redfish). Empty: no drive.
+    pub drive: BTreeMap<String, String>,
+    /// The credential of the drive's URL (not the callback's: the BMC sees this URL).
+    pub drive_secret: Option<String>,
     /// Store version for optimistic concurrency (a resourceVersion).
     pub version: Option<String>,
 }
@@ -126,8 +131,23 @@ impl OpRecord {
             cleaned: false,
             copied_at: None,
             guestinfo: BTreeMap::new(),
+            drive: BTreeMap::new(),
+            drive_secret: None,
             version: None,
         }
+    }
+
+    /// Where the BMC reads this operation's config drive, when it has one.
+    pub fn drive_url(&self, base: &str) -> Option<String> {
+        let secret = self
+            .drive_secret
+            .as_deref()
+            .filter(|_| !self.drive.is_empty())?;
+        Some(format!(
+            "{}/drive/{}.{secret}.iso",
+            base.trim_end_matches('/'),
+            token_key(&self.token)
+        ))
     }
 
     /// Where the installer reports this operation's end.
@@ -173,6 +193,15 @@ impl OpRecord {
                 serde_json::to_string(&self.guestinfo).unwrap_or_default(),
             );
         }
+        if !self.drive.is_empty() {
+            put(
+                "drive",
+                serde_json::to_string(&self.drive).unwrap_or_default(),
+            );
+        }
+        if let Some(s) = &self.drive_secret {
+            put("driveSecret", s.clone());
+        }
         m
     }
 
@@ -207,6 +236,11 @@ impl OpRecord {
                 .get("guestinfo")
                 .and_then(|g| serde_json::from_str(g).ok())
                 .unwrap_or_default(),
+            drive: m
+                .get("drive")
+                .and_then(|g| serde_json::from_str(g).ok())
+                .unwrap_or_default(),
+            drive_secret: m.get("driveSecret").cloned(),
             version,
         })
     }
@@ -412,6 +446,8 @@ mod tests {
             cleaned: true,
             copied_at: Some(Timestamp::now()),
             guestinfo: [("guestinfo.userdata".to_string(), "I2Nsb3Vk".to_string())].into(),
+            drive: [("user-data".to_string(), "I2Nsb3Vk".to_string())].into(),
+            drive_secret: Some("d".into()),
             version: Some("7".into()),
         };
         let back = OpRecord::from_fields(&rec.to_fields(), Some("7".into()));

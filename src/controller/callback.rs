@@ -23,7 +23,7 @@ use crate::provisioner::keys::DispKey;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
@@ -109,6 +109,7 @@ pub fn router(state: Arc<CallbackState>) -> Router {
     super::callback_server::limited(
         Router::new()
             .route("/callback/{token}", post(callback))
+            .route("/drive/{name}", get(super::drive::serve_drive))
             .with_state(state),
     )
 }
@@ -164,7 +165,7 @@ fn outcome_of(body: &[u8]) -> Result<(OutcomeKind, String), String> {
     }
 }
 
-fn valid_key(key: &str) -> bool {
+pub(super) fn valid_key(key: &str) -> bool {
     !key.is_empty()
         && key.len() <= 200
         && key
@@ -204,7 +205,7 @@ async fn dispatchers(
 /// The trusted record of `key` and the store of its dispatcher: in each namespace with this
 /// provisioner's dispatchers, the one Secret of that name (a `GET`), read through the store of
 /// the dispatcher it names.
-async fn find(
+pub(super) async fn find(
     hub: &CallbackHub,
     key: &str,
 ) -> Result<Option<(Arc<SecretStore>, crate::adapter::store::OpRecord)>, StoreError> {

@@ -15,6 +15,7 @@ pub mod callback_server;
 mod context;
 pub mod discovery_request;
 pub mod dispatchers;
+mod drive;
 mod error;
 pub mod events;
 pub mod hostconfig;

@@ -137,6 +137,42 @@ pub async fn cd_media(
         remember_eject(cache, &system.id, &device);
         return Ok(device);
     }
+    let device = find_media(client, system, VirtualMedia::takes_cd)
+        .await?
+        .ok_or_else(|| {
+            RedfishError::Unsupported(format!(
+                "system {} has no CD/DVD virtual media (looked under the System and its Managers)",
+                system.id
+            ))
+        })?;
+    lock(cache).entry(system.id.clone()).or_default().cd_media = Some(device.odata_id.clone());
+    remember_eject(cache, &system.id, &device);
+    Ok(device)
+}
+
+/// The system's virtual media device for a config drive: one that takes a USB stick or a
+/// floppy image (not the CD the installer goes on).
+pub async fn drive_media(
+    client: &Client,
+    system: &ComputerSystem,
+) -> Result<VirtualMedia, RedfishError> {
+    find_media(client, system, |d| d.takes_removable() && !d.takes_cd())
+        .await?
+        .ok_or_else(|| {
+            RedfishError::Unsupported(format!(
+                "system {} has no second virtual media device (USBStick or Floppy) for the \
+                 config drive",
+                system.id
+            ))
+        })
+}
+
+/// The first virtual media device `wanted` takes, under the System, then its Managers.
+async fn find_media(
+    client: &Client,
+    system: &ComputerSystem,
+    wanted: impl Fn(&VirtualMedia) -> bool,
+) -> Result<Option<VirtualMedia>, RedfishError> {
     let mut collections = Vec::new();
     if let Some(l) = system.virtual_media.as_ref() {
         collections.push(l.id.clone());
@@ -168,21 +204,15 @@ pub async fn cd_media(
         i += 1;
         for member in collection.members {
             let mut device: VirtualMedia = client.get(&member.id).await?;
-            if device.takes_cd() {
+            if wanted(&device) {
                 if device.odata_id.is_empty() {
                     device.odata_id = member.id.clone();
                 }
-                lock(cache).entry(system.id.clone()).or_default().cd_media =
-                    Some(device.odata_id.clone());
-                remember_eject(cache, &system.id, &device);
-                return Ok(device);
+                return Ok(Some(device));
             }
         }
     }
-    Err(RedfishError::Unsupported(format!(
-        "system {} has no CD/DVD virtual media (looked under the System and its Managers)",
-        system.id
-    )))
+    Ok(None)
 }
 
 fn remember_eject(

@@ -64,6 +64,17 @@ const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'_')
     .remove(b'~');
 
+/// The image URL when the callback URL travels on the config drive: the catalogue's URL, its
+/// `{callbackUrl}` and `{token}` placeholders left empty.
+pub fn image_url_plain(image: &RedfishImage) -> String {
+    let enc = |s: &str| utf8_percent_encode(s, COMPONENT).to_string();
+    image
+        .url
+        .replace("{callbackUrl}", "")
+        .replace("{token}", "")
+        .replace("{checksum}", &enc(image.checksum.as_deref().unwrap_or("")))
+}
+
 /// The image URL for one request: placeholders replaced, or the callback appended.
 pub fn image_url(image: &RedfishImage, callback_url: &str, callback_token: &str) -> String {
     let enc = |s: &str| utf8_percent_encode(s, COMPONENT).to_string();
@@ -308,11 +319,11 @@ impl Inner {
 
     async fn new_record(
         &self,
-        host_id: &str,
-        os: &str,
-        token: &str,
+        target: (&str, &str, &str),
         image: &RedfishImage,
+        config: &crate::adapter::HostConfig,
     ) -> Result<OpRecord, AdapterError> {
+        let (host_id, os, token) = target;
         if let Some(other) = self.active_on(host_id, token) {
             return Err(AdapterError::HostBusy {
                 host: host_id.to_string(),
@@ -329,11 +340,25 @@ impl Inner {
         let secret = crate::adapter::store::new_secret();
         let callback_token = format!("{}.{secret}", token_key(token));
         let callback_url = crate::adapter::store::callback_url(base, token, &secret);
+        // With a config drive, the callback URL travels on the drive, not in the image URL.
+        let (drive, drive_secret) = if config.is_custom() {
+            let files = config
+                .nocloud_files_b64(Some(&callback_url))
+                .map_err(|e| AdapterError::Config(format!("the config drive: {e}")))?;
+            (files, Some(crate::adapter::store::new_secret()))
+        } else {
+            Default::default()
+        };
+        let image = if drive.is_empty() {
+            image_url(image, &callback_url, &callback_token)
+        } else {
+            image_url_plain(image)
+        };
         let rec = OpRecord {
             token: token.to_string(),
             host_id: host_id.to_string(),
             os: os.to_string(),
-            image: image_url(image, &callback_url, &callback_token),
+            image,
             secret,
             started_at: Timestamp::now(),
             reset_requested_at: None,
@@ -343,6 +368,8 @@ impl Inner {
             cleaned: false,
             copied_at: None,
             guestinfo: Default::default(),
+            drive,
+            drive_secret,
             version: None,
         };
         let saved = self
@@ -427,7 +454,7 @@ impl Adapter for RedfishAdapter {
         host_id: &str,
         os: &str,
         token: &str,
-        _config: &crate::adapter::HostConfig,
+        config: &crate::adapter::HostConfig,
     ) -> Result<OperationStatus, AdapterError> {
         let inner = &self.inner;
         let _guard = inner.token_lock(token).await;
@@ -465,7 +492,9 @@ impl Adapter for RedfishAdapter {
                 {
                     return Err(AdapterError::UnknownHost(host_id.to_string()));
                 }
-                inner.new_record(host_id, os, token, image).await?
+                inner
+                    .new_record((host_id, os, token), image, config)
+                    .await?
             }
         };
         if rec.host_id != host_id || rec.os != os {
@@ -541,6 +570,12 @@ impl Adapter for RedfishAdapter {
     #[instrument(skip(self), fields(endpoint = %self.inner.client.endpoint()))]
     async fn close(&self) {
         self.inner.client.logout().await;
+    }
+
+    /// A request's configuration goes on a config drive in a second virtual media device
+    /// (USBStick or Floppy), served by the controller's callback endpoint.
+    fn delivers_config(&self) -> bool {
+        self.inner.cfg.callback_base.is_some()
     }
 
     async fn cancel(&self, _host_id: &str, token: &str) -> Result<CancelOutcome, AdapterError> {

@@ -119,6 +119,13 @@ impl VirtualMedia {
         self.media_types.iter().any(|t| t == "CD" || t == "DVD")
     }
 
+    /// True when the device takes a USB stick or floppy image (where a config drive goes).
+    pub fn takes_removable(&self) -> bool {
+        self.media_types
+            .iter()
+            .any(|t| t == "USBStick" || t == "Floppy")
+    }
+
     /// The image currently inserted, if any.
     pub fn inserted_image(&self) -> Option<&str> {
         let image = self.image.as_deref().filter(|i| !i.is_empty())?;

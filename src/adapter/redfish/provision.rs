@@ -67,6 +67,34 @@ impl Inner {
     /// Media, boot override and reset for `rec`; returns the record as last stored.
     pub(super) async fn start(&self, mut rec: OpRecord) -> Result<OpRecord, RedfishError> {
         let system = self.known_system(&rec.host_id).await?;
+        // 0. The config drive, on a device of its own (the CD takes the installer).
+        let base = self.cfg.callback_base.as_deref().unwrap_or_default();
+        if let Some(url) = rec.drive_url(base) {
+            let device = discovery::drive_media(&self.client, &system).await?;
+            if device.inserted_image() != Some(url.as_str()) {
+                let actions = device.actions.clone().unwrap_or_default();
+                if device.inserted_image().is_some() {
+                    if let Some(eject) = actions.eject.as_ref() {
+                        self.client
+                            .action(&eject.target, json!({}), Idempotent::Yes)
+                            .await?;
+                    }
+                }
+                let insert = actions.insert.as_ref().ok_or_else(|| {
+                    RedfishError::Unsupported(
+                        "the config drive's virtual media has no InsertMedia action".into(),
+                    )
+                })?;
+                self.client
+                    .action(
+                        &insert.target,
+                        json!({"Image": url, "Inserted": true, "WriteProtected": true}),
+                        Idempotent::Yes,
+                    )
+                    .await?;
+                info!(host = %rec.host_id, "config drive inserted");
+            }
+        }
         // 1. Virtual media.
         let media = discovery::cd_media(&self.client, &self.systems, &system).await?;
         let actions = media.actions.clone().unwrap_or_default();
@@ -184,8 +212,20 @@ impl Inner {
         .await
     }
 
-    /// Eject this token's image and clear the boot override.
+    /// Eject this token's image (and its config drive) and clear the boot override.
     pub(super) async fn cleanup(&self, rec: &OpRecord) -> Result<(), RedfishError> {
+        let base = self.cfg.callback_base.as_deref().unwrap_or_default();
+        if let Some(url) = rec.drive_url(base) {
+            let system = self.known_system(&rec.host_id).await?;
+            let device = discovery::drive_media(&self.client, &system).await?;
+            if device.inserted_image() == Some(url.as_str()) {
+                if let Some(eject) = device.actions.as_ref().and_then(|a| a.eject.as_ref()) {
+                    self.client
+                        .action(&eject.target, json!({}), Idempotent::Yes)
+                        .await?;
+                }
+            }
+        }
         let cached = self
             .systems
             .lock()
