@@ -77,6 +77,13 @@ cargo fmt --all --check
 # Lint the default build and the one with every adapter; test the latter (a superset).
 cargo clippy --workspace --all-targets -- -D warnings
 cargo clippy --workspace --all-targets --features osprov/libvirt -- -D warnings
+# The supply-chain policy in deny.toml: licences, banned crates, sources. (Advisories need the
+# RustSec database from github.com, which this network does not reach.)
+DENY_ROOT="$PWD/target/cargo-tools"
+if [ ! -x "$DENY_ROOT/bin/cargo-deny" ]; then
+    cargo install --quiet --locked --root "$DENY_ROOT" cargo-deny --version 0.20.2
+fi
+"$DENY_ROOT/bin/cargo-deny" --offline check licenses bans sources
 cargo test --workspace --all-targets --features osprov/libvirt
 if compgen -G "tests/python/test_*.py" >/dev/null; then
     "$VENV/bin/python" -m pytest -q tests/python
