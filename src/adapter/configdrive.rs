@@ -107,62 +107,25 @@ impl HostConfig {
         Ok(files)
     }
 
-    /// The NoCloud volume as an ISO 9660 image (label `cidata`).
+    /// The NoCloud volume as an ISO 9660 image (label `cidata`), padded for CD-ROM readers.
     pub fn nocloud_iso(&self, callback: Option<&str>) -> Result<Vec<u8>, DriveError> {
-        nocloud_iso_of(
-            self.nocloud_files(callback)?
-                .into_iter()
-                .map(|(n, c)| (n.to_string(), c)),
-        )
+        Ok(padded(self.nocloud_image(callback)?))
     }
 
-    /// The NoCloud files with their contents in base64, as an operation record keeps them.
-    pub fn nocloud_files_b64(
-        &self,
-        callback: Option<&str>,
-    ) -> Result<std::collections::BTreeMap<String, String>, DriveError> {
-        use base64::Engine;
-        Ok(self
+    /// The NoCloud volume's file system alone (no padding), as an operation record keeps it:
+    /// rendered once, so every read of the drive gets the same bytes (the writer stamps the
+    /// time of writing into it).
+    pub fn nocloud_image(&self, callback: Option<&str>) -> Result<Vec<u8>, DriveError> {
+        let files = self
             .nocloud_files(callback)?
             .into_iter()
-            .map(|(n, c)| {
-                (
-                    n.to_string(),
-                    base64::engine::general_purpose::STANDARD.encode(c),
-                )
+            .map(|(name, contents)| IsoFile::File {
+                name: Arc::new(name.to_string()),
+                contents,
             })
-            .collect())
+            .collect();
+        iso(NOCLOUD_LABEL, files)
     }
-}
-
-/// A NoCloud volume (label `cidata`) of `files`.
-pub fn nocloud_iso_of(
-    files: impl IntoIterator<Item = (String, Vec<u8>)>,
-) -> Result<Vec<u8>, DriveError> {
-    let files = files
-        .into_iter()
-        .map(|(name, contents)| IsoFile::File {
-            name: Arc::new(name),
-            contents,
-        })
-        .collect();
-    iso(NOCLOUD_LABEL, files)
-}
-
-/// The files an operation record keeps (base64 contents), decoded.
-pub fn decode_files(
-    files: &std::collections::BTreeMap<String, String>,
-) -> Result<Vec<(String, Vec<u8>)>, DriveError> {
-    use base64::Engine;
-    files
-        .iter()
-        .map(|(n, c)| {
-            base64::engine::general_purpose::STANDARD
-                .decode(c)
-                .map(|b| (n.clone(), b))
-                .map_err(|e| DriveError::Iso(format!("stored file {n}: {e}")))
-        })
-        .collect()
 }
 
 impl HostConfig {}
@@ -225,12 +188,15 @@ fn iso(label: &str, files: Vec<IsoFile>) -> Result<Vec<u8>, DriveError> {
     };
     let mut out = Cursor::new(Vec::new());
     IsoImageWriter::create(&mut out, input, options).map_err(|e| DriveError::Iso(e.to_string()))?;
-    let mut bytes = out.into_inner();
-    // 150 zero sectors after the file system, as mkisofs pads by default: Linux reads ahead on
-    // a CD-ROM, and on a medium that ends right after the file system that read fails and takes
-    // the label probe with it (busybox's `findfs LABEL=cidata` found nothing without it).
-    bytes.resize(bytes.len() + PADDING_SECTORS * SECTOR, 0);
-    Ok(bytes)
+    Ok(out.into_inner())
+}
+
+/// `image` followed by 150 zero sectors, as mkisofs pads by default: Linux reads ahead on a
+/// CD-ROM, and on a medium that ends right after the file system that read fails and takes the
+/// label probe with it (busybox's `findfs LABEL=cidata` found nothing without it).
+pub fn padded(mut image: Vec<u8>) -> Vec<u8> {
+    image.resize(image.len() + PADDING_SECTORS * SECTOR, 0);
+    image
 }
 
 const SECTOR: usize = 2048;

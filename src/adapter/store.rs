@@ -105,9 +105,9 @@ pub struct OpRecord {
     /// extraConfig keys the host's configuration is delivered in (vSphere: cloud-init's VMware
     /// datasource keys), set with the installer. Empty: none.
     pub guestinfo: BTreeMap<String, String>,
-    /// The config drive's files (name → base64 contents), served to the BMC as an ISO while the
-    /// operation runs (Redfish). Empty: no drive.
-    pub drive: BTreeMap<String, String>,
+    /// The config drive's ISO image (base64, without its padding), served to the BMC while the
+    /// operation runs (Redfish). `None`: no drive.
+    pub drive: Option<String>,
     /// The credential of the drive's URL (not the callback's: the BMC sees this URL).
     pub drive_secret: Option<String>,
     /// Store version for optimistic concurrency (a resourceVersion).
@@ -131,7 +131,7 @@ impl OpRecord {
             cleaned: false,
             copied_at: None,
             guestinfo: BTreeMap::new(),
-            drive: BTreeMap::new(),
+            drive: None,
             drive_secret: None,
             version: None,
         }
@@ -142,7 +142,7 @@ impl OpRecord {
         let secret = self
             .drive_secret
             .as_deref()
-            .filter(|_| !self.drive.is_empty())?;
+            .filter(|_| self.drive.is_some())?;
         Some(format!(
             "{}/drive/{}.{secret}.iso",
             base.trim_end_matches('/'),
@@ -193,11 +193,8 @@ impl OpRecord {
                 serde_json::to_string(&self.guestinfo).unwrap_or_default(),
             );
         }
-        if !self.drive.is_empty() {
-            put(
-                "drive",
-                serde_json::to_string(&self.drive).unwrap_or_default(),
-            );
+        if let Some(d) = &self.drive {
+            put("drive", d.clone());
         }
         if let Some(s) = &self.drive_secret {
             put("driveSecret", s.clone());
@@ -236,10 +233,7 @@ impl OpRecord {
                 .get("guestinfo")
                 .and_then(|g| serde_json::from_str(g).ok())
                 .unwrap_or_default(),
-            drive: m
-                .get("drive")
-                .and_then(|g| serde_json::from_str(g).ok())
-                .unwrap_or_default(),
+            drive: m.get("drive").cloned(),
             drive_secret: m.get("driveSecret").cloned(),
             version,
         })
@@ -446,7 +440,7 @@ mod tests {
             cleaned: true,
             copied_at: Some(Timestamp::now()),
             guestinfo: [("guestinfo.userdata".to_string(), "I2Nsb3Vk".to_string())].into(),
-            drive: [("user-data".to_string(), "I2Nsb3Vk".to_string())].into(),
+            drive: Some("Q0QwMDE=".into()),
             drive_secret: Some("d".into()),
             version: Some("7".into()),
         };

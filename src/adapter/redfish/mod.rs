@@ -342,14 +342,18 @@ impl Inner {
         let callback_url = crate::adapter::store::callback_url(base, token, &secret);
         // With a config drive, the callback URL travels on the drive, not in the image URL.
         let (drive, drive_secret) = if config.is_custom() {
-            let files = config
-                .nocloud_files_b64(Some(&callback_url))
+            use base64::Engine;
+            let image = config
+                .nocloud_image(Some(&callback_url))
                 .map_err(|e| AdapterError::Config(format!("the config drive: {e}")))?;
-            (files, Some(crate::adapter::store::new_secret()))
+            (
+                Some(base64::engine::general_purpose::STANDARD.encode(image)),
+                Some(crate::adapter::store::new_secret()),
+            )
         } else {
-            Default::default()
+            (None, None)
         };
-        let image = if drive.is_empty() {
+        let image = if drive.is_none() {
             image_url(image, &callback_url, &callback_token)
         } else {
             image_url_plain(image)
