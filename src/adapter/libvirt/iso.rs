@@ -325,14 +325,18 @@ fn attach(l: &Look, url: &str) -> Result<(), AdapterError> {
     Ok(())
 }
 
-/// Redefine the domain without what attaching changed.
-fn restore(l: &Look) -> Result<(), AdapterError> {
-    let undo: Undo = l
-        .record
+/// What attaching changed, as the domain's record keeps it.
+fn undo_of(l: &Look) -> Undo {
+    l.record
         .installer
         .as_ref()
         .and_then(|i| i.undo.clone())
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+/// Redefine the domain without what attaching changed.
+fn restore(l: &Look) -> Result<(), AdapterError> {
+    let undo = undo_of(l);
     // Read again: the definition carries the record as last written.
     let restored = installer::detach(&inactive_xml(&l.d)?, &undo).map_err(config_err)?;
     let c =
@@ -375,12 +379,7 @@ fn libvirt_step(step: Step, l: &Look) -> Result<(), AdapterError> {
             Ok(())
         }
         Step::Detach => {
-            let undo: Undo = l
-                .record
-                .installer
-                .as_ref()
-                .and_then(|i| i.undo.clone())
-                .unwrap_or_default();
+            let undo = undo_of(l);
             if l.observed.active {
                 for eject in installer::eject_elements(&l.xml, &undo) {
                     if let Err(e) = d.update_device_flags(&eject, sys::VIR_DOMAIN_AFFECT_LIVE) {
