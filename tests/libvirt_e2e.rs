@@ -457,3 +457,107 @@ async fn a_domain_left_marked_for_a_gone_request_takes_the_next_one(c: TestClust
         .unwrap_or_default();
     assert!(!token.is_empty());
 }
+
+/// Where a controller may die in an `image` reprovision, with the domain's metadata record then
+/// lost (a hand edit, a restore of the definition from backup).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum LostAfter {
+    Clone,
+    SwitchDisk,
+    Start,
+}
+
+/// The `image` strategy keeps its progress in libvirt itself (the fresh volume is named after the
+/// token): with the metadata record lost after any step, the same token resumes from what the
+/// domain and the pool show, with no second clone (a clone onto the existing name would fail the
+/// operation) and no second power cycle (the domain id of a started domain does not change).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_domain_record_resumes_without_a_second_clone_or_power_cycle() {
+    for lost in [LostAfter::Clone, LostAfter::SwitchDisk, LostAfter::Start] {
+        let node = Node::new(1, None);
+        let cfg = LibvirtConfig {
+            uri: node.uri.clone(),
+            credentials: None::<Credentials>,
+            names: Vec::new(),
+            labelled: false,
+            image_pool: "disks".into(),
+            images: images().into_iter().map(|i| (i.name, i.volume)).collect(),
+            root_disk: None,
+            strategy: osprov::api::LibvirtStrategy::Image,
+            callback_base: None,
+            callback_timeout: std::time::Duration::from_secs(3600),
+        };
+        let token = "u7/1/1";
+        let fresh =
+            osprov::adapter::libvirt::steps::target_volume("vm-0", token, "debian-12.qcow2");
+        let (uri, f) = (node.uri.clone(), fresh.clone());
+        // The state a first controller left, without its record.
+        let id_before = tokio::task::spawn_blocking(move || {
+            use osprov::adapter::libvirt::xml;
+            let conn = osprov::adapter::libvirt::shared_connection(&uri, None).expect("conn");
+            let d = conn.lookup_domain_by_name("vm-0").expect("vm-0");
+            let disks = conn.lookup_storage_pool_by_name("disks").expect("disks");
+            let src = disks
+                .lookup_storage_vol_by_name("debian-12.qcow2")
+                .expect("image");
+            let spec = xml::volume_xml(&f, 1 << 30, Some("qcow2"));
+            virt::storage_vol::StorageVol::create_xml_from(&disks, &spec, &src, 0).expect("clone");
+            if lost != LostAfter::Clone {
+                d.destroy().expect("power off");
+                let inactive = d.xml_desc(virt::sys::VIR_DOMAIN_XML_INACTIVE).expect("xml");
+                let disk = xml::root_disk(&inactive, None).expect("root disk");
+                let path = format!("/disks/{f}");
+                let redefined =
+                    xml::with_disk_source(&inactive, &disk, &xml::DiskSource::File(path));
+                conn.define_domain_xml(&redefined).expect("switch");
+            }
+            if lost == LostAfter::Start {
+                d.create().expect("start");
+            }
+            d.id()
+        })
+        .await
+        .expect("planted");
+        let adapter = LibvirtAdapter::new(cfg);
+        let uuid = uuid_of(0);
+        adapter
+            .reprovision(
+                &uuid,
+                "debian-12",
+                token,
+                &osprov::adapter::HostConfig::default(),
+            )
+            .await
+            .expect("resumed");
+        eventually(20, &format!("resumed after {lost:?}"), || async {
+            let st = adapter.operation(&uuid, token).await.ok()??;
+            match st.state {
+                OperationState::Succeeded => Some(()),
+                OperationState::Failed { message } => panic!("after {lost:?}: {message}"),
+                _ => None,
+            }
+        })
+        .await;
+        let uri = node.uri.clone();
+        let (s, id_after) = tokio::task::spawn_blocking(move || {
+            let conn = osprov::adapter::libvirt::shared_connection(&uri, None).expect("conn");
+            let id = conn.lookup_domain_by_name("vm-0").expect("vm-0").id();
+            (seen(&conn, "vm-0"), id)
+        })
+        .await
+        .expect("read back");
+        assert_eq!(
+            (s.disk.as_str(), s.active),
+            (format!("/disks/{fresh}").as_str(), true),
+            "after {lost:?}"
+        );
+        assert_eq!(
+            s.disks_pool.iter().filter(|v| **v == fresh).count(),
+            1,
+            "one fresh volume after {lost:?}"
+        );
+        if lost == LostAfter::Start {
+            assert_eq!(id_after, id_before, "no second power cycle after {lost:?}");
+        }
+    }
+}
