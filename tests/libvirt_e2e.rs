@@ -266,13 +266,10 @@ async fn credentials_come_from_the_secret(c: TestCluster) {
     dispatcher_state(&dispatchers, "kvm", DispatcherState::Ready).await;
 }
 
-/// The adapter alone, restarted at every step: whatever a controller died in, a new adapter over
-/// the same libvirt finishes the operation with one clone and never repeats one.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restarted_adapter_never_clones_twice_for_one_token() {
-    let node = Node::new(2, None);
-    let cfg = LibvirtConfig {
-        uri: node.uri.clone(),
+/// The adapter's configuration for an `image` dispatcher over `uri` with [`IMAGES`].
+fn image_config(uri: &str) -> LibvirtConfig {
+    LibvirtConfig {
+        uri: uri.to_string(),
         credentials: None::<Credentials>,
         names: Vec::new(),
         labelled: false,
@@ -282,7 +279,15 @@ async fn a_restarted_adapter_never_clones_twice_for_one_token() {
         strategy: osprov::api::LibvirtStrategy::Image,
         callback_base: None,
         callback_timeout: std::time::Duration::from_secs(3600),
-    };
+    }
+}
+
+/// The adapter alone, restarted at every step: whatever a controller died in, a new adapter over
+/// the same libvirt finishes the operation with one clone and never repeats one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_adapter_never_clones_twice_for_one_token() {
+    let node = Node::new(2, None);
+    let cfg = image_config(&node.uri);
     let uuid = uuid_of(0);
     let first = LibvirtAdapter::new(cfg.clone());
     let op = first
@@ -475,18 +480,7 @@ enum LostAfter {
 async fn a_lost_domain_record_resumes_without_a_second_clone_or_power_cycle() {
     for lost in [LostAfter::Clone, LostAfter::SwitchDisk, LostAfter::Start] {
         let node = Node::new(1, None);
-        let cfg = LibvirtConfig {
-            uri: node.uri.clone(),
-            credentials: None::<Credentials>,
-            names: Vec::new(),
-            labelled: false,
-            image_pool: "disks".into(),
-            images: images().into_iter().map(|i| (i.name, i.volume)).collect(),
-            root_disk: None,
-            strategy: osprov::api::LibvirtStrategy::Image,
-            callback_base: None,
-            callback_timeout: std::time::Duration::from_secs(3600),
-        };
+        let cfg = image_config(&node.uri);
         let token = "u7/1/1";
         let fresh =
             osprov::adapter::libvirt::steps::target_volume("vm-0", token, "debian-12.qcow2");
