@@ -104,6 +104,15 @@ pub struct CallbackState {
     pub health: Arc<super::metrics::Health>,
 }
 
+impl CallbackState {
+    /// This replica leads: only then does it answer for records (503 otherwise).
+    pub(super) fn leading(&self) -> bool {
+        self.health
+            .leading
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// The callback router (`POST /callback/{token}`), with the body and rate limits.
 pub fn router(state: Arc<CallbackState>) -> Router {
     super::callback_server::limited(
@@ -257,11 +266,7 @@ async fn callback(
         Ok(o) => o,
         Err(e) => return reply(StatusCode::BAD_REQUEST, &e),
     };
-    if !state
-        .health
-        .leading
-        .load(std::sync::atomic::Ordering::Relaxed)
-    {
+    if !state.leading() {
         return reply(
             StatusCode::SERVICE_UNAVAILABLE,
             "this replica is not the leader; try again",

@@ -38,11 +38,7 @@ pub async fn serve_drive(
     else {
         return refuse(StatusCode::NOT_FOUND, "unknown drive");
     };
-    if !state
-        .health
-        .leading
-        .load(std::sync::atomic::Ordering::Relaxed)
-    {
+    if !state.leading() {
         return refuse(
             StatusCode::SERVICE_UNAVAILABLE,
             "this replica is not the leader; try again",
