@@ -70,6 +70,13 @@ if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"
 fi
 "$VENV/bin/pip" install -q --disable-pip-version-check -r tests/requirements.txt
+# sushy-tools' libvirt driver (tests/real_os.rs) needs libvirt's Python binding, built from
+# source against the system's libvirt (libvirt-dev above), so its version is the library's.
+"$VENV/bin/python" -c 'import os, sys, sysconfig
+sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' ||
+    apt_install python3-dev
+"$VENV/bin/pip" install -q --disable-pip-version-check \
+    "libvirt-python==$(pkg-config --modversion libvirt)"
 export OSPROV_PYTHON="$VENV/bin/python"
 export PATH="$VENV/bin:$PATH"
 

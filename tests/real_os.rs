@@ -17,6 +17,7 @@
 mod cluster;
 mod harness;
 mod libvirt_support;
+mod redfish_support;
 mod support;
 
 use cluster::TestCluster;
@@ -28,7 +29,10 @@ use osprov::adapter::libvirt::shared_connection;
 use osprov::adapter::libvirt::xml;
 use osprov::api::{
     ConfigSecretRef, DispatcherState, DomainSelector, LibvirtImage, LibvirtSpec, LibvirtStrategy,
-    ManagedHost, OSDispatcher, OSProvisioningRequest, Phase,
+    ManagedHost, OSDispatcher, OSProvisioningRequest, Phase, RedfishImage,
+};
+use redfish_support::{
+    create_bmc_secrets, redfish_dispatcher, redfish_spec, Emulator, IsoServer, PASSWORD,
 };
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -37,7 +41,10 @@ use virt::connect::Connect;
 
 const URI: &str = "qemu:///system";
 
-on_both_backends!(a_vm_boots_os_a_is_reprovisioned_and_boots_os_b_with_its_hostname);
+on_both_backends!(
+    a_vm_boots_os_a_is_reprovisioned_and_boots_os_b_with_its_hostname,
+    through_redfish_virtual_media_a_vm_boots_os_b_with_its_hostname,
+);
 
 /// Why this machine cannot run the test, if it cannot.
 fn missing() -> Option<String> {
@@ -101,6 +108,24 @@ struct Lab {
 }
 
 impl Lab {
+    /// The domain's persistent definition.
+    async fn inactive_xml(self: &Arc<Self>) -> String {
+        let l = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let d = l.conn.lookup_domain_by_name(&l.domain).expect("domain");
+            d.xml_desc(virt::sys::VIR_DOMAIN_XML_INACTIVE).expect("xml")
+        })
+        .await
+        .expect("read back")
+    }
+
+    fn uuid(&self) -> String {
+        self.conn
+            .lookup_domain_by_name(&self.domain)
+            .and_then(|d| d.uuid_string())
+            .expect("the domain's UUID")
+    }
+
     fn console_path(&self) -> PathBuf {
         self.dir.path().join("console.log")
     }
@@ -207,6 +232,91 @@ async fn lab_or_skip() -> Option<Arc<Lab>> {
 static ONE_VM: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn a_vm_boots_os_a_is_reprovisioned_and_boots_os_b_with_its_hostname(c: TestCluster) {
+    change_os(c, Via::Libvirt).await
+}
+
+async fn through_redfish_virtual_media_a_vm_boots_os_b_with_its_hostname(c: TestCluster) {
+    change_os(c, Via::Redfish).await
+}
+
+/// Which adapter drives the VM.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Via {
+    /// The libvirt adapter's `iso` strategy, straight at libvirtd.
+    Libvirt,
+    /// The Redfish adapter, through sushy-tools' libvirt driver in front of the same libvirtd
+    /// (how Metal3 and Ironic test virtual media): the installer ISO on the `Cd` medium, the
+    /// config drive on the `Floppy` one.
+    Redfish,
+}
+
+/// What a Redfish run keeps alive: the BMC emulator and the server of the installer ISO.
+struct Bmc {
+    emu: Emulator,
+    _iso: IsoServer,
+}
+
+/// This machine's address as both the VM (through QEMU's user networking) and the BMC emulator
+/// reach it: the source address of its default route.
+fn host_address() -> std::net::IpAddr {
+    let probe = std::net::UdpSocket::bind("0.0.0.0:0").expect("a UDP socket");
+    // A UDP "connect" sends nothing; it only picks the route and so the source address.
+    probe
+        .connect("192.0.2.255:9")
+        .or_else(|_| probe.connect("10.255.255.255:9"))
+        .expect("a route out of loopback (the VM reaches the controller through it)");
+    probe.local_addr().expect("local address").ip()
+}
+
+/// Create the dispatcher for `via` and wait until it is Ready; returns its name and, for
+/// Redfish, the emulator.
+async fn dispatcher(c: &TestCluster, lab: &Lab, via: Via, guests: &Path) -> (String, Option<Bmc>) {
+    let dispatchers: Api<OSDispatcher> = c.api();
+    let (name, bmc) = match via {
+        Via::Libvirt => {
+            let spec = LibvirtSpec {
+                uri: URI.into(),
+                credentials_secret_ref: None,
+                domains: DomainSelector {
+                    names: vec![lab.domain.clone()],
+                    labelled: false,
+                },
+                image_pool: lab.pool.clone(),
+                images: vec![LibvirtImage {
+                    name: "os-b".into(),
+                    volume: "installer-b.iso".into(),
+                }],
+                strategy: LibvirtStrategy::Iso,
+                root_disk: Some("vda".into()),
+                callback_timeout: Some("300s".into()),
+            };
+            create(&dispatchers, &libvirt_dispatcher("kvm", spec, "2s")).await;
+            ("kvm", None)
+        }
+        Via::Redfish => {
+            let emu = Emulator::start_libvirt(URI, &lab.pool, &[lab.uuid()]).await;
+            let iso = IsoServer::serving(Some(guests.join("installer-b.iso"))).await;
+            create_bmc_secrets(&c.api(), &emu, PASSWORD).await;
+            let mut spec = redfish_spec(&emu, &iso, true);
+            spec.images = vec![RedfishImage {
+                name: "os-b".into(),
+                url: iso.url("installer-b"),
+                checksum: None,
+            }];
+            spec.callback_timeout = Some("300s".into());
+            create(&dispatchers, &redfish_dispatcher("bmc", spec)).await;
+            ("bmc", Some(Bmc { emu, _iso: iso }))
+        }
+    };
+    eventually(60, "dispatcher Ready", || async {
+        let d = dispatchers.get(name).await.ok()?;
+        (d.status?.state == Some(DispatcherState::Ready)).then_some(())
+    })
+    .await;
+    (name.to_string(), bmc)
+}
+
+async fn change_os(c: TestCluster, via: Via) {
     let _one = ONE_VM.lock().await;
     let Some(lab) = lab_or_skip().await else {
         return;
@@ -220,12 +330,21 @@ async fn a_vm_boots_os_a_is_reprovisioned_and_boots_os_b_with_its_hostname(c: Te
     .await;
     let booted_a = t0.elapsed();
     let port = free_port();
+    // QEMU's user networking shows the host's loopback to the guest as 10.0.2.2; a BMC fetching
+    // the config drive from the same base URL needs an address both reach.
+    let (bind, url_host) = match via {
+        Via::Libvirt => (
+            std::net::IpAddr::from([127, 0, 0, 1]),
+            "10.0.2.2".to_string(),
+        ),
+        Via::Redfish => (
+            std::net::IpAddr::from([0, 0, 0, 0]),
+            host_address().to_string(),
+        ),
+    };
     let settings = osprov::controller::settings::Settings {
-        callback_addr: osprov::controller::settings::MetricsAddr(Some(
-            ([127, 0, 0, 1], port).into(),
-        )),
-        // QEMU's user networking shows the host's loopback to the guest as 10.0.2.2.
-        callback_url: Some(format!("http://10.0.2.2:{port}")),
+        callback_addr: osprov::controller::settings::MetricsAddr(Some((bind, port).into())),
+        callback_url: Some(format!("http://{url_host}:{port}")),
         ..fast_settings_in(&c.ns)
     };
     let _ctl = RunningController::start(
@@ -233,29 +352,8 @@ async fn a_vm_boots_os_a_is_reprovisioned_and_boots_os_b_with_its_hostname(c: Te
         settings,
         Arc::new(osprov::adapter::simulator::SimRegistry::default()),
     );
-    let dispatchers: Api<OSDispatcher> = c.api();
-    let spec = LibvirtSpec {
-        uri: URI.into(),
-        credentials_secret_ref: None,
-        domains: DomainSelector {
-            names: vec![lab.domain.clone()],
-            labelled: false,
-        },
-        image_pool: lab.pool.clone(),
-        images: vec![LibvirtImage {
-            name: "os-b".into(),
-            volume: "installer-b.iso".into(),
-        }],
-        strategy: LibvirtStrategy::Iso,
-        root_disk: Some("vda".into()),
-        callback_timeout: Some("300s".into()),
-    };
-    create(&dispatchers, &libvirt_dispatcher("kvm", spec, "2s")).await;
-    eventually(60, "dispatcher Ready", || async {
-        let d = dispatchers.get("kvm").await.ok()?;
-        (d.status?.state == Some(DispatcherState::Ready)).then_some(())
-    })
-    .await;
+    let guests = guests().expect("the guests were built with the lab");
+    let (_dispatcher, bmc) = dispatcher(&c, &lab, via, &guests).await;
     let secrets: Api<Secret> = c.api();
     let mut meta = Secret::default();
     meta.metadata.name = Some("tiny-meta".into());
@@ -274,7 +372,7 @@ async fn a_vm_boots_os_a_is_reprovisioned_and_boots_os_b_with_its_hostname(c: Te
     until(
         &lab,
         &requests,
-        120,
+        180,
         "the installer wrote OS b",
         |console| console.contains("osprov-installer: wrote b"),
     )
@@ -313,33 +411,13 @@ async fn a_vm_boots_os_a_is_reprovisioned_and_boots_os_b_with_its_hostname(c: Te
     }
     let st = done.status.expect("status");
     assert_eq!(st.attempts, Some(1));
-    // The domain is back to its own definition, the drive gone, and the host runs OS b.
-    let (inactive, volumes) = {
-        let l = lab.clone();
-        tokio::task::spawn_blocking(move || {
-            let d = l.conn.lookup_domain_by_name(&l.domain).expect("domain");
-            let x = d.xml_desc(virt::sys::VIR_DOMAIN_XML_INACTIVE).expect("xml");
-            let pool = l.conn.lookup_storage_pool_by_name(&l.pool).expect("pool");
-            let _ = pool.refresh(0);
-            let vols: Vec<String> = pool
-                .list_all_volumes(0)
-                .expect("volumes")
-                .iter()
-                .filter_map(|v| v.name().ok())
-                .collect();
-            (x, vols)
-        })
-        .await
-        .expect("read back")
-    };
+    let inactive = lab.inactive_xml().await;
     assert!(!inactive.contains("device='cdrom'"), "{inactive}");
-    assert!(
-        !volumes.iter().any(|v| v.contains("cidata")),
-        "the drive is deleted: {volumes:?}"
-    );
-    let record = xml::Record::parse(&inactive[inactive.find("<osprov:host").unwrap_or(0)..])
-        .expect("record");
-    assert_eq!(record.os.as_deref(), Some("os-b"));
+    assert!(!inactive.contains("device='floppy'"), "{inactive}");
+    match (&bmc, via) {
+        (Some(bmc), Via::Redfish) => redfish_checks(&lab, bmc).await,
+        _ => libvirt_checks(&lab, &inactive).await,
+    }
     let hosts: Api<ManagedHost> = c.api();
     eventually(30, "ManagedHost runs os-b", || async {
         let h = hosts.get(&lab.domain).await.ok()?;
@@ -347,12 +425,58 @@ async fn a_vm_boots_os_a_is_reprovisioned_and_boots_os_b_with_its_hostname(c: Te
     })
     .await;
     eprintln!(
-        "real OS run: OS a booted in {:.1}s; request → installer done {:.1}s → OS b reported \
-         {:.1}s",
+        "real OS run ({via:?}): OS a booted in {:.1}s; request → installer done {:.1}s → OS b \
+         reported {:.1}s",
         booted_a.as_secs_f64(),
         installed.as_secs_f64(),
         reported.as_secs_f64()
     );
+}
+
+/// The libvirt adapter left the domain its own definition and deleted the drive's volume.
+async fn libvirt_checks(lab: &Arc<Lab>, inactive: &str) {
+    let l = lab.clone();
+    let volumes = tokio::task::spawn_blocking(move || {
+        let pool = l.conn.lookup_storage_pool_by_name(&l.pool).expect("pool");
+        let _ = pool.refresh(0);
+        pool.list_all_volumes(0)
+            .expect("volumes")
+            .iter()
+            .filter_map(|v| v.name().ok())
+            .collect::<Vec<String>>()
+    })
+    .await
+    .expect("read back");
+    assert!(
+        !volumes.iter().any(|v| v.contains("cidata")),
+        "the drive is deleted: {volumes:?}"
+    );
+    let record = xml::Record::parse(&inactive[inactive.find("<osprov:host").unwrap_or(0)..])
+        .expect("record");
+    assert_eq!(record.os.as_deref(), Some("os-b"));
+}
+
+/// Through the BMC: two resets (into the installer, then into the installed OS once the
+/// installer powered off), both media ejected; libvirt's own log of the domain shows the QEMU
+/// starts: OS a, the installer, OS b.
+async fn redfish_checks(lab: &Lab, bmc: &Bmc) {
+    let resets = bmc.emu.count("POST", "ComputerSystem.Reset", "");
+    assert_eq!(resets, 2, "{}", bmc.emu.log_text());
+    let qemu_log = std::fs::read_to_string(format!("/var/log/libvirt/qemu/{}.log", lab.domain))
+        .unwrap_or_default();
+    assert_eq!(
+        qemu_log.matches("starting up").count(),
+        3,
+        "QEMU starts: {qemu_log}"
+    );
+    let uuid = lab.uuid();
+    for device in ["Cd", "Floppy"] {
+        let media = bmc
+            .emu
+            .get(&format!("/redfish/v1/Systems/{uuid}/VirtualMedia/{device}"))
+            .await;
+        assert_ne!(media["Inserted"], true, "{device}: {media}");
+    }
 }
 
 /// Wait until the console satisfies `check`; on timeout, panic with the console and the

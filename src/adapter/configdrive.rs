@@ -191,16 +191,23 @@ fn iso(label: &str, files: Vec<IsoFile>) -> Result<Vec<u8>, DriveError> {
     Ok(out.into_inner())
 }
 
-/// `image` followed by 150 zero sectors, as mkisofs pads by default: Linux reads ahead on a
-/// CD-ROM, and on a medium that ends right after the file system that read fails and takes the
+/// `image` followed by at least 150 zero sectors, as mkisofs pads by default: Linux reads ahead on
+/// a CD-ROM, and on a medium that ends right after the file system that read fails and takes the
 /// label probe with it (busybox's `findfs LABEL=cidata` found nothing without it).
+///
+/// A drive smaller than a 3.5" high-density floppy is padded to exactly that size, so the same
+/// image also serves a BMC's `Floppy` virtual medium: QEMU's floppy drive (behind sushy-tools'
+/// libvirt driver, and Ironic's floppy images) takes its geometry from the image's size.
 pub fn padded(mut image: Vec<u8>) -> Vec<u8> {
-    image.resize(image.len() + PADDING_SECTORS * SECTOR, 0);
+    let len = (image.len() + PADDING_SECTORS * SECTOR).max(FLOPPY_1440K);
+    image.resize(len, 0);
     image
 }
 
 const SECTOR: usize = 2048;
 const PADDING_SECTORS: usize = 150;
+/// 80 tracks × 2 heads × 18 sectors × 512 bytes.
+const FLOPPY_1440K: usize = 1_474_560;
 
 #[cfg(test)]
 mod tests {
@@ -240,6 +247,13 @@ mod tests {
             .nocloud_iso(Some("https://c/callback/k.s"))
             .expect("iso");
         assert!(bytes.len() >= (16 + 3 + PADDING_SECTORS) * SECTOR, "padded");
+        assert_eq!(
+            bytes.len(),
+            FLOPPY_1440K,
+            "a small drive fits a floppy exactly"
+        );
+        let big = padded(vec![1; FLOPPY_1440K]);
+        assert_eq!(big.len(), FLOPPY_1440K + PADDING_SECTORS * SECTOR);
         assert!(bytes[bytes.len() - PADDING_SECTORS * SECTOR..]
             .iter()
             .all(|b| *b == 0));

@@ -97,6 +97,9 @@ pub struct OpRecord {
     pub reset_at: Option<Timestamp>,
     /// The boot override the BMC reported after it was set (e.g. `Cd/Once`).
     pub boot_override: Option<String>,
+    /// Set before the host is powered on into the installed OS, after the installer powered it
+    /// off (Redfish): that power-on is sent at most once per token.
+    pub installed_boot_at: Option<Timestamp>,
     pub outcome: Option<Outcome>,
     /// Media ejected and boot override cleared after the outcome.
     pub cleaned: bool,
@@ -127,6 +130,7 @@ impl OpRecord {
             reset_requested_at: None,
             reset_at: None,
             boot_override: None,
+            installed_boot_at: None,
             outcome: None,
             cleaned: false,
             copied_at: None,
@@ -175,6 +179,9 @@ impl OpRecord {
         }
         if let Some(b) = &self.boot_override {
             put("bootOverride", b.clone());
+        }
+        if let Some(t) = self.installed_boot_at {
+            put("installedBootAt", t.to_string());
         }
         if let Some(o) = &self.outcome {
             put("outcome", o.kind.as_str().to_string());
@@ -226,6 +233,7 @@ impl OpRecord {
             reset_requested_at: ts("resetRequestedAt"),
             reset_at: ts("resetAt"),
             boot_override: m.get("bootOverride").cloned(),
+            installed_boot_at: ts("installedBootAt"),
             outcome,
             cleaned: m.get("cleaned").is_some_and(|c| c == "true"),
             copied_at: ts("copiedAt"),
@@ -432,6 +440,7 @@ mod tests {
             reset_requested_at: Some(Timestamp::now()),
             reset_at: None,
             boot_override: Some("Cd/Once".into()),
+            installed_boot_at: Some(Timestamp::now()),
             outcome: Some(Outcome {
                 kind: OutcomeKind::Failed,
                 message: "disk".into(),

@@ -8,7 +8,8 @@
 # - installer-b.iso: a bootable installer (ISOLINUX, the same kernel, an installer initramfs and
 #   os-b.img as payload). It finds the NoCloud config drive by its label (`cidata`), writes the
 #   payload to the first virtio disk, copies the hostname (meta-data `local-hostname`) and the
-#   callback URL onto it, prints `osprov-installer: wrote <os>` and powers the machine off.
+#   callback URL onto it, prints `osprov-installer: wrote <os>` and powers the machine off. The
+#   drive may be a CD-ROM (libvirt) or a floppy (a BMC's Floppy virtual medium).
 #
 # Nothing is installed: the packages are downloaded and unpacked (`apt-get download`,
 # `dpkg-deb -x`). The build tools (xorriso, syslinux, mtools, dosfstools, cpio) come from Debian
@@ -32,8 +33,9 @@ dpkg-deb -x busybox-static_*.deb busybox
 modules=$(ls -d kernel/lib/modules/*)
 vmlinuz=$(ls kernel/boot/vmlinuz-*)
 
-# The modules a guest needs, in load order: IDE CD-ROMs, ISO 9660, virtio disk and network, FAT.
-MODULES="scsi_common scsi_mod cdrom libata ata_piix sr_mod isofs virtio_ring virtio \
+# The modules a guest needs, in load order: IDE CD-ROMs, the floppy drive (a BMC's Floppy virtual
+# medium), ISO 9660, virtio disk and network, FAT.
+MODULES="scsi_common scsi_mod cdrom libata ata_piix sr_mod floppy isofs virtio_ring virtio \
 virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk failover net_failover \
 virtio_net fat vfat nls_cp437 nls_ascii"
 
@@ -54,7 +56,7 @@ setup() {
     mount -t proc proc /proc
     mount -t sysfs sys /sys
     mount -t devtmpfs dev /dev
-    for m in scsi_common scsi_mod cdrom libata ata_piix sr_mod isofs virtio_ring virtio \
+    for m in scsi_common scsi_mod cdrom libata ata_piix sr_mod floppy isofs virtio_ring virtio \
         virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk failover \
         net_failover virtio_net fat vfat nls_cp437 nls_ascii; do
         insmod /lib/modules/$m.ko 2>/dev/null
@@ -123,8 +125,16 @@ initramfs installer <<'EOF'
 #!/bin/sh
 . /lib/common.sh
 setup
-for _ in $(seq 50); do findfs LABEL=cidata >/dev/null 2>&1 && break; sleep 0.2; done
-drive=$(findfs LABEL=cidata) || { log "osprov-installer: no config drive"; poweroff -f; }
+# The config drive by its label. busybox's findfs skips floppies (major 2) by design, so a drive on
+# a floppy (a BMC's Floppy virtual medium) is recognised by its ISO 9660 volume label, read from
+# the primary volume descriptor (sector 16, label at byte 40) as util-linux's blkid would.
+cidata() {
+    findfs LABEL=cidata 2>/dev/null && return 0
+    [ -b /dev/fd0 ] && [ "$(dd if=/dev/fd0 bs=1 skip=32808 count=6 2>/dev/null)" = cidata ] &&
+        echo /dev/fd0
+}
+for _ in $(seq 50); do cidata >/dev/null && break; sleep 0.2; done
+drive=$(cidata) || { log "osprov-installer: no config drive"; poweroff -f; }
 media=$(findfs LABEL=OSPROV_INSTALL) || { log "osprov-installer: no install medium"; poweroff -f; }
 mount -t iso9660 -o ro "$drive" /cidata
 mount -t iso9660 -o ro "$media" /cdrom

@@ -8,12 +8,12 @@
 #![allow(dead_code)]
 use crate::harness::free_port;
 use std::io::Write;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+mod iso_server;
+pub use iso_server::IsoServer;
 
 pub const USER: &str = "osprov";
 pub const PASSWORD: &str = "s3cret-bmc-pass";
@@ -140,12 +140,6 @@ impl Emulator {
         events: bool,
         (cert, key): (String, String),
     ) -> Emulator {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let p = |n: &str| dir.path().join(n);
-        std::fs::write(p("cert.pem"), &cert).expect("cert");
-        std::fs::write(p("key.pem"), &key).expect("key");
-        std::fs::write(p("htpasswd"), bcrypt_line(USER, PASSWORD) + "\n").expect("htpasswd");
-        std::fs::create_dir_all(p("state")).expect("state dir");
         let mut fake = String::from("[\n");
         for i in 0..systems {
             fake.push_str(&format!(
@@ -157,13 +151,40 @@ impl Emulator {
             ));
         }
         fake.push(']');
+        let driver =
+            format!("SUSHY_EMULATOR_FAKE_DRIVER = True\nSUSHY_EMULATOR_FAKE_SYSTEMS = {fake}\n");
+        Emulator::launch(driver, session_timeout, events, (cert, key)).await
+    }
+
+    /// Plain sushy-tools (basic auth, no sessions) with its libvirt driver in front of the
+    /// domains `uuids` at `uri`; images inserted as virtual media are uploaded to `pool`.
+    pub async fn start_libvirt(uri: &str, pool: &str, uuids: &[String]) -> Emulator {
+        let driver = format!(
+            "SUSHY_EMULATOR_LIBVIRT_URI = {uri:?}\n\
+             SUSHY_EMULATOR_STORAGE_POOL = {pool:?}\n\
+             SUSHY_EMULATOR_ALLOWED_INSTANCES = {uuids:?}\n"
+        );
+        Emulator::launch(driver, None, false, self_signed()).await
+    }
+
+    async fn launch(
+        driver: String,
+        session_timeout: Option<u64>,
+        events: bool,
+        (cert, key): (String, String),
+    ) -> Emulator {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = |n: &str| dir.path().join(n);
+        std::fs::write(p("cert.pem"), &cert).expect("cert");
+        std::fs::write(p("key.pem"), &key).expect("key");
+        std::fs::write(p("htpasswd"), bcrypt_line(USER, PASSWORD) + "\n").expect("htpasswd");
+        std::fs::create_dir_all(p("state")).expect("state dir");
         let port = free_port();
         let config = p("emulator.conf");
         std::fs::write(
             &config,
             format!(
-                "SUSHY_EMULATOR_FAKE_DRIVER = True\n\
-                 SUSHY_EMULATOR_FAKE_SYSTEMS = {fake}\n\
+                "{driver}\
                  SUSHY_EMULATOR_STATE_DIR = {state:?}\n\
                  SUSHY_EMULATOR_AUTH_FILE = {auth:?}\n\
                  SUSHY_EMULATOR_LISTEN_IP = '127.0.0.1'\n\
@@ -217,8 +238,9 @@ impl Emulator {
         let child = cmd
             .arg("--config")
             .arg(&self.config)
-            .env("NO_PROXY", "127.0.0.1,localhost")
-            .env("no_proxy", "127.0.0.1,localhost")
+            // Everything the emulator fetches (images, config drives) is served on this machine.
+            .env("NO_PROXY", "*")
+            .env("no_proxy", "*")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -383,81 +405,6 @@ fn strip_ansi(text: &str) -> String {
 impl Drop for Emulator {
     fn drop(&mut self) {
         self.stop();
-    }
-}
-
-/// A tiny HTTP server for the test ISO; can hold the first download for a while and tell when
-/// a download started.
-pub struct IsoServer {
-    pub addr: SocketAddr,
-    pub downloads: Arc<AtomicU64>,
-    /// The query string of every download (the image URL osprov gave the BMC carries the
-    /// callback URL, and so the operation's key).
-    pub queries: Arc<Mutex<Vec<String>>>,
-    /// Delay applied to the next download only.
-    pub hold_next: Arc<Mutex<Option<Duration>>>,
-    pub started: Arc<tokio::sync::Notify>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl IsoServer {
-    pub async fn start() -> IsoServer {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let downloads = Arc::new(AtomicU64::new(0));
-        let hold_next: Arc<Mutex<Option<Duration>>> = Arc::new(Mutex::new(None));
-        let started = Arc::new(tokio::sync::Notify::new());
-        let queries: Arc<Mutex<Vec<String>>> = Arc::default();
-        let (d, h, s, q) = (
-            downloads.clone(),
-            hold_next.clone(),
-            started.clone(),
-            queries.clone(),
-        );
-        let app = axum::Router::new().route(
-            "/images/{name}",
-            axum::routing::get(move |query: axum::extract::RawQuery| {
-                let (d, h, s, q) = (d.clone(), h.clone(), s.clone(), q.clone());
-                async move {
-                    d.fetch_add(1, Ordering::SeqCst);
-                    q.lock().expect("lock").push(query.0.unwrap_or_default());
-                    s.notify_waiters();
-                    let hold = h.lock().expect("lock").take();
-                    if let Some(hold) = hold {
-                        tokio::time::sleep(hold).await;
-                    }
-                    // A few KiB standing in for an installer ISO.
-                    let mut body = Vec::with_capacity(8192);
-                    for i in 0..8192u32 {
-                        body.push((i % 251) as u8);
-                    }
-                    body
-                }
-            }),
-        );
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        IsoServer {
-            addr,
-            downloads,
-            queries,
-            hold_next,
-            started,
-            task,
-        }
-    }
-
-    pub fn url(&self, name: &str) -> String {
-        format!("http://{}/images/{name}.iso", self.addr)
-    }
-}
-
-impl Drop for IsoServer {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 

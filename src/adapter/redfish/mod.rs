@@ -121,9 +121,12 @@ fn store_err(e: StoreError) -> RedfishError {
 fn status_of(rec: &OpRecord) -> OperationStatus {
     let state = match &rec.outcome {
         None => OperationState::Running {
-            progress: Some(match rec.reset_at.or(rec.reset_requested_at) {
-                Some(t) => format!("installing since {t}; waiting for the installer's callback"),
-                None => "preparing virtual media and boot override".into(),
+            progress: Some(match (rec.installed_boot_at, rec.reset_at.or(rec.reset_requested_at)) {
+                (Some(t), _) => format!(
+                    "the installer finished; the installed OS was powered on at {t}; waiting for its first-boot report"
+                ),
+                (None, Some(t)) => format!("installing since {t}; waiting for the installer's callback"),
+                (None, None) => "preparing virtual media and boot override".into(),
             }),
         },
         Some(o) => match o.kind {
@@ -359,22 +362,10 @@ impl Inner {
             image_url_plain(image)
         };
         let rec = OpRecord {
-            token: token.to_string(),
-            host_id: host_id.to_string(),
-            os: os.to_string(),
-            image,
             secret,
-            started_at: Timestamp::now(),
-            reset_requested_at: None,
-            reset_at: None,
-            boot_override: None,
-            outcome: None,
-            cleaned: false,
-            copied_at: None,
-            guestinfo: Default::default(),
             drive,
             drive_secret,
-            version: None,
+            ..OpRecord::starting(token, host_id, os, &image)
         };
         let saved = self
             .store
@@ -534,6 +525,10 @@ impl Adapter for RedfishAdapter {
             return Ok(None);
         };
         if rec.outcome.is_none() {
+            rec = inner
+                .boot_installed(rec)
+                .await
+                .map_err(RedfishError::into_adapter)?;
             let Some(since) = rec.reset_at.or(rec.reset_requested_at) else {
                 // Never got as far as the reset: the engine resumes with the same token.
                 return Ok(None);

@@ -27,6 +27,35 @@ use k8s_openapi::jiff::Timestamp;
 use serde_json::json;
 use tracing::{info, warn};
 
+/// How long an installer runs at least: a host seen `Off` sooner after the reset is taken for the
+/// reset itself.
+pub(super) const INSTALLER_MIN_RUN: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// The system's `ComputerSystem.Reset` action.
+fn reset_action(system: &ComputerSystem) -> Result<super::model::ResetAction, RedfishError> {
+    system
+        .actions
+        .as_ref()
+        .and_then(|a| a.reset.clone())
+        .ok_or_else(|| {
+            RedfishError::Unsupported(format!(
+                "system {} has no ComputerSystem.Reset action",
+                system.id
+            ))
+        })
+}
+
+/// The boot override that undoes osprov's: none, or — where the BMC lists the targets it takes and
+/// `None` is not among them (sushy-tools' libvirt driver, some BMCs that only do `Continuous`) —
+/// the disk, persistently, as Ironic leaves a host after a deploy.
+fn cleared_override(allowed: &[String]) -> serde_json::Value {
+    if allowed.is_empty() || allowed.iter().any(|t| t == "None") {
+        json!({"BootSourceOverrideTarget": "None", "BootSourceOverrideEnabled": "Disabled"})
+    } else {
+        json!({"BootSourceOverrideTarget": "Hdd", "BootSourceOverrideEnabled": "Continuous"})
+    }
+}
+
 impl Inner {
     /// Read a system by its Redfish `Id` through the cached path.
     pub(super) async fn system(&self, host_id: &str) -> Result<ComputerSystem, RedfishError> {
@@ -173,16 +202,7 @@ impl Inner {
                 r.boot_override = Some(set.clone());
             })
             .await?;
-        let reset = after
-            .actions
-            .as_ref()
-            .and_then(|a| a.reset.clone())
-            .ok_or_else(|| {
-                RedfishError::Unsupported(format!(
-                    "system {} has no ComputerSystem.Reset action",
-                    rec.host_id
-                ))
-            })?;
+        let reset = reset_action(&after)?;
         let on = matches!(after.power_state.as_deref(), Some("On" | "PoweringOn"));
         let wanted: &[&str] = if on {
             &["ForceRestart", "PowerCycle", "GracefulRestart"]
@@ -210,6 +230,61 @@ impl Inner {
             r.reset_at.get_or_insert(Timestamp::now());
         })
         .await
+    }
+
+    /// After the reset: once the installer has powered the host off, eject the media, clear the
+    /// boot override and power the host on into the installed OS (at most once per token), whose
+    /// first-boot report ends the operation. An installer that reboots on its own (a BMC that
+    /// honours `Once`) never shows `Off` here, and its installed OS reports the same way.
+    ///
+    /// A host seen `Off` less than [`INSTALLER_MIN_RUN`] after the reset is taken for the reset
+    /// itself (a BMC may show `Off` between the two halves of a restart), not for an installer.
+    pub(super) async fn boot_installed(&self, rec: OpRecord) -> Result<OpRecord, RedfishError> {
+        let Some(reset_at) = rec.reset_at else {
+            return Ok(rec);
+        };
+        if rec.outcome.is_some() || rec.installed_boot_at.is_some() {
+            return Ok(rec);
+        }
+        let ran = Timestamp::now().duration_since(reset_at);
+        if std::time::Duration::try_from(ran).unwrap_or_default() < INSTALLER_MIN_RUN {
+            return Ok(rec);
+        }
+        let system = self.system(&rec.host_id).await?;
+        if let Some(c) = self
+            .systems
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(&rec.host_id)
+        {
+            c.system = Some(system.clone());
+        }
+        if system.power_state.as_deref() != Some("Off") {
+            return Ok(rec);
+        }
+        info!(host = %rec.host_id, "the installer powered the host off; ejecting the media and booting the installed OS");
+        self.cleanup(&rec).await?;
+        let rec = self
+            .mutate(&rec.token, |r| {
+                r.cleaned = true;
+                r.installed_boot_at.get_or_insert(Timestamp::now());
+            })
+            .await?;
+        let reset = reset_action(&system)?;
+        let on = ["On", "ForceOn"]
+            .into_iter()
+            .find(|w| reset.allowed.is_empty() || reset.allowed.iter().any(|a| a == w))
+            .ok_or_else(|| {
+                RedfishError::Unsupported(format!(
+                    "system {} allows no power-on reset type",
+                    rec.host_id
+                ))
+            })?;
+        self.client
+            .action(&reset.target, json!({"ResetType": on}), Idempotent::No)
+            .await?;
+        info!(host = %rec.host_id, "powered on into the installed OS; waiting for its first-boot report");
+        Ok(rec)
     }
 
     /// Eject this token's image (and its config drive) and clear the boot override.
@@ -269,13 +344,48 @@ impl Inner {
                 path
             }
         };
+        let allowed = self
+            .systems
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&rec.host_id)
+            .and_then(|c| {
+                c.system
+                    .as_ref()?
+                    .boot
+                    .as_ref()
+                    .map(|b| b.allowed_targets.clone())
+            })
+            .unwrap_or_default();
         self.client
-            .patch(
-                &path,
-                json!({"Boot": {"BootSourceOverrideTarget": "None", "BootSourceOverrideEnabled": "Disabled"}}),
-            )
+            .patch(&path, json!({"Boot": cleared_override(&allowed)}))
             .await?;
         info!(host = %rec.host_id, "media ejected and boot override cleared");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cleared_override_is_what_the_bmc_takes() {
+        let none =
+            json!({"BootSourceOverrideTarget": "None", "BootSourceOverrideEnabled": "Disabled"});
+        let hdd =
+            json!({"BootSourceOverrideTarget": "Hdd", "BootSourceOverrideEnabled": "Continuous"});
+        assert_eq!(
+            cleared_override(&[]),
+            none,
+            "nothing listed: the standard clear"
+        );
+        let listed = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            cleared_override(&listed(&["None", "Pxe", "Cd", "Hdd"])),
+            none
+        );
+        // sushy-tools' libvirt driver lists Pxe, Cd and Hdd, and fails a PATCH to None.
+        assert_eq!(cleared_override(&listed(&["Pxe", "Cd", "Hdd"])), hdd);
     }
 }
