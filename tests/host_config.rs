@@ -9,7 +9,10 @@
 //! - a missing Secret or key and unusable content keep the request Pending with a reason that
 //!   names the Secret (never its content) and start nothing, until the Secret is fixed;
 //! - a dispatcher that cannot deliver configuration (a simulator served out of process) rejects
-//!   the request before anything starts.
+//!   the request before anything starts;
+//! - a kickstart rides on an `OEMDRV` drive (`spec.configDrive`): `blkid` finds the label,
+//!   `isoinfo` reads `ks.cfg`, and pykickstart's `ksvalidator` (Fedora's own validator) accepts
+//!   it; an `OEMDRV` request without user-data waits with `ConfigurationInvalid`.
 mod cluster;
 mod harness;
 mod support;
@@ -22,7 +25,8 @@ use kube::api::{Api, Patch, PatchParams};
 use osprov::adapter::simulator::SimRegistry;
 use osprov::adapter::HostConfig;
 use osprov::api::{
-    conditions::reason, ConfigSecretRef, OSDispatcher, OSProvisioningRequest, Phase,
+    conditions::reason, ConfigDriveFormat, ConfigSecretRef, OSDispatcher, OSProvisioningRequest,
+    Phase,
 };
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -33,7 +37,11 @@ on_both_backends!(
     configuration_reaches_the_host_on_a_drive_cloud_init_reads,
     a_missing_or_unusable_secret_keeps_the_request_pending_until_fixed,
     configuration_for_a_dispatcher_that_cannot_deliver_it_is_rejected,
+    a_kickstart_rides_on_an_oemdrv_drive_anaconda_reads,
 );
+
+const KICKSTART: &str = "lang en_US.UTF-8\nkeyboard us\ntimezone UTC\nrootpw --lock\n\
+                         network --bootproto=dhcp --hostname=web-1\n%packages\n@core\n%end\n";
 
 const USER_DATA: &str = "#cloud-config\nusers:\n  - name: ops\n    ssh_authorized_keys:\n      \
                          - ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOsprovTestKeyOnly ops@example\n\
@@ -133,7 +141,7 @@ fn validate_with_cloud_init(config: &HostConfig) {
     let dir = tempfile::tempdir().expect("tempdir");
     let iso = dir.path().join("cidata.iso");
     let callback = "https://osprov.example/callback/k.s";
-    std::fs::write(&iso, config.nocloud_iso(Some(callback)).expect("iso")).expect("write");
+    std::fs::write(&iso, config.drive_iso(Some(callback)).expect("iso")).expect("write");
     let blkid = run("blkid", &["-o", "export", path(&iso)]);
     assert!(
         blkid.contains("LABEL=cidata") && blkid.contains("TYPE=iso9660"),
@@ -323,4 +331,80 @@ async fn wait_message(api: &Api<OSProvisioningRequest>, name: &str, part: &str) 
         m.contains(part).then_some(m)
     })
     .await
+}
+
+async fn a_kickstart_rides_on_an_oemdrv_drive_anaconda_reads(c: TestCluster) {
+    let sims = Arc::new(SimRegistry::default());
+    let _ctl = controller(&c, &sims);
+    let dispatchers: Api<OSDispatcher> = c.api();
+    create(&dispatchers, &sim_dispatcher("sim", sim(2, 50))).await;
+    let requests: Api<OSProvisioningRequest> = c.api();
+    // OEMDRV without a kickstart: nothing for Anaconda to read, so the request waits.
+    let mut bare = request("no-ks", "sim-001", "debian-12");
+    bare.spec.config_drive = Some(ConfigDriveFormat::Oemdrv);
+    create(&requests, &bare).await;
+    let why = wait_reason(&requests, "no-ks", reason::CONFIGURATION_INVALID).await;
+    assert!(why.contains("spec.userData"), "{why}");
+    let secrets: Api<Secret> = c.api();
+    create(&secrets, &secret("web-ks", &[("userData", KICKSTART)])).await;
+    let mut r = request("web-ks", "sim-000", "debian-12");
+    r.spec.config_drive = Some(ConfigDriveFormat::Oemdrv);
+    r.spec.user_data = Some(ConfigSecretRef {
+        name: "web-ks".into(),
+        key: None,
+    });
+    create(&requests, &r).await;
+    let done = wait_phase(&requests, "web-ks", Phase::Succeeded, 30).await;
+    let token = done
+        .status
+        .and_then(|s| s.operation)
+        .map(|o| o.token)
+        .expect("operation recorded");
+    let given = sims
+        .get(&c.key("sim"))
+        .expect("fleet")
+        .config(&token)
+        .expect("the operation was given the configuration");
+    assert_eq!(given.format, osprov::adapter::DriveFormat::Oemdrv);
+    let st = requests.get("no-ks").await.expect("no-ks").status;
+    assert_eq!(
+        st.and_then(|s| s.operation),
+        None,
+        "nothing started for no-ks"
+    );
+    validate_kickstart_drive(&given);
+}
+
+/// Render `config`'s OEMDRV drive and read it as Anaconda would find it.
+fn validate_kickstart_drive(config: &HostConfig) {
+    if let Some(why) = tools_missing() {
+        assert!(
+            std::env::var_os("OSPROV_REQUIRE_CLOUD_INIT").is_none(),
+            "OSPROV_REQUIRE_CLOUD_INIT is set but {why}"
+        );
+        eprintln!("skipping the drive checks: {why}");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let iso = dir.path().join("oemdrv.iso");
+    std::fs::write(
+        &iso,
+        config
+            .drive_iso(Some("https://c/callback/k.s"))
+            .expect("iso"),
+    )
+    .expect("write");
+    let blkid = run("blkid", &["-o", "export", path(&iso)]);
+    assert!(blkid.contains("LABEL=OEMDRV"), "{blkid}");
+    let out = Command::new("isoinfo")
+        .args(["-R", "-i", path(&iso), "-x", "/ks.cfg"])
+        .output()
+        .expect("isoinfo");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), KICKSTART);
+    let ks = dir.path().join("ks.cfg");
+    std::fs::write(&ks, &out.stdout).expect("extract");
+    let python = std::env::var("OSPROV_PYTHON").unwrap_or_else(|_| "python3".into());
+    let validator = Path::new(&python).with_file_name("ksvalidator");
+    let checked = run(path(&validator), &[path(&ks)]);
+    assert!(!checked.contains("problem"), "{checked}");
 }

@@ -27,6 +27,37 @@ use std::sync::Arc;
 
 /// The volume label cloud-init's NoCloud datasource looks for.
 pub const NOCLOUD_LABEL: &str = "cidata";
+/// The volume label Anaconda looks for a kickstart (`ks.cfg`) on.
+pub const OEMDRV_LABEL: &str = "OEMDRV";
+
+/// The convention a config drive follows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DriveFormat {
+    /// cloud-init's NoCloud volume: label `cidata`; `user-data`, `meta-data`, `network-config`.
+    #[default]
+    NoCloud,
+    /// Anaconda's kickstart volume: label `OEMDRV`; the user-data as `ks.cfg`, with `meta-data`
+    /// and `network-config` beside it for the kickstart's own `%pre`/`%post` scripts.
+    Oemdrv,
+}
+
+impl DriveFormat {
+    /// The name users write (`spec.configDrive`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DriveFormat::NoCloud => "NoCloud",
+            DriveFormat::Oemdrv => "OEMDRV",
+        }
+    }
+
+    /// The volume label.
+    pub fn label(self) -> &'static str {
+        match self {
+            DriveFormat::NoCloud => NOCLOUD_LABEL,
+            DriveFormat::Oemdrv => OEMDRV_LABEL,
+        }
+    }
+}
 /// The file on the drive holding the callback URL (with its credential).
 pub const CALLBACK_FILE: &str = "osprov-callback";
 
@@ -43,6 +74,8 @@ pub struct HostConfig {
     pub network_config: Option<Vec<u8>>,
     /// The user's own meta-data keys.
     pub meta_data: Map<String, Value>,
+    /// The drive's convention.
+    pub format: DriveFormat,
 }
 
 impl std::fmt::Debug for HostConfig {
@@ -56,6 +89,7 @@ impl std::fmt::Debug for HostConfig {
                 &self.network_config.as_ref().map(|_| "<redacted>"),
             )
             .field("meta_data_keys", &self.meta_data.keys().collect::<Vec<_>>())
+            .field("format", &self.format)
             .finish()
     }
 }
@@ -88,15 +122,19 @@ impl HostConfig {
         serde_norway::to_string(&Value::Object(m)).map_err(|e| DriveError::MetaData(e.to_string()))
     }
 
-    /// The files of the NoCloud volume, by name. `callback`: the operation's callback URL.
-    pub fn nocloud_files(
+    /// The files of the drive, by name. `callback`: the operation's callback URL.
+    pub fn drive_files(
         &self,
         callback: Option<&str>,
     ) -> Result<Vec<(&'static str, Vec<u8>)>, DriveError> {
+        let user_data = match self.format {
+            // cloud-init needs the file, even empty, to take the volume as a datasource.
+            DriveFormat::NoCloud => "user-data",
+            DriveFormat::Oemdrv => "ks.cfg",
+        };
         let mut files = vec![
             ("meta-data", self.meta_data_yaml()?.into_bytes()),
-            // cloud-init needs the file, even empty, to take the volume as a datasource.
-            ("user-data", self.user_data.clone().unwrap_or_default()),
+            (user_data, self.user_data.clone().unwrap_or_default()),
         ];
         if let Some(n) = &self.network_config {
             files.push(("network-config", n.clone()));
@@ -107,24 +145,24 @@ impl HostConfig {
         Ok(files)
     }
 
-    /// The NoCloud volume as an ISO 9660 image (label `cidata`), padded for CD-ROM readers.
-    pub fn nocloud_iso(&self, callback: Option<&str>) -> Result<Vec<u8>, DriveError> {
-        Ok(padded(self.nocloud_image(callback)?))
+    /// The drive as an ISO 9660 image (labelled for its format), padded for CD-ROM readers.
+    pub fn drive_iso(&self, callback: Option<&str>) -> Result<Vec<u8>, DriveError> {
+        Ok(padded(self.drive_image(callback)?))
     }
 
-    /// The NoCloud volume's file system alone (no padding), as an operation record keeps it:
-    /// rendered once, so every read of the drive gets the same bytes (the writer stamps the
-    /// time of writing into it).
-    pub fn nocloud_image(&self, callback: Option<&str>) -> Result<Vec<u8>, DriveError> {
+    /// The drive's file system alone (no padding), as an operation record keeps it: rendered
+    /// once, so every read of the drive gets the same bytes (the writer stamps the time of
+    /// writing into it).
+    pub fn drive_image(&self, callback: Option<&str>) -> Result<Vec<u8>, DriveError> {
         let files = self
-            .nocloud_files(callback)?
+            .drive_files(callback)?
             .into_iter()
             .map(|(name, contents)| IsoFile::File {
                 name: Arc::new(name.to_string()),
                 contents,
             })
             .collect();
-        iso(NOCLOUD_LABEL, files)
+        iso(self.format.label(), files)
     }
 }
 
@@ -223,7 +261,41 @@ mod tests {
             user_data: Some(b"#cloud-config\nhostname: web-1\n".to_vec()),
             network_config: Some(b"version: 2\nethernets: {}\n".to_vec()),
             meta_data: meta,
+            format: DriveFormat::NoCloud,
         }
+    }
+
+    /// The names and label of a rendered drive.
+    fn read_back(bytes: Vec<u8>) -> (String, Vec<String>) {
+        let image = IsoImage::open(Cursor::new(bytes)).expect("readable");
+        let pvd = image.read_pvd().expect("primary volume descriptor");
+        let label = String::from_utf8_lossy(pvd.volume_identifier.as_bytes())
+            .trim()
+            .to_string();
+        let names = image
+            .root_dir()
+            .iter(&image)
+            .entries()
+            .filter_map(Result::ok)
+            .map(|e| String::from_utf8_lossy(e.name()).to_string())
+            .collect();
+        (label, names)
+    }
+
+    #[test]
+    fn an_oemdrv_drive_holds_the_kickstart_as_ks_cfg() {
+        let mut c = config();
+        c.format = DriveFormat::Oemdrv;
+        let files = c
+            .drive_files(Some("https://c/callback/k.s"))
+            .expect("files");
+        let ks = files.iter().find(|(n, _)| *n == "ks.cfg").expect("ks.cfg");
+        assert_eq!(ks.1, b"#cloud-config\nhostname: web-1\n");
+        assert!(!files.iter().any(|(n, _)| *n == "user-data"));
+        let (label, _) = read_back(c.drive_iso(None).expect("iso"));
+        assert_eq!(label, "OEMDRV");
+        let (label, _) = read_back(config().drive_iso(None).expect("iso"));
+        assert_eq!(label, "cidata");
     }
 
     #[test]
@@ -244,7 +316,7 @@ mod tests {
     #[test]
     fn the_iso_is_labelled_cidata_and_holds_the_files_by_their_own_names() {
         let bytes = config()
-            .nocloud_iso(Some("https://c/callback/k.s"))
+            .drive_iso(Some("https://c/callback/k.s"))
             .expect("iso");
         assert!(bytes.len() >= (16 + 3 + PADDING_SECTORS) * SECTOR, "padded");
         assert_eq!(
@@ -305,7 +377,7 @@ mod tests {
         };
         assert!(!c.is_custom());
         let names: Vec<&str> = c
-            .nocloud_files(None)
+            .drive_files(None)
             .expect("files")
             .into_iter()
             .map(|(n, _)| n)

@@ -13,7 +13,7 @@ pub mod tls;
 pub mod vsphere;
 
 use crate::api::{HostProvisioningState, PowerState};
-pub use configdrive::HostConfig;
+pub use configdrive::{DriveFormat, HostConfig};
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -189,9 +189,10 @@ pub trait Adapter: Send + Sync {
         config: &HostConfig,
     ) -> Result<OperationStatus, AdapterError>;
     /// True when the adapter hands a host its own configuration (user-data, network-config,
-    /// meta-data) on a config drive. Requests carrying configuration for a host whose adapter
-    /// does not are rejected before anything touches the host.
-    fn delivers_config(&self) -> bool {
+    /// meta-data) in the convention `format`. Requests carrying configuration for a host whose
+    /// adapter does not are rejected before anything touches the host.
+    fn delivers_config(&self, format: DriveFormat) -> bool {
+        let _ = format;
         false
     }
     /// Look an operation up by its token; `None` when the backend never saw that token.

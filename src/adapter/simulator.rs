@@ -502,7 +502,7 @@ impl Adapter for SimulatorAdapter {
         }))
     }
 
-    fn delivers_config(&self) -> bool {
+    fn delivers_config(&self, _format: crate::adapter::DriveFormat) -> bool {
         true
     }
 

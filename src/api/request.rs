@@ -77,6 +77,35 @@ pub struct OSProvisioningRequestSpec {
         regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
     )]
     pub hostname: Option<String>,
+    /// The convention of the operation's config drive: `NoCloud` (default; a volume labelled
+    /// `cidata` for cloud-init, Ubuntu autoinstall and the cloud images) or `OEMDRV` (a volume
+    /// labelled `OEMDRV` whose `ks.cfg` is the user-data, which Anaconda — Fedora, RHEL and its
+    /// rebuilds — loads as its kickstart without a boot argument). `OEMDRV` needs `userData`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_drive: Option<ConfigDriveFormat>,
+}
+
+/// The convention of a config drive.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+pub enum ConfigDriveFormat {
+    /// cloud-init's NoCloud volume (label `cidata`).
+    #[default]
+    NoCloud,
+    /// Anaconda's kickstart volume (label `OEMDRV`, the kickstart in `ks.cfg`).
+    #[serde(rename = "OEMDRV")]
+    Oemdrv,
+}
+
+impl ConfigDriveFormat {
+    /// The name as written in `spec.configDrive`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConfigDriveFormat::NoCloud => "NoCloud",
+            ConfigDriveFormat::Oemdrv => "OEMDRV",
+        }
+    }
 }
 
 /// A key of a Secret in the request's namespace.

@@ -7,9 +7,9 @@
 //! meta-data that is not a YAML mapping) is `ConfigurationInvalid`; both keep the request
 //! Pending until the Secret is fixed, and nothing touches the host meanwhile. Messages name the
 //! Secret and the key, never their contents.
-use crate::adapter::HostConfig;
+use crate::adapter::{DriveFormat, HostConfig};
 use crate::api::conditions::reason;
-use crate::api::{ConfigSecretRef, OSProvisioningRequestSpec};
+use crate::api::{ConfigDriveFormat, ConfigSecretRef, OSProvisioningRequestSpec};
 use crate::provisioner::plan::ConfigLookup;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client};
@@ -28,6 +28,15 @@ pub fn requested(spec: &OSProvisioningRequestSpec) -> bool {
         || spec.network_data.is_some()
         || spec.meta_data.is_some()
         || spec.hostname.is_some()
+        || spec.config_drive.is_some()
+}
+
+/// The config drive's convention the request asks for.
+pub fn format(spec: &OSProvisioningRequestSpec) -> DriveFormat {
+    match spec.config_drive.unwrap_or_default() {
+        ConfigDriveFormat::NoCloud => DriveFormat::NoCloud,
+        ConfigDriveFormat::Oemdrv => DriveFormat::Oemdrv,
+    }
 }
 
 /// The planner's view of the request's configuration.
@@ -59,8 +68,18 @@ pub async fn resolve(
     let mut config = HostConfig {
         instance_id: instance_id(token),
         hostname: spec.hostname.clone().unwrap_or_else(|| spec.host.clone()),
+        format: format(spec),
         ..HostConfig::default()
     };
+    if config.format == DriveFormat::Oemdrv && spec.user_data.is_none() {
+        // Anaconda takes the drive for its kickstart: without one it has nothing to read.
+        return Ok(Err(Unusable {
+            reason: reason::CONFIGURATION_INVALID,
+            message: "spec.configDrive OEMDRV carries the kickstart as ks.cfg: name it in \
+                      spec.userData"
+                .into(),
+        }));
+    }
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
     if let Some(r) = &spec.user_data {
         match read(&secrets, r, "spec.userData", "userData").await? {

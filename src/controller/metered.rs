@@ -98,8 +98,8 @@ impl Adapter for Metered {
         r
     }
 
-    fn delivers_config(&self) -> bool {
-        self.inner.delivers_config()
+    fn delivers_config(&self, format: crate::adapter::DriveFormat) -> bool {
+        self.inner.delivers_config(format)
     }
 
     async fn close(&self) {

@@ -163,7 +163,7 @@ pub fn locate(scope: &Scope, ns: &str, req: &Request, first_seen: Timestamp) -> 
             .dispatcher
             .as_ref()
             .and_then(|k| shared.engine.adapter(k))
-            .is_some_and(|a| a.delivers_config());
+            .is_some_and(|a| a.delivers_config(crate::controller::hostconfig::format(&req.spec)));
     }
     located
 }

@@ -381,9 +381,11 @@ pub fn plan(req: &RequestView<'_>, world: &World) -> Action {
                 reason: reason::CONFIGURATION_UNSUPPORTED,
                 message: format!(
                     "OSDispatcher {} cannot deliver user-data, network-config or meta-data to \
-                     host {}; remove them from the request or use a dispatcher whose adapter \
-                     delivers a config drive",
-                    facts.dispatcher, req.spec.host
+                     host {} (config drive {}); remove them from the request or use a \
+                     dispatcher whose adapter delivers that config drive",
+                    facts.dispatcher,
+                    req.spec.host,
+                    req.spec.config_drive.unwrap_or_default().as_str()
                 ),
             };
         }

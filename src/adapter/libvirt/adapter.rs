@@ -557,7 +557,7 @@ impl Adapter for LibvirtAdapter {
 
     /// The `iso` strategy boots an installer, which reads a config drive; the `image` strategy
     /// boots a disk as it is.
-    fn delivers_config(&self) -> bool {
+    fn delivers_config(&self, _format: crate::adapter::DriveFormat) -> bool {
         self.cfg.strategy == LibvirtStrategy::Iso
     }
 

@@ -98,7 +98,7 @@ pub(super) async fn start(
     let drive = if config.is_custom() {
         let url = op.callback_url(&base);
         let bytes = config
-            .nocloud_iso(Some(&url))
+            .drive_iso(Some(&url))
             .map_err(|e| AdapterError::Config(format!("the config drive: {e}")))?;
         let (c2, u2, t2) = (cfg.clone(), uuid.to_string(), token.to_string());
         Some(blocking(move || drive::upload(&c2, &u2, &t2, &bytes)).await?)

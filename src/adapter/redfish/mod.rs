@@ -347,7 +347,7 @@ impl Inner {
         let (drive, drive_secret) = if config.is_custom() {
             use base64::Engine;
             let image = config
-                .nocloud_image(Some(&callback_url))
+                .drive_image(Some(&callback_url))
                 .map_err(|e| AdapterError::Config(format!("the config drive: {e}")))?;
             (
                 Some(base64::engine::general_purpose::STANDARD.encode(image)),
@@ -573,7 +573,7 @@ impl Adapter for RedfishAdapter {
 
     /// A request's configuration goes on a config drive in a second virtual media device
     /// (USBStick or Floppy), served by the controller's callback endpoint.
-    fn delivers_config(&self) -> bool {
+    fn delivers_config(&self, _format: crate::adapter::DriveFormat) -> bool {
         self.inner.cfg.callback_base.is_some()
     }
 

@@ -427,9 +427,10 @@ impl Adapter for VsphereAdapter {
     }
 
     /// Both strategies hand the configuration to the guest as cloud-init's VMware datasource
-    /// keys (with the installer, or before the template's disk is copied).
-    fn delivers_config(&self) -> bool {
-        true
+    /// keys (with the installer, or before the template's disk is copied): cloud-init's
+    /// convention only, no drive (so no `OEMDRV`).
+    fn delivers_config(&self, format: crate::adapter::DriveFormat) -> bool {
+        format == crate::adapter::DriveFormat::NoCloud
     }
 
     async fn operation(
