@@ -49,6 +49,8 @@ pub mod reason {
     /// the backend may have been touched: the attempt ends and is never started again by itself.
     pub const OPERATION_RECORD_LOST: &str = "OperationRecordLost";
     pub const CANCELLED: &str = "Cancelled";
+    /// `spec.timeout` cannot be read as a duration.
+    pub const INVALID_TIMEOUT: &str = "InvalidTimeout";
     /// A configuration Secret (or its key) the request names does not exist.
     pub const CONFIGURATION_MISSING: &str = "ConfigurationMissing";
     /// A configuration Secret's content cannot be used (not UTF-8, meta-data not a mapping…).

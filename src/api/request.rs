@@ -83,6 +83,13 @@ pub struct OSProvisioningRequestSpec {
     /// rebuilds — loads as its kickstart without a boot argument). `OEMDRV` needs `userData`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_drive: Option<ConfigDriveFormat>,
+    /// How long one attempt may run, from the reprovision call to the installed OS's report
+    /// (e.g. `45m`, `2h`). An attempt still running then is cancelled in the management
+    /// software and counts as failed (retried while `maxAttempts` allows). Default: no limit
+    /// beyond the dispatcher's own `callbackTimeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    pub timeout: Option<String>,
 }
 
 /// The convention of a config drive.

@@ -33,6 +33,8 @@ pub trait Ports: Send + Sync {
     /// Publish an Event for the phase `status` carries.
     async fn announce(&self, status: &OSProvisioningRequestStatus);
     async fn reprovision(&self, dispatcher: &str, token: &str) -> CallOutcome;
+    /// Cancel an operation; failures are logged and the next look asks again.
+    async fn cancel(&self, dispatcher: &str, token: &str);
 }
 
 /// Perform `decision`, made from `facts`; returns when to look again.
@@ -85,6 +87,7 @@ async fn carry_out<P: Ports>(
             Effect::Announce => ports.announce(written).await,
             Effect::Release => ports.release(),
             Effect::Close => ports.close(),
+            Effect::Cancel { dispatcher, token } => ports.cancel(&dispatcher, &token).await,
             Effect::Reprovision { dispatcher, token } => {
                 let outcome = ports.reprovision(&dispatcher, &token).await;
                 let after = Facts {

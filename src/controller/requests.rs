@@ -160,6 +160,11 @@ async fn apply(req: Arc<Request>, scope: &Scope, ns: &str) -> Result<Action, Err
         generation,
         spec: &req.spec,
         status: &st,
+        timeout: req
+            .spec
+            .timeout
+            .as_deref()
+            .map(super::settings::parse_duration),
     };
     let action = plan::plan(&view, &world);
     debug!(?action, "planned");
@@ -268,6 +273,24 @@ impl Ports for KubePorts<'_> {
 
     async fn announce(&self, status: &OSProvisioningRequestStatus) {
         publish(self.scope, &self.current(), status).await;
+    }
+
+    async fn cancel(&self, dispatcher: &str, token: &str) {
+        let shared = &self.scope.shared;
+        let (Some(adapter), Some(id)) = (
+            shared.engine.adapter(&self.disp(dispatcher)),
+            self.backend_id.as_deref(),
+        ) else {
+            return;
+        };
+        match adapter.cancel(id, token).await {
+            Ok(outcome) => {
+                info!(?outcome, token = %token, "cancelled the attempt that ran past spec.timeout")
+            }
+            Err(e) => {
+                warn!(error = %e, token = %token, "cancelling the attempt failed; asking again at the next look")
+            }
+        }
     }
 
     async fn reprovision(&self, dispatcher: &str, token: &str) -> CallOutcome {

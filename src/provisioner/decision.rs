@@ -99,6 +99,9 @@ pub enum Effect {
     /// Call the backend with the token the written status records; the answer goes to
     /// [`after_call`], whose decision replaces the rest of this one (so it is always last).
     Reprovision { dispatcher: String, token: String },
+    /// Cancel the operation `token` in the management software (best effort: the next look
+    /// sees it cancelled, or still running and asks again).
+    Cancel { dispatcher: String, token: String },
 }
 
 /// The whole decision.
@@ -200,6 +203,17 @@ pub fn decide(action: &Action, f: &Facts<'_>) -> Decision {
             effects.push(Effect::Release);
             let wait = Duration::try_from(at.duration_since(f.now)).unwrap_or(Duration::ZERO);
             Decision::write(status, effects, Requeue::After(wait.max(SETTLE)))
+        }
+        Action::Cancel { token, .. } => {
+            let status = f.status_after(action);
+            let mut effects = f.announce(status.as_ref());
+            if let Some(op) = f.status.operation.as_ref() {
+                effects.push(Effect::Cancel {
+                    dispatcher: op.dispatcher.clone(),
+                    token: token.clone(),
+                });
+            }
+            Decision::write(status, effects, Requeue::After(SETTLE.max(f.poll_every)))
         }
         Action::Poll { retry_in, .. } => {
             let status = f.status_with_op_id(action);

@@ -42,6 +42,7 @@ pub fn view<'a>(
         generation,
         spec,
         status,
+        timeout: None,
     }
 }
 

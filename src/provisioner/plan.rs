@@ -18,6 +18,8 @@ pub struct RequestView<'a> {
     pub generation: i64,
     pub spec: &'a OSProvisioningRequestSpec,
     pub status: &'a OSProvisioningRequestStatus,
+    /// `spec.timeout` as read by the controller: `None` when unset, `Err` when unreadable.
+    pub timeout: Option<Result<Duration, String>>,
 }
 
 /// What the inventory says about the requested host.
@@ -167,6 +169,9 @@ pub enum Action {
     },
     /// The intent is recorded but the backend never saw it: call the backend with the same token.
     Resume { token: String },
+    /// The attempt ran past `spec.timeout`: cancel its operation in the management software;
+    /// the cancelled operation then ends the attempt as failed.
+    Cancel { token: String, message: String },
     /// The operation is running; look again after `retry_in`. `note` explains a degraded poll.
     Poll {
         retry_in: Duration,
@@ -221,6 +226,12 @@ pub fn plan(req: &RequestView<'_>, world: &World) -> Action {
         let current = op.generation == req.generation;
         match (&world.operation, current) {
             (OpObservation::State(OperationState::Running { progress }), _) => {
+                if let Some(message) = timed_out(req, op, world.now).filter(|_| current) {
+                    return Action::Cancel {
+                        token: op.token.clone(),
+                        message,
+                    };
+                }
                 return Action::Poll {
                     retry_in: world.poll_every,
                     note: progress.clone(),
@@ -242,11 +253,10 @@ pub fn plan(req: &RequestView<'_>, world: &World) -> Action {
                 return failed_attempt(req, world, message.clone());
             }
             (OpObservation::State(OperationState::Cancelled), true) => {
-                return failed_attempt(
-                    req,
-                    world,
-                    "the operation was cancelled in the management software".into(),
-                );
+                let message = timed_out(req, op, world.now).unwrap_or_else(|| {
+                    "the operation was cancelled in the management software".into()
+                });
+                return failed_attempt(req, world, message);
             }
             (OpObservation::RecordLost(why), true) => {
                 return Action::Fail {
@@ -288,6 +298,12 @@ pub fn plan(req: &RequestView<'_>, world: &World) -> Action {
                 };
             }
         }
+    }
+    if let Some(Err(why)) = &req.timeout {
+        return Action::Reject {
+            reason: reason::INVALID_TIMEOUT,
+            message: format!("spec.timeout: {why}"),
+        };
     }
     let facts = match &world.host {
         HostLookup::DispatchersNotReady => {
@@ -457,6 +473,23 @@ pub fn plan(req: &RequestView<'_>, world: &World) -> Action {
     }
 }
 
+/// Why the recorded attempt is over its time, when `spec.timeout` is set and has passed since
+/// the attempt started.
+fn timed_out(req: &RequestView<'_>, op: &crate::api::Operation, now: Timestamp) -> Option<String> {
+    let limit = match req.timeout.as_ref()? {
+        Ok(limit) => *limit,
+        Err(_) => return None,
+    };
+    let started = op.started.as_ref()?.0;
+    let ran = Duration::try_from(now.duration_since(started)).unwrap_or(Duration::ZERO);
+    (ran >= limit).then(|| {
+        format!(
+            "the attempt ran longer than spec.timeout ({}) and was cancelled",
+            req.spec.timeout.as_deref().unwrap_or_default()
+        )
+    })
+}
+
 fn failed_attempt(req: &RequestView<'_>, world: &World, message: String) -> Action {
     let attempts = attempts_so_far(req);
     let max = max_attempts(req, &world.policy);
@@ -512,3 +545,5 @@ pub fn plan_cleanup(status: &OSProvisioningRequestStatus, observation: &OpObserv
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod timeout_tests;

@@ -192,6 +192,18 @@ pub fn next_status(
                 now,
             );
         }
+        Action::Cancel { message, .. } => {
+            shape(
+                &mut st,
+                Shape {
+                    phase: Phase::Provisioning,
+                    reason: reason::PROVISIONING,
+                    message: format!("{message}: cancelling"),
+                },
+                generation,
+                now,
+            );
+        }
         Action::Poll { note, .. } => {
             let (reason, message) = match note {
                 Some(n) if n.starts_with(reason::DISPATCHER_UNAVAILABLE) => {

@@ -70,6 +70,9 @@ impl Ports for Fake {
         self.note(format!("reprovision {dispatcher} {token}"));
         self.call.clone()
     }
+    async fn cancel(&self, dispatcher: &str, token: &str) {
+        self.note(format!("cancel {dispatcher} {token}"));
+    }
 }
 
 /// Plan and perform a first look at a new request for h1 → ubuntu-24.04.
@@ -181,4 +184,24 @@ async fn a_running_operation_only_holds_its_host_even_when_refused() {
     perform(&fake, d, &f).await.expect("performed");
     // A refused hold does not stop the poll: the status is refreshed, nothing is called.
     assert_eq!(fake.steps(), ["claim d1", "write Provisioning u1/1/1"]);
+}
+
+#[tokio::test]
+async fn a_timed_out_attempt_says_so_then_cancels_its_operation() {
+    let d = decide(
+        &crate::provisioner::plan::Action::Cancel {
+            token: "u1/1/1".into(),
+            message: "the attempt ran longer than spec.timeout (5m) and was cancelled".into(),
+        },
+        &facts_for(&provisioning(1, 1)),
+    );
+    let st = provisioning(1, 1);
+    let f = facts_for(&st);
+    let fake = Fake::new(ClaimOutcome::Taken, false, CallOutcome::Running);
+    perform(&fake, d, &f).await.expect("performed");
+    // The status says why first; nothing is claimed or reprovisioned.
+    assert_eq!(
+        fake.steps(),
+        ["write Provisioning u1/1/1", "cancel d1 u1/1/1"]
+    );
 }

@@ -403,6 +403,7 @@ fn spec_change_replans_after_the_old_operation() {
         generation: 2,
         spec: &spec("h1", "rocky-9"),
         status: &st,
+        timeout: None,
     };
     let a = plan(&req, &w);
     assert!(matches!(a, Action::Poll { .. }));
@@ -421,6 +422,7 @@ fn spec_change_replans_after_the_old_operation() {
         generation: 2,
         spec: &spec("h1", "rocky-9"),
         status: &st,
+        timeout: None,
     };
     assert_eq!(
         plan(&req, &w),
@@ -439,6 +441,7 @@ fn spec_change_replans_after_the_old_operation() {
         generation: 2,
         spec: &spec("h1", "ubuntu-24.04"),
         status: &done,
+        timeout: None,
     };
     assert_eq!(
         plan(&req, &world(HostLookup::Found(facts()))),
