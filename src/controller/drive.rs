@@ -61,7 +61,10 @@ pub async fn serve_drive(
         warn!(operation = %key, "config drive request with a wrong secret refused");
         return refuse(StatusCode::UNAUTHORIZED, "wrong drive token");
     }
-    let Some(image) = rec.drive.as_deref().filter(|_| !rec.cleaned) else {
+    // Served while the installer may read it: not after the media were ejected for the
+    // installed OS's boot, nor after the operation's cleanup.
+    let served = !rec.cleaned && rec.installed_boot_at.is_none();
+    let Some(image) = rec.drive.as_deref().filter(|_| served) else {
         return refuse(StatusCode::NOT_FOUND, "the operation has ended");
     };
     use base64::Engine;

@@ -264,9 +264,10 @@ impl Inner {
         }
         info!(host = %rec.host_id, "the installer powered the host off; ejecting the media and booting the installed OS");
         self.cleanup(&rec).await?;
+        // Not `cleaned`: the host stays this operation's (busy, its media this token's) until the
+        // installed OS reports; the final cleanup runs again then, idempotently.
         let rec = self
             .mutate(&rec.token, |r| {
-                r.cleaned = true;
                 r.installed_boot_at.get_or_insert(Timestamp::now());
             })
             .await?;
