@@ -118,7 +118,12 @@ impl<T> Drop for Isolated<T> {
 }
 
 /// A running controller, [`Isolated`]: stopping or dropping it ends every task it started.
-pub struct RunningController(Isolated<()>);
+/// Its metrics are readable in-process (no port), so a test can wait for positive signs of
+/// what it did (see [`RunningController::more_backend_calls`]).
+pub struct RunningController {
+    run: Isolated<()>,
+    metrics: Arc<osprov::controller::metrics::Metrics>,
+}
 
 impl RunningController {
     pub fn start(client: kube::Client, settings: Settings, sims: Arc<SimRegistry>) -> Self {
@@ -127,20 +132,68 @@ impl RunningController {
             adapters: AdapterFactory::with_simulators(sims),
             ..Default::default()
         };
-        RunningController(Isolated::spawn(async move {
+        let metrics = runtime.metrics.clone();
+        let run = Isolated::spawn(async move {
             let run =
                 osprov::controller::run_with(client, settings, runtime, futures::future::pending());
             if let Err(e) = run.await {
                 panic!("controller failed: {e}");
             }
-        }))
+        });
+        RunningController { run, metrics }
     }
 
     /// Stop abruptly, as a crash or a killed pod would; returns once no task of it runs.
     pub async fn stop(self) {
-        self.0.kill().await;
+        self.run.kill().await;
+    }
+
+    /// The sum of the series of metric `name` (as exported, e.g. `osprov_backend_calls_total`)
+    /// that carry every label in `labels`.
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let text = self.metrics.render();
+        text.lines()
+            .filter_map(|line| {
+                let (series, value) = line.strip_prefix(name)?.rsplit_once(' ')?;
+                // Not another metric whose name starts with `name`.
+                if !(series.is_empty() || series.starts_with('{')) {
+                    return None;
+                }
+                labels
+                    .iter()
+                    .all(|(k, v)| series.contains(&format!("{k}=\"{v}\"")))
+                    .then(|| value.parse::<f64>().ok())
+                    .flatten()
+            })
+            .sum()
+    }
+
+    /// Calls this controller made to its backends through the adapter contract, over all its
+    /// dispatchers, that carry `labels`: `call` (`subscribe`, `discover`, `reprovision`,
+    /// `operation`, `cancel`) and `outcome` (`ok`, or an error reason such as `Unreachable` or
+    /// `AuthenticationFailed`).
+    pub fn backend_calls(&self, labels: &[(&str, &str)]) -> u64 {
+        self.metric("osprov_backend_calls_total", labels) as u64
+    }
+
+    /// Wait until this controller has made `n` more calls carrying `labels` (see
+    /// [`RunningController::backend_calls`]) than it had made when this was called: a positive
+    /// sign that it has been at work since. With `("call", "operation")` and one request in
+    /// flight, `n = 2` means a whole reconcile of that request ran since (its look at the
+    /// operation, its decision and the action it took): a request's next look starts only after
+    /// its previous reconcile ended.
+    pub async fn more_backend_calls(&self, labels: &[(&str, &str)], n: u64, secs: u64) {
+        let from = self.backend_calls(labels);
+        let what = format!("{n} more backend calls {labels:?} (from {from})");
+        eventually(secs, &what, || async {
+            (self.backend_calls(labels) >= from + n).then_some(())
+        })
+        .await;
     }
 }
+
+/// `backend_calls` labels: looks at a recorded operation that the backend answered.
+pub const OPERATION_OK: &[(&str, &str)] = &[("call", "operation"), ("outcome", "ok")];
 
 pub fn sim_dispatcher(name: &str, sim: SimulatorSpec) -> OSDispatcher {
     OSDispatcher::new(
