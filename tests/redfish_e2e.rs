@@ -69,7 +69,15 @@ async fn discovers_and_reprovisions_through_virtual_media_and_callback(c: TestCl
     assert_eq!(post(&callback, r#"{"status":"perhaps"}"#).await, 400);
     // The outcome must be said: an empty body (as a bare `curl -X POST` sends) is no success.
     assert_eq!(post(&callback, "").await, 400);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The endpoint answers once it has written what it records, so the record holds no
+    // outcome; and the controller, having looked at r1's operation again since (a whole
+    // reconcile), keeps r1 running.
+    ctl(&rig).more_backend_calls(OPERATION_OK, 2, 30).await;
+    let ops = ListParams::default().labels(osprov::controller::callback::OPERATION_LABEL);
+    let records = rig.secrets.list(&ops).await.expect("list Secrets").items;
+    assert_eq!(records.len(), 1, "one operation record");
+    let record = osprov::controller::records::parse(&records[0]).expect("a record");
+    assert!(record.outcome.is_none(), "{:?}", record.outcome);
     let r = rig.requests.get("r1").await.expect("r1");
     assert_eq!(r.status.and_then(|s| s.phase), Some(Phase::Provisioning));
     assert_eq!(rig.media(1).await["Inserted"], true);
@@ -94,7 +102,6 @@ async fn discovers_and_reprovisions_through_virtual_media_and_callback(c: TestCl
     .await;
     // The operation's Secret is in the request's namespace, owned by the request: deleting the
     // request garbage-collects it (the embedded API's collector, or kube-controller-manager's).
-    let ops = ListParams::default().labels(osprov::controller::callback::OPERATION_LABEL);
     let list = rig.secrets.list(&ops).await.expect("list Secrets");
     let [op] = list.items.as_slice() else {
         let names: Vec<_> = list.items.iter().map(|s| &s.metadata.name).collect();
@@ -129,11 +136,14 @@ async fn wrong_credentials_degrade_the_dispatcher_without_a_retry_storm(c: TestC
     .await;
     assert_eq!(c.status, "False");
     assert!(!c.message.contains("not-the-password"), "{}", c.message);
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // The session keeps retrying (every second: the dispatcher's lookupInterval); wait for five
+    // more attempts that failed on the credentials (~5 s), then count what reached the BMC.
+    let failed = [("outcome", "AuthenticationFailed")];
+    ctl(&rig).more_backend_calls(&failed, 5, 30).await;
     let refused = rig.emu.requests().iter().filter(|r| r.2 == 401).count();
     assert!(
         refused <= 2,
-        "{refused} refused logins in ~5 s: a retry storm"
+        "{refused} refused logins while the session tried 5 more times: a retry storm"
     );
     // Fixing the Secret reconnects.
     let patch = serde_json::json!({"data": {"password": base64(PASSWORD)}});
@@ -143,6 +153,11 @@ async fn wrong_credentials_degrade_the_dispatcher_without_a_retry_storm(c: TestC
         .expect("patch Secret");
     rig.wait_hosts(1).await;
     rig.stop_controller().await;
+}
+
+/// The rig's running controller.
+fn ctl(rig: &Rig) -> &RunningController {
+    rig.ctl.as_ref().expect("the controller runs")
 }
 
 fn base64(s: &str) -> String {
@@ -196,25 +211,30 @@ async fn bmc_and_controller_restarts_mid_way_do_not_repeat_the_insert_and_reset(
     })
     .await;
 
-    // The controller restarts after the reset: it must not insert or reset again.
+    // The controller restarts after the reset: it must not insert or reset again. The new one
+    // has looked at the operation and acted on what it saw (a whole reconcile) before the check.
     rig.stop_controller().await;
     rig.start_controller();
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    ctl(&rig).more_backend_calls(OPERATION_OK, 2, 60).await;
     assert_eq!(
         (rig.inserts(0), rig.resets(0)),
         (1, 1),
         "(inserts, resets) after the controller restart"
     );
 
-    // The BMC is away when the installer calls back: the outcome is kept; cleanup waits.
+    // The BMC is away when the installer calls back: the outcome is kept; cleanup waits. Once
+    // the controller has looked at the operation since the report and found the BMC away (two
+    // looks: a whole reconcile ran since), the request still runs, saying why; the end of the
+    // test checks that it finished only with the media ejected.
     rig.emu.stop();
     assert_eq!(report(&callback, r#"{"status":"succeeded"}"#).await, 200);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let away = [("call", "operation"), ("outcome", "Unreachable")];
+    ctl(&rig).more_backend_calls(&away, 2, 60).await;
     let r = rig.requests.get("r0").await.expect("r0");
     let status = r.status.unwrap_or_default();
     assert_eq!(
-        status.phase,
-        Some(Phase::Provisioning),
+        (status.phase, status.reason.as_deref()),
+        (Some(Phase::Provisioning), Some("DispatcherUnavailable")),
         "cleanup waits for the BMC: {status:?}"
     );
     rig.emu.restart().await;
