@@ -113,8 +113,10 @@ async fn discovers_vms_and_installs_from_the_iso_with_one_reset(c: TestCluster) 
     // The new controller listens on another port (the old one's may linger a moment); the
     // callback's path is what identifies the operation.
     let callback2 = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let _ctl = controller(&c, callback2);
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let ctl = controller(&c, callback2);
+    // The new controller has looked at the operation and acted on what it saw (a whole
+    // reconcile) before the check.
+    ctl.more_backend_calls(OPERATION_OK, 2, 30).await;
     assert_eq!(sim.count("ResetVM_Task"), 1);
     assert_eq!(sim.count("ReconfigVM_Task"), reconfigs);
 
@@ -174,7 +176,7 @@ async fn power_changes_made_in_vcenter_reach_the_managed_host_through_updates(c:
 async fn wrong_credentials_are_authentication_failed_without_a_retry_storm(c: TestCluster) {
     let sim = Vcsim::start(1);
     account(&c, "not-the-password").await;
-    let _ctl = controller(&c, SocketAddr::from(([127, 0, 0, 1], free_port())));
+    let ctl = controller(&c, SocketAddr::from(([127, 0, 0, 1], free_port())));
     let dispatchers: Api<OSDispatcher> = c.api();
     create(
         &dispatchers,
@@ -196,9 +198,15 @@ async fn wrong_credentials_are_authentication_failed_without_a_retry_storm(c: Te
     let text = serde_json::to_string(&d.status).expect("json");
     assert!(!text.contains("not-the-password"), "{text}");
     let logins = sim.count("Login");
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // The session keeps retrying (every second: the dispatcher's lookupInterval); wait for five
+    // more attempts that failed on the credentials (~5 s), then count what reached vCenter.
+    ctl.more_backend_calls(&[("outcome", "AuthenticationFailed")], 5, 30)
+        .await;
     let more = sim.count("Login") - logins;
-    assert!(more <= 3, "{more} more logins in 5 s: a retry storm");
+    assert!(
+        more <= 3,
+        "{more} more logins while the session tried 5 more times: a retry storm"
+    );
     assert_ne!(d.status.and_then(|s| s.state), Some(DispatcherState::Ready));
 }
 
@@ -207,7 +215,7 @@ async fn a_vcenter_restarted_mid_install_gets_no_second_reconfigure_or_reset(c: 
     let port = sim.port;
     account(&c, PASSWORD).await;
     let callback = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let _ctl = controller(&c, callback);
+    let ctl = controller(&c, callback);
     let dispatchers: Api<OSDispatcher> = c.api();
     let requests: Api<OSProvisioningRequest> = c.api();
     let hosts: Api<ManagedHost> = c.api();
@@ -230,7 +238,11 @@ async fn a_vcenter_restarted_mid_install_gets_no_second_reconfigure_or_reset(c: 
     drop(sim);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let sim = Vcsim::start_on(2, port);
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // The controller has discovered the new vCenter's VMs, then looked at the operation and
+    // acted on what it saw (a whole reconcile) before the check.
+    ctl.more_backend_calls(&[("call", "discover"), ("outcome", "ok")], 1, 30)
+        .await;
+    ctl.more_backend_calls(OPERATION_OK, 2, 30).await;
     assert_eq!(
         (
             sim.count("ReconfigVM_Task"),
