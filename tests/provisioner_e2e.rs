@@ -12,7 +12,7 @@ use kube::ResourceExt;
 use osprov::adapter::simulator::SimRegistry;
 use osprov::api::{
     conditions, DispatcherState, ManagedHost, OSDispatcher, OSProvisioningRequest, Phase,
-    SimulatorFailures,
+    SimulatorFailures, DISCOVER_ANNOTATION,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -278,8 +278,15 @@ async fn backend_outage_marks_dispatcher_unreachable_then_requests_finish(c: Tes
         (d.status?.state == Some(DispatcherState::Unreachable)).then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    let r1 = e.requests.get("r1").await.expect("r1");
+    // The controller has looked at r1 during the outage and said so; r1 waits, unfinished.
+    let r1 = eventually(20, "r1 waiting for the unreachable dispatcher", || async {
+        let r = e.requests.get("r1").await.ok()?;
+        let st = r.status.clone()?;
+        (st.reason.as_deref() == Some("DispatcherUnavailable")
+            && st.observed_generation == r.metadata.generation)
+            .then_some(r)
+    })
+    .await;
     assert_ne!(r1.status.and_then(|s| s.phase), Some(Phase::Succeeded));
     e.fleet("sim").set_unreachable(false);
     wait_phase(&e.requests, "r0", Phase::Succeeded, 30).await;
@@ -422,7 +429,21 @@ async fn other_provisioners_dispatchers_are_left_alone(c: TestCluster) {
     )
     .await;
     e.wait_hosts(1).await;
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // A positive sign that the controller has dealt with "theirs": ask "mine" for a discovery
+    // (the annotation `osprov discover` sets) and wait for the answer. The dispatcher watch
+    // delivers changes in order and the ask was made after "theirs" was created, so "theirs"
+    // was handed to the dispatcher controller first; the answer takes a discovery started
+    // after the ask.
+    let ask = serde_json::json!({"metadata": {"annotations": {DISCOVER_ANNOTATION: "probe"}}});
+    e.dispatchers
+        .patch("mine", &PatchParams::default(), &Patch::Merge(&ask))
+        .await
+        .expect("ask for a discovery");
+    eventually(20, "mine answered the discovery ask", || async {
+        let d = e.dispatchers.get("mine").await.ok()?;
+        (d.status?.last_discovery_request.as_deref() == Some("probe")).then_some(())
+    })
+    .await;
     assert!(
         e.sims.get(&e.c.key("theirs")).is_none(),
         "no session was opened for another provisioner's dispatcher"
