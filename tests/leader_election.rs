@@ -169,8 +169,17 @@ async fn a_clean_shutdown_releases_the_lease_for_an_immediate_handover(t: TestCl
         Some(slow("b")),
         sims.clone(),
     );
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // b has looked at the lease (an answered attempt) and stands by: an attempt that took the
+    // lease would have written b into it before it returned.
+    eventually(10, "b to look at the lease", || async {
+        b.health
+            .standby_ok
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .then_some(())
+    })
+    .await;
     assert!(!b.leading());
+    assert_eq!(holder(&lease(&leases).await).as_deref(), Some("a"));
     a.shutdown().await.expect("clean shutdown");
     let stopped = Instant::now();
     wait_leading(&b, 10).await;
