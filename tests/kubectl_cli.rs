@@ -291,7 +291,8 @@ async fn watch_wait_and_describe(c: TestCluster) {
         json!({"status": {"phase": "Succeeded", "observedGeneration": g, "conditions": [{"type": "Provisioned", "status": "True",
             "reason": "Done", "message": "ok", "lastTransitionTime": "2024-01-01T00:00:00Z", "observedGeneration": g}]}})
     };
-    // A stale observedGeneration does not satisfy kubectl wait.
+    // A stale observedGeneration does not satisfy kubectl wait: with --timeout=0 it reads the
+    // object once and says whether the condition is met (the same check the watch applies).
     api.patch_status(
         "web-1",
         &PatchParams::default(),
@@ -299,7 +300,23 @@ async fn watch_wait_and_describe(c: TestCluster) {
     )
     .await
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let once = k
+        .run(
+            &[
+                "wait",
+                "--for=condition=Provisioned",
+                "ospr/web-1",
+                "--timeout=0",
+            ],
+            None,
+        )
+        .await;
+    assert!(
+        !once.ok && once.stderr.contains("condition not met"),
+        "stale condition: {} {}",
+        once.stdout,
+        once.stderr
+    );
     api.patch_status("web-1", &PatchParams::default(), &Patch::Merge(cond(gen)))
         .await
         .unwrap();
