@@ -29,7 +29,7 @@ use osprov::api::{
     Phase,
 };
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
@@ -130,18 +130,10 @@ async fn configuration_reaches_the_host_on_a_drive_cloud_init_reads(c: TestClust
 
 /// Render `config`'s drive and have the standard tools and cloud-init's own code read it.
 fn validate_with_cloud_init(config: &HostConfig) {
-    if let Some(why) = tools_missing() {
-        assert!(
-            std::env::var_os("OSPROV_REQUIRE_CLOUD_INIT").is_none(),
-            "OSPROV_REQUIRE_CLOUD_INIT is set but {why}"
-        );
-        eprintln!("skipping the cloud-init checks: {why}");
-        return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let iso = dir.path().join("cidata.iso");
     let callback = "https://osprov.example/callback/k.s";
-    std::fs::write(&iso, config.drive_iso(Some(callback)).expect("iso")).expect("write");
+    let Some((dir, iso)) = rendered(config, callback) else {
+        return;
+    };
     let blkid = run("blkid", &["-o", "export", path(&iso)]);
     assert!(
         blkid.contains("LABEL=cidata") && blkid.contains("TYPE=iso9660"),
@@ -194,6 +186,23 @@ fn validate_with_cloud_init(config: &HostConfig) {
             USER_DATA.len()
         )
     );
+}
+
+/// `config`'s drive written to a file, or `None` (said on stderr) where the reading tools are
+/// missing and CI does not require them.
+fn rendered(config: &HostConfig, callback: &str) -> Option<(tempfile::TempDir, PathBuf)> {
+    if let Some(why) = tools_missing() {
+        assert!(
+            std::env::var_os("OSPROV_REQUIRE_CLOUD_INIT").is_none(),
+            "OSPROV_REQUIRE_CLOUD_INIT is set but {why}"
+        );
+        eprintln!("skipping the drive checks: {why}");
+        return None;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let iso = dir.path().join("drive.iso");
+    std::fs::write(&iso, config.drive_iso(Some(callback)).expect("iso")).expect("write");
+    Some((dir, iso))
 }
 
 fn tools_missing() -> Option<String> {
@@ -377,23 +386,9 @@ async fn a_kickstart_rides_on_an_oemdrv_drive_anaconda_reads(c: TestCluster) {
 
 /// Render `config`'s OEMDRV drive and read it as Anaconda would find it.
 fn validate_kickstart_drive(config: &HostConfig) {
-    if let Some(why) = tools_missing() {
-        assert!(
-            std::env::var_os("OSPROV_REQUIRE_CLOUD_INIT").is_none(),
-            "OSPROV_REQUIRE_CLOUD_INIT is set but {why}"
-        );
-        eprintln!("skipping the drive checks: {why}");
+    let Some((dir, iso)) = rendered(config, "https://c/callback/k.s") else {
         return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let iso = dir.path().join("oemdrv.iso");
-    std::fs::write(
-        &iso,
-        config
-            .drive_iso(Some("https://c/callback/k.s"))
-            .expect("iso"),
-    )
-    .expect("write");
+    };
     let blkid = run("blkid", &["-o", "export", path(&iso)]);
     assert!(blkid.contains("LABEL=OEMDRV"), "{blkid}");
     let out = Command::new("isoinfo")

@@ -19,13 +19,10 @@ mod support;
 use cluster::{Backend, TestCluster};
 use harness::*;
 use kube::api::Api;
-use libvirt_support::libvirt_dispatcher;
+use libvirt_support::{lab_spec, libvirt_dispatcher};
 use osprov::adapter::libvirt::xml::{self, Progress, Record};
 use osprov::adapter::libvirt::{installer, shared_connection};
-use osprov::api::{
-    DispatcherState, DomainSelector, LibvirtImage, LibvirtSpec, LibvirtStrategy, OSDispatcher,
-    OSProvisioningRequest, Phase,
-};
+use osprov::api::{DispatcherState, LibvirtStrategy, OSDispatcher, OSProvisioningRequest, Phase};
 use std::path::Path;
 use std::sync::Arc;
 use virt::connect::Connect;
@@ -199,22 +196,12 @@ async fn a_qemu_domain_boots_from_the_fresh_volume() {
     );
     let dispatchers: Api<OSDispatcher> = c.api();
     let requests: Api<OSProvisioningRequest> = c.api();
-    let spec = LibvirtSpec {
-        uri: URI.into(),
-        credentials_secret_ref: None,
-        domains: DomainSelector {
-            names: vec![lab.domain.clone()],
-            labelled: false,
-        },
-        image_pool: lab.pool.clone(),
-        images: vec![LibvirtImage {
-            name: "tiny-os".into(),
-            volume: "tiny-os.qcow2".into(),
-        }],
-        strategy: LibvirtStrategy::Image,
-        root_disk: Some("vda".into()),
-        callback_timeout: None,
-    };
+    let spec = lab_spec(
+        &lab.domain,
+        &lab.pool,
+        ("tiny-os", "tiny-os.qcow2"),
+        LibvirtStrategy::Image,
+    );
     create(&dispatchers, &libvirt_dispatcher("qemu", spec, "2s")).await;
     eventually(60, "dispatcher Ready", || async {
         let d = dispatchers.get("qemu").await.ok()?;
@@ -288,22 +275,12 @@ async fn a_qemu_domain_boots_the_installer_iso_and_is_restored_after_the_callbac
     );
     let dispatchers: Api<OSDispatcher> = c.api();
     let requests: Api<OSProvisioningRequest> = c.api();
-    let spec = LibvirtSpec {
-        uri: URI.into(),
-        credentials_secret_ref: None,
-        domains: DomainSelector {
-            names: vec![lab.domain.clone()],
-            labelled: false,
-        },
-        image_pool: lab.pool.clone(),
-        images: vec![LibvirtImage {
-            name: "tiny-installer".into(),
-            volume: "installer.iso".into(),
-        }],
-        strategy: LibvirtStrategy::Iso,
-        root_disk: Some("vda".into()),
-        callback_timeout: None,
-    };
+    let spec = lab_spec(
+        &lab.domain,
+        &lab.pool,
+        ("tiny-installer", "installer.iso"),
+        LibvirtStrategy::Iso,
+    );
     create(&dispatchers, &libvirt_dispatcher("qemu", spec, "2s")).await;
     eventually(60, "dispatcher Ready", || async {
         let d = dispatchers.get("qemu").await.ok()?;

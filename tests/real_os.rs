@@ -24,12 +24,12 @@ use cluster::TestCluster;
 use harness::*;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
-use libvirt_support::libvirt_dispatcher;
+use libvirt_support::{lab_spec, libvirt_dispatcher};
 use osprov::adapter::libvirt::shared_connection;
 use osprov::adapter::libvirt::xml;
 use osprov::api::{
-    ConfigSecretRef, DispatcherState, DomainSelector, LibvirtImage, LibvirtSpec, LibvirtStrategy,
-    ManagedHost, OSDispatcher, OSProvisioningRequest, Phase, RedfishImage,
+    ConfigSecretRef, DispatcherState, LibvirtSpec, LibvirtStrategy, ManagedHost, OSDispatcher,
+    OSProvisioningRequest, Phase, RedfishImage,
 };
 use redfish_support::{
     create_bmc_secrets, redfish_dispatcher, redfish_spec, Emulator, IsoServer, PASSWORD,
@@ -275,20 +275,13 @@ async fn dispatcher(c: &TestCluster, lab: &Lab, via: Via, guests: &Path) -> (Str
     let (name, bmc) = match via {
         Via::Libvirt => {
             let spec = LibvirtSpec {
-                uri: URI.into(),
-                credentials_secret_ref: None,
-                domains: DomainSelector {
-                    names: vec![lab.domain.clone()],
-                    labelled: false,
-                },
-                image_pool: lab.pool.clone(),
-                images: vec![LibvirtImage {
-                    name: "os-b".into(),
-                    volume: "installer-b.iso".into(),
-                }],
-                strategy: LibvirtStrategy::Iso,
-                root_disk: Some("vda".into()),
                 callback_timeout: Some("300s".into()),
+                ..lab_spec(
+                    &lab.domain,
+                    &lab.pool,
+                    ("os-b", "installer-b.iso"),
+                    LibvirtStrategy::Iso,
+                )
             };
             create(&dispatchers, &libvirt_dispatcher("kvm", spec, "2s")).await;
             ("kvm", None)

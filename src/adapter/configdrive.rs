@@ -329,14 +329,8 @@ mod tests {
         assert!(bytes[bytes.len() - PADDING_SECTORS * SECTOR..]
             .iter()
             .all(|b| *b == 0));
-        let image = IsoImage::open(Cursor::new(bytes)).expect("readable");
-        let names: Vec<String> = image
-            .root_dir()
-            .iter(&image)
-            .entries()
-            .filter_map(Result::ok)
-            .map(|e| String::from_utf8_lossy(e.name()).to_string())
-            .collect();
+        let (label, names) = read_back(bytes);
+        assert_eq!(label, "cidata");
         assert!(!names.is_empty(), "{names:?}");
     }
 

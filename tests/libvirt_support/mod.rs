@@ -120,6 +120,32 @@ pub fn libvirt_spec(uri: &str) -> LibvirtSpec {
     }
 }
 
+/// The spec of a dispatcher over one named domain on `qemu:///system`, root disk `vda`, whose
+/// catalogue is one image `name` → `volume` in `pool` (the real-QEMU tests' labs).
+pub fn lab_spec(
+    domain: &str,
+    pool: &str,
+    (name, volume): (&str, &str),
+    strategy: LibvirtStrategy,
+) -> LibvirtSpec {
+    LibvirtSpec {
+        uri: "qemu:///system".into(),
+        credentials_secret_ref: None,
+        domains: DomainSelector {
+            names: vec![domain.to_string()],
+            labelled: false,
+        },
+        image_pool: pool.into(),
+        images: vec![LibvirtImage {
+            name: name.into(),
+            volume: volume.into(),
+        }],
+        strategy,
+        root_disk: Some("vda".into()),
+        callback_timeout: None,
+    }
+}
+
 /// [`IMAGES`] as catalogue entries (`debian-12` → `debian-12.qcow2`).
 pub fn images() -> Vec<LibvirtImage> {
     IMAGES

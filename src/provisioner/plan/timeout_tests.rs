@@ -29,13 +29,7 @@ fn an_attempt_past_its_timeout_is_cancelled_then_fails() {
     let (s, st, timeout) = timed("5m", Ok(Duration::from_secs(300)), 301);
     let mut w = world(HostLookup::Found(facts()));
     w.operation = OpObservation::State(OperationState::Running { progress: None });
-    let req = RequestView {
-        uid: "u1",
-        generation: 1,
-        spec: &s,
-        status: &st,
-        timeout: timeout.clone(),
-    };
+    let req = at_generation(1, &s, &st, timeout.clone());
     match plan(&req, &w) {
         Action::Cancel { token, message } => {
             assert_eq!(token, "u1/1/1");
@@ -59,23 +53,11 @@ fn an_attempt_within_its_timeout_or_of_an_older_generation_is_polled() {
     let (s, st, timeout) = timed("5m", Ok(Duration::from_secs(300)), 299);
     let mut w = world(HostLookup::Found(facts()));
     w.operation = OpObservation::State(OperationState::Running { progress: None });
-    let req = RequestView {
-        uid: "u1",
-        generation: 1,
-        spec: &s,
-        status: &st,
-        timeout,
-    };
+    let req = at_generation(1, &s, &st, timeout);
     assert!(matches!(plan(&req, &w), Action::Poll { .. }));
     // Generation 2's timeout does not cancel generation 1's operation.
     let (s, st, timeout) = timed("5m", Ok(Duration::from_secs(300)), 3600);
-    let req = RequestView {
-        uid: "u1",
-        generation: 2,
-        spec: &s,
-        status: &st,
-        timeout,
-    };
+    let req = at_generation(2, &s, &st, timeout);
     assert!(matches!(plan(&req, &w), Action::Poll { .. }));
 }
 
@@ -84,18 +66,27 @@ fn an_unreadable_timeout_is_rejected_before_anything_starts() {
     let mut s = spec("h1", "ubuntu-24.04");
     s.timeout = Some("soon".into());
     let st = OSProvisioningRequestStatus::default();
-    let req = RequestView {
-        uid: "u1",
-        generation: 1,
-        spec: &s,
-        status: &st,
-        timeout: Some(Err("invalid duration \"soon\"".into())),
-    };
+    let req = at_generation(1, &s, &st, Some(Err("invalid duration \"soon\"".into())));
     match plan(&req, &world(HostLookup::Found(facts()))) {
         Action::Reject { reason: r, message } => {
             assert_eq!(r, reason::INVALID_TIMEOUT);
             assert!(message.contains("spec.timeout"), "{message}");
         }
         other => panic!("expected a rejection, got {other:?}"),
+    }
+}
+
+fn at_generation<'a>(
+    generation: i64,
+    spec: &'a OSProvisioningRequestSpec,
+    status: &'a OSProvisioningRequestStatus,
+    timeout: Option<Result<Duration, String>>,
+) -> RequestView<'a> {
+    RequestView {
+        uid: "u1",
+        generation,
+        spec,
+        status,
+        timeout,
     }
 }
