@@ -11,6 +11,7 @@ mod support;
 mod fidelity {
     pub mod builtins;
     pub mod call;
+    pub mod edges;
     pub mod normalise;
     pub mod reads;
     pub mod writes;
@@ -74,6 +75,7 @@ fn corpus() -> Vec<Call> {
     calls.extend(builtins::leases());
     calls.extend(builtins::events());
     calls.extend(builtins::namespaces());
+    calls.extend(edges::edges());
     calls
 }
 

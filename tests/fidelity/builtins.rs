@@ -3,7 +3,7 @@ use serde_json::json;
 
 use super::call::*;
 
-const S: &str = "/api/v1/namespaces/${ns}/secrets";
+pub const S: &str = "/api/v1/namespaces/${ns}/secrets";
 const L: &str = "/apis/coordination.k8s.io/v1/namespaces/${ns}/leases";
 const E1: &str = "/api/v1/namespaces/${ns}/events";
 const E2: &str = "/apis/events.k8s.io/v1/namespaces/${ns}/events";

@@ -111,8 +111,56 @@ pub fn delete(req: &Req, body: &[u8]) -> ApiResult<Response> {
     }
 }
 
-/// DeleteOptions validation: propagationPolicy and dryRun take known values only.
+/// The JSON type each DeleteOptions field must have, as Go's decoder names it.
+const TYPED: &[(&str, &str)] = &[
+    ("gracePeriodSeconds", "int64"),
+    ("orphanDependents", "bool"),
+    ("propagationPolicy", "v1.DeletionPropagation"),
+    ("dryRun", "[]string"),
+    ("preconditions", "v1.Preconditions"),
+    ("kind", "string"),
+    ("apiVersion", "string"),
+];
+
+/// A field of the wrong JSON type: 400, as kube-apiserver's decoder refuses it, before anything is
+/// deleted.
+fn check_types(opts: &Value) -> ApiResult<()> {
+    for (field, go_type) in TYPED {
+        let Some(v) = opts.get(*field).filter(|v| !v.is_null()) else {
+            continue;
+        };
+        let fits = match *go_type {
+            "int64" => v.as_i64().is_some(),
+            "bool" => v.is_boolean(),
+            "[]string" => v.as_array().is_some_and(|a| a.iter().all(Value::is_string)),
+            "v1.Preconditions" => v.as_object().is_some_and(|o| {
+                ["uid", "resourceVersion"]
+                    .iter()
+                    .all(|k| o.get(*k).is_none_or(|x| x.is_string() || x.is_null()))
+            }),
+            _ => v.is_string(),
+        };
+        if !fits {
+            let json_type = match v {
+                Value::String(_) => "string",
+                Value::Number(_) => "number",
+                Value::Bool(_) => "bool",
+                Value::Array(_) => "array",
+                Value::Object(_) => "object",
+                Value::Null => "null",
+            };
+            return Err(ApiError::bad_request(format!(
+                "json: cannot unmarshal {json_type} into Go struct field DeleteOptions.{field} of type {go_type}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// DeleteOptions validation: each field of its type, propagationPolicy and dryRun of known
+/// values only.
 fn check_options(opts: &Value) -> ApiResult<()> {
+    check_types(opts)?;
     let mut causes = Vec::new();
     if let Some(p) = opts.get("propagationPolicy").filter(|p| !p.is_null()) {
         if !matches!(p.as_str(), Some("Foreground" | "Background" | "Orphan")) {

@@ -210,6 +210,7 @@ async fn dispatch(
         headers,
         user_agent,
     };
+    super::options::check(verb, &req.query)?;
     match verb {
         "get" => reads::get(&req),
         "list" => reads::list(&req),

@@ -51,6 +51,27 @@ fn parse_body(req: &Req, body: &[u8]) -> ApiResult<Value> {
     parse_json(body)
 }
 
+/// A built-in kind's body may leave out `apiVersion` and `kind` (the official Python client's
+/// creates do): kube-apiserver's decoder takes them from the endpoint. Custom kinds get no such
+/// default there, so neither do they here.
+fn default_type(req: &Req, obj: &mut Value) {
+    if req.info.builtin == Builtin::Custom {
+        return;
+    }
+    let Some(o) = obj.as_object_mut() else {
+        return;
+    };
+    let missing = |o: &serde_json::Map<String, Value>, f: &str| {
+        o.get(f).and_then(Value::as_str).is_none_or(str::is_empty)
+    };
+    if missing(o, "apiVersion") {
+        o.insert("apiVersion".into(), Value::String(req.info.api_version()));
+    }
+    if missing(o, "kind") {
+        o.insert("kind".into(), Value::String(req.info.kind.clone()));
+    }
+}
+
 /// apiVersion and kind of a full object must match the endpoint: a missing kind cannot be
 /// decoded (400), another apiVersion is 400, another kind of the same version is 422.
 pub(super) fn check_type(req: &Req, obj: &Value) -> ApiResult<()> {
@@ -220,6 +241,7 @@ fn admit(req: &Req, obj: &mut Value, old: Option<&Value>) -> ApiResult<Vec<Strin
         causes.extend(schema.validate(obj, old));
     }
     causes.extend(owner_reference_errors(obj));
+    causes.extend(super::labels::errors(obj));
     if old.is_none() {
         let label = req.info.builtin == Builtin::Namespace;
         if let Some(msg) = name_errors(&name, label) {
@@ -265,7 +287,8 @@ pub(super) fn require_json(req: &Req) -> ApiResult<()> {
 
 pub fn create(req: &Req, body: &[u8]) -> ApiResult<Response> {
     require_json(req)?;
-    let obj = parse_body(req, body)?;
+    let mut obj = parse_body(req, body)?;
+    default_type(req, &mut obj);
     check_type(req, &obj)?;
     check_identity(req, &obj)?;
     finish_create(req, obj, None)
@@ -384,7 +407,8 @@ pub(super) fn finish_create(
 
 pub fn update(req: &Req, body: &[u8]) -> ApiResult<Response> {
     require_json(req)?;
-    let obj = parse_body(req, body)?;
+    let mut obj = parse_body(req, body)?;
+    default_type(req, &mut obj);
     check_type(req, &obj)?;
     check_identity(req, &obj)?;
     let name = req.name.clone().unwrap_or_default();

@@ -1,0 +1,148 @@
+//! Label keys and values, validated as kube-apiserver validates `metadata.labels` of every kind:
+//! a key is an optional DNS-1123 subdomain prefix (at most 253 bytes) and `/`, then a name part of
+//! at most 63 bytes of alphanumerics, `-`, `_` and `.` that starts and ends alphanumeric; a value
+//! is empty or such a name part. Each bad key or value is one `FieldValueInvalid` cause on
+//! `metadata.labels`, worded as kube-apiserver words it.
+//!
+//! Hand-written: the rules are a few character classes, and no crate of our dependency set
+//! carries Kubernetes' qualified-name validation.
+use super::error::StatusCause;
+use serde_json::Value;
+
+const NAME_RULE: &str = "name part must consist of alphanumeric characters, '-', '_' or '.', and \
+must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', \
+regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')";
+const VALUE_RULE: &str = "a valid label must be an empty string or consist of alphanumeric \
+characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. \
+'MyValue',  or 'my_value',  or '12345', regex used for validation is \
+'(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')";
+const PREFIX_RULE: &str = "prefix part a lowercase RFC 1123 subdomain must consist of lower case \
+alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. \
+'example.com', regex used for validation is \
+'[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
+
+/// The causes for `obj`'s `metadata.labels` (none when they are valid or absent).
+pub fn errors(obj: &Value) -> Vec<StatusCause> {
+    let Some(labels) = obj
+        .get("metadata")
+        .and_then(|m| m.get("labels"))
+        .and_then(Value::as_object)
+    else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (key, value) in labels {
+        for message in key_errors(key) {
+            out.push(invalid(key, &message));
+        }
+        if let Some(v) = value.as_str() {
+            for message in value_errors(v) {
+                out.push(invalid(v, &message));
+            }
+        }
+    }
+    out
+}
+
+fn invalid(what: &str, message: &str) -> StatusCause {
+    StatusCause {
+        reason: "FieldValueInvalid".into(),
+        field: "metadata.labels".into(),
+        message: format!("Invalid value: \"{what}\": {message}"),
+    }
+}
+
+/// A name part: alphanumerics at both ends, `-`, `_`, `.` inside.
+fn is_name_part(s: &str) -> bool {
+    let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    !s.is_empty()
+        && s.chars().all(ok)
+        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && s.ends_with(|c: char| c.is_ascii_alphanumeric())
+}
+
+fn is_dns_subdomain(s: &str) -> bool {
+    s.split('.').all(|part| {
+        !part.is_empty()
+            && part
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && part.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && part.ends_with(|c: char| c.is_ascii_alphanumeric())
+    })
+}
+
+fn key_errors(key: &str) -> Vec<String> {
+    let parts: Vec<&str> = key.split('/').collect();
+    let (prefix, name) = match parts.as_slice() {
+        [name] => (None, *name),
+        [prefix, name] => (Some(*prefix), *name),
+        _ => {
+            return vec![
+                "a qualified name must consist of alphanumeric characters, '-', '_' or '.', and \
+                 must start and end with an alphanumeric character (e.g. 'MyName',  or \
+                 'my.name',  or '123-abc', regex used for validation is \
+                 '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]') with an optional DNS subdomain \
+                 prefix and '/' (e.g. 'example.com/MyName')"
+                    .into(),
+            ]
+        }
+    };
+    let mut out = Vec::new();
+    match prefix {
+        Some("") => out.push("prefix part must be non-empty".into()),
+        Some(p) if p.len() > 253 => out.push("prefix part must be no more than 253 bytes".into()),
+        Some(p) if !is_dns_subdomain(p) => out.push(PREFIX_RULE.into()),
+        Some(_) | None => {}
+    }
+    if name.is_empty() {
+        out.push("name part must be non-empty".into());
+    } else if name.len() > 63 {
+        out.push("name part must be no more than 63 bytes".into());
+    }
+    if !name.is_empty() && !is_name_part(name) {
+        out.push(NAME_RULE.into());
+    }
+    out
+}
+
+fn value_errors(value: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    if value.len() > 63 {
+        out.push("must be no more than 63 bytes".into());
+    }
+    if !value.is_empty() && !is_name_part(value) {
+        out.push(VALUE_RULE.into());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn count(labels: Value) -> usize {
+        errors(&json!({"metadata": {"labels": labels}})).len()
+    }
+
+    #[test]
+    fn valid_keys_and_values_pass() {
+        assert_eq!(
+            count(json!({"app": "web", "osprov.io/host": "h-1", "a.b_c-d": "", "k8s.io/x": "A.b"})),
+            0
+        );
+    }
+
+    #[test]
+    fn each_rule_is_one_cause() {
+        assert_eq!(count(json!({"bad key": "v"})), 1);
+        assert_eq!(count(json!({"k": "v".repeat(64)})), 1);
+        assert_eq!(count(json!({"k": "a/b"})), 1);
+        assert_eq!(count(json!({"Bad_Prefix/k": "v"})), 1);
+        assert_eq!(count(json!({"/k": "v"})), 1);
+        assert_eq!(count(json!({"a/b/c": "v"})), 1);
+        assert_eq!(count(json!({"k".repeat(64): "v"})), 1);
+        assert_eq!(count(json!({"-k": "-v"})), 2);
+    }
+}
