@@ -128,10 +128,13 @@ async fn the_template_disk_replaces_the_vm_disk_once_across_a_controller_restart
     let copies = sim.count("CopyVirtualDisk_Task");
     assert!((1..=2).contains(&copies), "{copies} copies");
 
-    // Another restart finds nothing left to do; the other VM was never touched.
+    // Another restart finds nothing left to do; the other VM was never touched. The new
+    // controller has discovered twice (its session started, read every VM and its record, and
+    // went round once more) before the counts are read.
     ctl.stop().await;
-    let _ctl = controller(&c);
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let ctl = controller(&c);
+    ctl.more_backend_calls(&[("call", "discover"), ("outcome", "ok")], 2, 30)
+        .await;
     assert_eq!(sim.count("ReconfigVM_Task"), 3);
     assert_eq!(sim.count("CopyVirtualDisk_Task"), copies);
     let other = vm(&soap, "DC0_C0_RP0_VM0").await;
