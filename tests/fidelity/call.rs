@@ -20,6 +20,8 @@ pub struct Call {
     pub save: Vec<(&'static str, &'static str)>,
     /// A watch: the response is read to its end and split into events.
     pub watch: bool,
+    /// The `Accept` header, when the call sets one.
+    pub accept: Option<&'static str>,
 }
 
 impl Call {
@@ -32,11 +34,17 @@ impl Call {
             body: None,
             save: Vec::new(),
             watch: false,
+            accept: None,
         }
     }
     fn with_body(mut self, ct: &'static str, body: impl Into<String>) -> Call {
         self.content_type = Some(ct);
         self.body = Some(body.into());
+        self
+    }
+    /// Sends `Accept: accept`.
+    pub fn accept(mut self, accept: &'static str) -> Call {
+        self.accept = Some(accept);
         self
     }
     /// Saves the string at `pointer` of the response as `${var}`.
@@ -121,6 +129,9 @@ pub async fn send(
         .uri(fill(&call.path, vars));
     if let Some(ct) = call.content_type {
         req = req.header(http::header::CONTENT_TYPE, ct);
+    }
+    if let Some(accept) = call.accept {
+        req = req.header(http::header::ACCEPT, accept);
     }
     let body = call
         .body

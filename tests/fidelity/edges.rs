@@ -76,5 +76,22 @@ pub fn edges() -> Vec<Call> {
             "edge: get after the refused delete",
             format!("{R}/del-typed"),
         ),
+        get("edge: Accept application/xml", format!("{R}/del-typed")).accept("application/xml"),
+        get("edge: Accept text/plain", format!("{R}/del-typed")).accept("text/plain"),
+        get("edge: Accept xml, then json", format!("{R}/del-typed"))
+            .accept("application/xml, application/json;q=0.9"),
+        get("edge: Accept anything", format!("{R}/del-typed")).accept("*/*"),
+        get("edge: Accept a list of xml", R).accept("application/xml"),
+        patch(
+            "edge: apply whose body names another object",
+            format!("{R}/del-typed?fieldManager=edge"),
+            "application/apply-patch+yaml",
+            ospr("someone-else", "h1", "x").to_string(),
+        ),
+        post(
+            "edge: create whose labels are not strings",
+            R,
+            labelled("lbl5", json!({"k": 5})),
+        ),
     ]
 }

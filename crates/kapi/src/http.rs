@@ -210,6 +210,14 @@ async fn dispatch(
         headers,
         user_agent,
     };
+    if !req.acceptable() {
+        return Err(ApiError::new(
+            406,
+            "NotAcceptable",
+            "only the following media types are accepted: application/json, application/yaml, \
+             application/vnd.kubernetes.protobuf",
+        ));
+    }
     super::options::check(verb, &req.query)?;
     match verb {
         "get" => reads::get(&req),

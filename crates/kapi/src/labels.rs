@@ -21,6 +21,71 @@ alphanumeric characters, '-' or '.', and must start and end with an alphanumeric
 'example.com', regex used for validation is \
 '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
 
+/// ObjectMeta's fields of a fixed JSON type, with the Go type kube-apiserver decodes them into.
+const TYPED: &[(&str, &str)] = &[
+    ("name", "string"),
+    ("generateName", "string"),
+    ("namespace", "string"),
+    ("resourceVersion", "string"),
+    ("uid", "types.UID"),
+    ("labels", "map[string]string"),
+    ("annotations", "map[string]string"),
+    ("finalizers", "[]string"),
+    ("ownerReferences", "[]v1.OwnerReference"),
+    ("generation", "int64"),
+];
+
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::String(_) => "string",
+        Value::Number(_) => "number",
+        Value::Bool(_) => "bool",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+        Value::Null => "null",
+    }
+}
+
+/// The first ObjectMeta field of `obj` whose JSON type cannot be decoded (what kube-apiserver
+/// refuses with 400 before anything else), as Go's decoder words it: `json: cannot unmarshal …`.
+pub fn type_error(obj: &Value) -> Option<String> {
+    let meta = obj.get("metadata")?.as_object()?;
+    for (field, go) in TYPED {
+        let Some(v) = meta.get(*field).filter(|v| !v.is_null()) else {
+            continue;
+        };
+        let bad: Option<(&Value, &str)> = match *go {
+            "map[string]string" => match v.as_object() {
+                None => Some((v, go)),
+                Some(m) => m
+                    .values()
+                    .find(|x| !x.is_string() && !x.is_null())
+                    .map(|x| (x, "string")),
+            },
+            "[]string" => match v.as_array() {
+                None => Some((v, go)),
+                Some(a) => a.iter().find(|x| !x.is_string()).map(|x| (x, "string")),
+            },
+            "[]v1.OwnerReference" => match v.as_array() {
+                None => Some((v, go)),
+                Some(a) => a
+                    .iter()
+                    .find(|x| !x.is_object())
+                    .map(|x| (x, "v1.OwnerReference")),
+            },
+            "int64" => (v.as_i64().is_none()).then_some((v, go)),
+            _ => (!v.is_string()).then_some((v, go)),
+        };
+        if let Some((value, of)) = bad {
+            return Some(format!(
+                "json: cannot unmarshal {} into Go struct field ObjectMeta.{field} of type {of}",
+                json_type(value)
+            ));
+        }
+    }
+    None
+}
+
 /// The causes for `obj`'s `metadata.labels` (none when they are valid or absent).
 pub fn errors(obj: &Value) -> Vec<StatusCause> {
     let Some(labels) = obj
@@ -132,6 +197,20 @@ mod tests {
             count(json!({"app": "web", "osprov.io/host": "h-1", "a.b_c-d": "", "k8s.io/x": "A.b"})),
             0
         );
+    }
+
+    #[test]
+    fn wrongly_typed_metadata_is_named_as_go_names_it() {
+        let e = |m: Value| type_error(&json!({"metadata": m}));
+        assert_eq!(e(json!({"name": "a", "labels": {"k": "v"}})), None);
+        assert_eq!(
+            e(json!({"labels": {"k": 5}})).as_deref(),
+            Some("json: cannot unmarshal number into Go struct field ObjectMeta.labels of type string")
+        );
+        assert!(e(json!({"annotations": []})).is_some_and(|m| m.contains("map[string]string")));
+        assert!(e(json!({"finalizers": [1]})).is_some());
+        assert!(e(json!({"name": 1})).is_some());
+        assert!(e(json!({"generation": "1"})).is_some());
     }
 
     #[test]

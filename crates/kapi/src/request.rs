@@ -74,6 +74,26 @@ impl Req {
         self.headers.get("accept").and_then(|v| v.to_str().ok())
     }
 
+    /// True when the Accept header (if any) names a media type the API can answer in: JSON,
+    /// YAML, Kubernetes protobuf, or a wildcard covering them. kube-apiserver answers 406
+    /// otherwise.
+    pub fn acceptable(&self) -> bool {
+        let Some(accept) = self.accept().filter(|a| !a.trim().is_empty()) else {
+            return true;
+        };
+        accept.split(',').any(|entry| {
+            let media = entry.split(';').next().unwrap_or_default().trim();
+            matches!(
+                media.to_ascii_lowercase().as_str(),
+                "*/*"
+                    | "application/*"
+                    | "application/json"
+                    | "application/yaml"
+                    | "application/vnd.kubernetes.protobuf"
+            )
+        })
+    }
+
     /// PartialObjectMetadata output requested (kube-runtime's metadata_watcher)?
     pub fn wants_metadata(&self) -> bool {
         self.accept().is_some_and(|a| {

@@ -72,6 +72,18 @@ fn default_type(req: &Req, obj: &mut Value) {
     }
 }
 
+/// ObjectMeta fields of the wrong JSON type: 400, as kube-apiserver's decoder refuses the body.
+fn check_meta_types(req: &Req, obj: &Value) -> ApiResult<()> {
+    match super::labels::type_error(obj) {
+        None => Ok(()),
+        Some(why) => Err(ApiError::bad_request(format!(
+            "{kind} in version \"{version}\" cannot be handled as a {kind}: {why}",
+            kind = req.info.kind,
+            version = req.info.version
+        ))),
+    }
+}
+
 /// apiVersion and kind of a full object must match the endpoint: a missing kind cannot be
 /// decoded (400), another apiVersion is 400, another kind of the same version is 422.
 pub(super) fn check_type(req: &Req, obj: &Value) -> ApiResult<()> {
@@ -290,6 +302,7 @@ pub fn create(req: &Req, body: &[u8]) -> ApiResult<Response> {
     let mut obj = parse_body(req, body)?;
     default_type(req, &mut obj);
     check_type(req, &obj)?;
+    check_meta_types(req, &obj)?;
     check_identity(req, &obj)?;
     finish_create(req, obj, None)
 }
@@ -410,6 +423,7 @@ pub fn update(req: &Req, body: &[u8]) -> ApiResult<Response> {
     let mut obj = parse_body(req, body)?;
     default_type(req, &mut obj);
     check_type(req, &obj)?;
+    check_meta_types(req, &obj)?;
     check_identity(req, &obj)?;
     let name = req.name.clone().unwrap_or_default();
     let rv = meta_str(&obj, "resourceVersion").map(String::from);
