@@ -33,6 +33,7 @@ pub mod standalone;
 mod store;
 mod table;
 mod tls;
+mod typing;
 mod watch;
 mod writes;
 mod yaml;
