@@ -15,7 +15,39 @@ use osprov::adapter::simulator::SimRegistry;
 use osprov::api::{ManagedHost, OSDispatcher, OSProvisioningRequest, Phase};
 use std::sync::Arc;
 
-on_both_backends!(a_deleted_dispatcher_leaves_requests_waiting_and_a_new_one_resumes_them);
+on_both_backends!(
+    a_deleted_dispatcher_leaves_requests_waiting_and_a_new_one_resumes_them,
+    every_dispatcher_reconcile_is_timed_however_it_ends,
+);
+
+/// The reconcile duration histogram counts every dispatcher reconcile, also those that end early
+/// (here: a dispatcher of another provisioner, which is left alone).
+async fn every_dispatcher_reconcile_is_timed_however_it_ends(t: TestCluster) {
+    let ctl = RunningController::start(
+        t.client.clone(),
+        fast_settings_in(&t.ns),
+        Arc::new(SimRegistry::default()),
+    );
+    let dispatchers: Api<OSDispatcher> = t.api();
+    let mut theirs = sim_dispatcher("theirs", sim(1, 50));
+    theirs.spec.provisioner = "someone-else".into();
+    let label = [("controller", "dispatcher")];
+    let before = ctl.metric("osprov_reconciles_total", &label);
+    create(&dispatchers, &theirs).await;
+    // The positive signal: the controller reconciled it (and returned at once).
+    eventually(
+        30,
+        "a reconcile of the other provisioner's dispatcher",
+        || async { (ctl.metric("osprov_reconciles_total", &label) > before).then_some(()) },
+    )
+    .await;
+    eventually(10, "as many timed reconciles as reconciles", || async {
+        let runs = ctl.metric("osprov_reconciles_total", &label);
+        let timed = ctl.metric("osprov_reconcile_duration_seconds_count", &label);
+        (runs > 0.0 && timed == runs).then_some(())
+    })
+    .await;
+}
 
 async fn a_deleted_dispatcher_leaves_requests_waiting_and_a_new_one_resumes_them(t: TestCluster) {
     let c = t.client.clone();

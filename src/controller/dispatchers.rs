@@ -186,13 +186,24 @@ async fn warn_plain_http(scope: &Scope, d: &OSDispatcher) {
     }
 }
 
+/// One reconcile of a dispatcher, counted and timed whichever way it ends.
 async fn reconcile(d: Arc<OSDispatcher>, scope: Arc<Scope>) -> Result<Action, Error> {
     let started = Instant::now();
-    let shared = &scope.shared;
     let label = super::metrics::ControllerLabel {
         controller: "dispatcher".into(),
     };
-    shared.metrics.reconciles.get_or_create(&label).inc();
+    let metrics = scope.shared.metrics.clone();
+    metrics.reconciles.get_or_create(&label).inc();
+    let result = reconcile_dispatcher(d, scope).await;
+    metrics
+        .durations
+        .get_or_create(&label)
+        .observe(started.elapsed().as_secs_f64());
+    result
+}
+
+async fn reconcile_dispatcher(d: Arc<OSDispatcher>, scope: Arc<Scope>) -> Result<Action, Error> {
+    let shared = &scope.shared;
     let ns = d
         .namespace()
         .ok_or(Error::MissingField("metadata.namespace"))?;
@@ -310,9 +321,6 @@ async fn reconcile(d: Arc<OSDispatcher>, scope: Arc<Scope>) -> Result<Action, Er
             .get_or_create(&state_label(&key, state))
             .set(i64::from(state == view.state));
     }
-    m.durations
-        .get_or_create(&label)
-        .observe(started.elapsed().as_secs_f64());
     if matches!(asked, Some(None)) {
         // A discovery asked for through the annotation is running: look again soon.
         return Ok(Action::requeue(SOON));
