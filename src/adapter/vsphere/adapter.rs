@@ -58,13 +58,19 @@ pub struct VsphereAdapter {
     inner: Arc<Inner>,
 }
 
+/// The one place a vCenter failure gets its kind (and so, through [`AdapterError::is_transient`],
+/// whether it is retried): unreachable or overloaded (5xx, 429) is `Unreachable`; a refused login,
+/// or a session the client could not renew, is `AuthenticationFailed`; a fault or an answer osprov
+/// cannot read is a `Backend` error that keeps its source.
 pub(super) fn soap_err(e: SoapError) -> AdapterError {
     match e {
         SoapError::Connect { .. } => AdapterError::Unreachable(e.to_string()),
         SoapError::InvalidLogin | SoapError::NotAuthenticated => {
             AdapterError::AuthenticationFailed(e.to_string())
         }
-        SoapError::Status { status } if status >= 500 => AdapterError::Unreachable(e.to_string()),
+        SoapError::Status { status } if status >= 500 || status == 429 => {
+            AdapterError::Unreachable(e.to_string())
+        }
         SoapError::Fault { .. } | SoapError::Status { .. } | SoapError::Malformed(_) => {
             AdapterError::Backend {
                 message: e.to_string(),
@@ -493,5 +499,32 @@ impl Adapter for VsphereAdapter {
 
     async fn close(&self) {
         self.inner.soap.logout().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_vcenter_failure_gets_one_kind() {
+        let status = |s| soap_err(SoapError::Status { status: s });
+        assert!(matches!(status(503), AdapterError::Unreachable(_)));
+        assert!(matches!(status(429), AdapterError::Unreachable(_)));
+        assert!(matches!(status(404), AdapterError::Backend { .. }));
+        assert!(matches!(
+            soap_err(SoapError::NotAuthenticated),
+            AdapterError::AuthenticationFailed(_)
+        ));
+        assert!(!soap_err(SoapError::InvalidLogin).is_transient());
+        let fault = soap_err(SoapError::Fault {
+            kind: "InvalidState".into(),
+            message: "busy".into(),
+        });
+        assert!(fault.is_transient(), "a fault is retried at the next look");
+        assert!(
+            std::error::Error::source(&fault).is_some(),
+            "the fault is kept as the source"
+        );
     }
 }

@@ -41,17 +41,6 @@ pub enum SoapError {
     Malformed(String),
 }
 
-impl SoapError {
-    /// Whether a retry may succeed without a person changing something.
-    pub fn is_transient(&self) -> bool {
-        match self {
-            SoapError::Connect { .. } | SoapError::NotAuthenticated => true,
-            SoapError::Status { status } => *status >= 500 || *status == 429,
-            SoapError::InvalidLogin | SoapError::Fault { .. } | SoapError::Malformed(_) => false,
-        }
-    }
-}
-
 /// A managed object reference: `type` and value (`VirtualMachine`, `vm-42`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct MoRef {
