@@ -45,7 +45,10 @@ async fn the_python_resource_provider_gets_its_host_reprovisioned(c: TestCluster
     assert!(out.status.success(), "{text}");
     assert!(text.contains("phase Succeeded"), "{text}");
     let requests: Api<OSProvisioningRequest> = c.api();
-    let r = requests.get("sim-000-debian-12").await.expect("the request");
+    let r = requests
+        .get("sim-000-debian-12")
+        .await
+        .expect("the request");
     let token = r
         .status
         .and_then(|s| s.operation)

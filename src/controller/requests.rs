@@ -160,11 +160,16 @@ async fn apply(req: Arc<Request>, scope: &Scope, ns: &str) -> Result<Action, Err
         generation,
         spec: &req.spec,
         status: &st,
-        timeout: req
-            .spec
-            .timeout
-            .as_deref()
-            .map(super::settings::parse_duration),
+        timeout: req.spec.timeout.as_deref().map(|t| {
+            super::settings::parse_duration(t).and_then(|d| {
+                // A zero timeout would reset the host and cancel at once, attempt after attempt.
+                if d.is_zero() {
+                    Err(format!("{t:?} must be more than zero"))
+                } else {
+                    Ok(d)
+                }
+            })
+        }),
     };
     let action = plan::plan(&view, &world);
     debug!(?action, "planned");

@@ -226,10 +226,10 @@ pub fn plan(req: &RequestView<'_>, world: &World) -> Action {
         let current = op.generation == req.generation;
         match (&world.operation, current) {
             (OpObservation::State(OperationState::Running { progress }), _) => {
-                if let Some(message) = timed_out(req, op, world.now).filter(|_| current) {
+                if let Some(limit) = over_time(req, op, world.now).filter(|_| current) {
                     return Action::Cancel {
                         token: op.token.clone(),
-                        message,
+                        message: cancelled_for(limit),
                     };
                 }
                 return Action::Poll {
@@ -253,9 +253,11 @@ pub fn plan(req: &RequestView<'_>, world: &World) -> Action {
                 return failed_attempt(req, world, message.clone());
             }
             (OpObservation::State(OperationState::Cancelled), true) => {
-                let message = timed_out(req, op, world.now).unwrap_or_else(|| {
-                    "the operation was cancelled in the management software".into()
-                });
+                let message = over_time(req, op, world.now)
+                    .map(cancelled_for)
+                    .unwrap_or_else(|| {
+                        "the operation was cancelled in the management software".into()
+                    });
                 return failed_attempt(req, world, message);
             }
             (OpObservation::RecordLost(why), true) => {
@@ -270,6 +272,17 @@ pub fn plan(req: &RequestView<'_>, world: &World) -> Action {
                 };
             }
             (OpObservation::UnknownToBackend, true) if st.phase == Some(Phase::Provisioning) => {
+                // An attempt the backend never took, already past its time: it ends without
+                // touching the host rather than starting late.
+                if let Some(limit) = over_time(req, op, world.now) {
+                    return failed_attempt(
+                        req,
+                        world,
+                        format!(
+                            "the backend did not take the attempt within spec.timeout ({limit})"
+                        ),
+                    );
+                }
                 return Action::Resume {
                     token: op.token.clone(),
                 };
@@ -473,21 +486,23 @@ pub fn plan(req: &RequestView<'_>, world: &World) -> Action {
     }
 }
 
-/// Why the recorded attempt is over its time, when `spec.timeout` is set and has passed since
-/// the attempt started.
-fn timed_out(req: &RequestView<'_>, op: &crate::api::Operation, now: Timestamp) -> Option<String> {
+/// `spec.timeout` as written, when it is set and has passed since the recorded attempt started.
+fn over_time<'r>(
+    req: &'r RequestView<'_>,
+    op: &crate::api::Operation,
+    now: Timestamp,
+) -> Option<&'r str> {
     let limit = match req.timeout.as_ref()? {
         Ok(limit) => *limit,
         Err(_) => return None,
     };
     let started = op.started.as_ref()?.0;
     let ran = Duration::try_from(now.duration_since(started)).unwrap_or(Duration::ZERO);
-    (ran >= limit).then(|| {
-        format!(
-            "the attempt ran longer than spec.timeout ({}) and was cancelled",
-            req.spec.timeout.as_deref().unwrap_or_default()
-        )
-    })
+    (ran >= limit).then(|| req.spec.timeout.as_deref().unwrap_or_default())
+}
+
+fn cancelled_for(limit: &str) -> String {
+    format!("the attempt ran longer than spec.timeout ({limit}) and was cancelled")
 }
 
 fn failed_attempt(req: &RequestView<'_>, world: &World, message: String) -> Action {

@@ -88,6 +88,16 @@ pub fn edges() -> Vec<Call> {
             "application/apply-patch+yaml",
             ospr("someone-else", "h1", "x").to_string(),
         ),
+        merge(
+            "edge: merge patch setting a label to a number",
+            format!("{R}/del-typed"),
+            json!({"metadata": {"labels": {"n": 5}}}).to_string(),
+        ),
+        post(
+            "edge: create with a null label value",
+            R,
+            labelled("lbl6", json!({"k": null})),
+        ),
         post(
             "edge: create whose labels are not strings",
             R,

@@ -86,6 +86,22 @@ pub fn type_error(obj: &Value) -> Option<String> {
     None
 }
 
+/// Null values of `metadata.labels` and `metadata.annotations` become `""`, as Go decodes a null
+/// into a `map[string]string`.
+pub fn null_values_to_empty(obj: &mut Value) {
+    for field in ["labels", "annotations"] {
+        if let Some(m) = obj
+            .get_mut("metadata")
+            .and_then(|m| m.get_mut(field))
+            .and_then(Value::as_object_mut)
+        {
+            for v in m.values_mut().filter(|v| v.is_null()) {
+                *v = Value::String(String::new());
+            }
+        }
+    }
+}
+
 /// The causes for `obj`'s `metadata.labels` (none when they are valid or absent).
 pub fn errors(obj: &Value) -> Vec<StatusCause> {
     let Some(labels) = obj

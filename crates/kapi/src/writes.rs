@@ -150,6 +150,24 @@ pub(super) fn dry_run(req: &Req) -> bool {
 
 /// Schema, built-in and metadata checks shared by create and update; returns warnings.
 fn admit(req: &Req, obj: &mut Value, old: Option<&Value>) -> ApiResult<Vec<String>> {
+    // What a patch produced is decoded as a body is: wrongly typed metadata is refused (422 on
+    // the field `patch`, as kube-apiserver words it), and a null label or annotation value
+    // decodes as the empty string.
+    if req.media_type().contains("patch") {
+        if let Some(why) = super::labels::type_error(obj) {
+            return Err(ApiError::invalid(
+                "",
+                "",
+                "",
+                "",
+                vec![cause(
+                    "patch",
+                    &format!("Invalid value: the patched object: {why}"),
+                )],
+            ));
+        }
+    }
+    super::labels::null_values_to_empty(obj);
     let name = meta_str(obj, "name").unwrap_or_default().to_string();
     let mut warnings = Vec::new();
     // ObjectMeta is a typed struct: unknown fields in it are dropped for every kind.

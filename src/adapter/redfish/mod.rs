@@ -525,10 +525,15 @@ impl Adapter for RedfishAdapter {
             return Ok(None);
         };
         if rec.outcome.is_none() {
-            rec = inner
-                .boot_installed(rec)
-                .await
-                .map_err(RedfishError::into_adapter)?;
+            // A BMC that fails this step now is asked again at the next look; it must not hide
+            // the callback timeout below.
+            rec = match inner.boot_installed(rec.clone()).await {
+                Ok(rec) => rec,
+                Err(e) => {
+                    tracing::warn!(host = %rec.host_id, error = %e, "booting the installed OS failed; trying again at the next look");
+                    rec
+                }
+            };
             let Some(since) = rec.reset_at.or(rec.reset_requested_at) else {
                 // Never got as far as the reset: the engine resumes with the same token.
                 return Ok(None);

@@ -262,15 +262,7 @@ impl Inner {
         if system.power_state.as_deref() != Some("Off") {
             return Ok(rec);
         }
-        info!(host = %rec.host_id, "the installer powered the host off; ejecting the media and booting the installed OS");
-        self.cleanup(&rec).await?;
-        // Not `cleaned`: the host stays this operation's (busy, its media this token's) until the
-        // installed OS reports; the final cleanup runs again then, idempotently.
-        let rec = self
-            .mutate(&rec.token, |r| {
-                r.installed_boot_at.get_or_insert(Timestamp::now());
-            })
-            .await?;
+        // Everything that can refuse is settled before the mark: a host marked is powered on.
         let reset = reset_action(&system)?;
         let on = ["On", "ForceOn"]
             .into_iter()
@@ -281,6 +273,31 @@ impl Inner {
                     rec.host_id
                 ))
             })?;
+        // Decide on the stored record, not a cached copy: an outcome reported meanwhile (the
+        // installer called back, then powered off) leaves the host as it is.
+        let fresh = self.store.get(&rec.token).await.map_err(super::store_err)?;
+        match &fresh {
+            Some(r) if r.outcome.is_none() && r.installed_boot_at.is_none() => {}
+            Some(r) => return Ok(r.clone()),
+            None => return Ok(rec),
+        }
+        info!(host = %rec.host_id, "the installer powered the host off; ejecting the media and booting the installed OS");
+        self.cleanup(&rec).await?;
+        // The mark is this caller's only if no outcome and no other mark got there first (the
+        // store's optimistic concurrency decides between replicas): `On` is sent once.
+        // Not `cleaned`: the host stays this operation's (busy, its media this token's) until the
+        // installed OS reports; the final cleanup runs again then, idempotently.
+        let stamp = Timestamp::now();
+        let rec = self
+            .mutate(&rec.token, |r| {
+                if r.outcome.is_none() && r.installed_boot_at.is_none() {
+                    r.installed_boot_at = Some(stamp);
+                }
+            })
+            .await?;
+        if rec.installed_boot_at != Some(stamp) {
+            return Ok(rec);
+        }
         self.client
             .action(&reset.target, json!({"ResetType": on}), Idempotent::No)
             .await?;
@@ -312,7 +329,9 @@ impl Inner {
         // A BMC that refuses (some answer an error when nothing is inserted, e.g. on a repeated
         // cleanup) gets the careful path below.
         let blind = match &cached {
-            Some((path, _, Some(eject))) if rec.reset_requested_at.is_some() => {
+            Some((path, _, Some(eject)))
+                if rec.reset_requested_at.is_some() && rec.installed_boot_at.is_none() =>
+            {
                 match self.client.action(eject, json!({}), Idempotent::Yes).await {
                     Ok(()) => Some(path.clone()),
                     Err(RedfishError::Status { .. }) => None,

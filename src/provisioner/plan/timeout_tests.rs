@@ -90,3 +90,22 @@ fn at_generation<'a>(
         timeout,
     }
 }
+
+#[test]
+fn an_attempt_the_backend_never_took_ends_at_its_timeout_instead_of_starting_late() {
+    let (s, st, timeout) = timed("5m", Ok(Duration::from_secs(300)), 600);
+    let mut w = world(HostLookup::Found(facts()));
+    w.operation = OpObservation::UnknownToBackend;
+    match plan(&at_generation(1, &s, &st, timeout), &w) {
+        Action::Fail { message, .. } => {
+            assert!(message.contains("did not take the attempt"), "{message}")
+        }
+        other => panic!("expected a failure, got {other:?}"),
+    }
+    // Within its time, the same attempt resumes with its token.
+    let (s, st, timeout) = timed("5m", Ok(Duration::from_secs(300)), 60);
+    assert!(matches!(
+        plan(&at_generation(1, &s, &st, timeout), &w),
+        Action::Resume { .. }
+    ));
+}
