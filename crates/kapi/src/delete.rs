@@ -141,16 +141,9 @@ fn check_types(opts: &Value) -> ApiResult<()> {
             _ => v.is_string(),
         };
         if !fits {
-            let json_type = match v {
-                Value::String(_) => "string",
-                Value::Number(_) => "number",
-                Value::Bool(_) => "bool",
-                Value::Array(_) => "array",
-                Value::Object(_) => "object",
-                Value::Null => "null",
-            };
             return Err(ApiError::bad_request(format!(
-                "json: cannot unmarshal {json_type} into Go struct field DeleteOptions.{field} of type {go_type}"
+                "json: cannot unmarshal {} into Go struct field DeleteOptions.{field} of type {go_type}",
+                super::labels::json_type(v)
             )));
         }
     }

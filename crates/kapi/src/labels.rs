@@ -35,7 +35,8 @@ const TYPED: &[(&str, &str)] = &[
     ("generation", "int64"),
 ];
 
-fn json_type(v: &Value) -> &'static str {
+/// A JSON value's type as Go's decoder names it in its errors.
+pub(super) fn json_type(v: &Value) -> &'static str {
     match v {
         Value::String(_) => "string",
         Value::Number(_) => "number",
