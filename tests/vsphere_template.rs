@@ -85,8 +85,10 @@ async fn the_template_disk_replaces_the_vm_disk_once_across_a_controller_restart
     })
     .await;
     ctl.stop().await;
-    // Stopped means gone, workers included, as with a killed pod: vcsim hears nothing more.
-    let heard = sim.total();
+    // Stopped means gone, workers included, as with a killed pod: vcsim hears nothing more. A
+    // call already on the wire when the controller stopped may reach vcsim's trace a moment
+    // later, so the count is read once it has held still for half a second.
+    let heard = settled(&sim).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(sim.total(), heard, "{:?}", sim.snapshot());
     let ctl = controller(&c);
@@ -370,4 +372,18 @@ async fn the_copied_disk_boots_with_the_configuration_in_guestinfo(c: TestCluste
         decode("guestinfo.metadata")
     );
     assert_eq!(after.extra("guestinfo.metadata.encoding"), Some("base64"));
+}
+
+/// vcsim's call count once it has not changed for half a second (at most 10 s).
+async fn settled(sim: &Vcsim) -> usize {
+    let mut last = sim.total();
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = sim.total();
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+    panic!("vcsim kept hearing calls after the controller stopped: {:?}", sim.snapshot());
 }
