@@ -385,5 +385,8 @@ async fn settled(sim: &Vcsim) -> usize {
         }
         last = now;
     }
-    panic!("vcsim kept hearing calls after the controller stopped: {:?}", sim.snapshot());
+    panic!(
+        "vcsim kept hearing calls after the controller stopped: {:?}",
+        sim.snapshot()
+    );
 }
