@@ -394,7 +394,12 @@ async fn a_qemu_domain_boots_the_installer_iso_and_is_restored_after_the_callbac
     assert_eq!(status, 200);
     wait_phase(&requests, "r1", Phase::Succeeded, 60).await;
     let (live, id_after) = definition(0).await;
-    assert_eq!(id_after, id, "the installed guest keeps running");
+    // The guest keeps running; should its tray refuse the eject, osprov restarts it without the
+    // medium instead (see `Step::Detach`), so either way it runs without the installer.
+    assert!(
+        id_after.is_some(),
+        "the installed guest runs ({id:?} before)"
+    );
     assert!(
         !installer::attached(&live, "hdc", &iso).expect("live XML")
             && !live.contains(&format!("file='{iso}'")),

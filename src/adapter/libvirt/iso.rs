@@ -347,6 +347,29 @@ fn restore(l: &Look) -> Result<(), AdapterError> {
     Ok(())
 }
 
+/// Ejects one CD-ROM from the running domain; whether it came out. The guest may hold the tray
+/// locked (a mounted installer medium does), so the eject is forced, and it is tried again while
+/// QEMU refuses (seen in CI: "Tray of device … is not open", when the guest closed the tray
+/// between libvirt's open and its removal of the medium).
+fn eject_live(d: &Domain, eject: &str) -> bool {
+    let flags = sys::VIR_DOMAIN_AFFECT_LIVE | sys::VIR_DOMAIN_DEVICE_MODIFY_FORCE;
+    for attempt in 1..=EJECT_TRIES {
+        match d.update_device_flags(eject, flags) {
+            Ok(_) => return true,
+            Err(e) => {
+                tracing::warn!(error = %e.message(), attempt, "ejecting a CD-ROM of the operation from the running domain failed");
+                if attempt < EJECT_TRIES {
+                    std::thread::sleep(EJECT_PAUSE);
+                }
+            }
+        }
+    }
+    false
+}
+
+const EJECT_TRIES: u32 = 5;
+const EJECT_PAUSE: std::time::Duration = std::time::Duration::from_millis(500);
+
 fn libvirt_step(step: Step, l: &Look) -> Result<(), AdapterError> {
     let d = &l.d;
     match step {
@@ -380,14 +403,25 @@ fn libvirt_step(step: Step, l: &Look) -> Result<(), AdapterError> {
         }
         Step::Detach => {
             let undo = undo_of(l);
-            if l.observed.active {
-                for eject in installer::eject_elements(&l.xml, &undo) {
-                    if let Err(e) = d.update_device_flags(&eject, sys::VIR_DOMAIN_AFFECT_LIVE) {
-                        tracing::warn!(error = %e.message(), "ejecting a CD-ROM of the operation from the running domain failed");
-                    }
-                }
+            let stuck = l.observed.active
+                && !installer::eject_elements(&l.xml, &undo)
+                    .iter()
+                    .all(|eject| eject_live(d, eject));
+            if !stuck {
+                return restore(l);
             }
-            restore(l)
+            // A medium that stays in would boot the installer again on the guest's next
+            // reboot: power the domain off, restore, and start it from the restored definition.
+            // A controller that dies in between leaves the domain off, never re-installing.
+            tracing::warn!(
+                "a CD-ROM of the operation stayed in the running domain: restarting it without"
+            );
+            d.destroy()
+                .map_err(|e| conn::call("powering off a domain that kept the installer", &e))?;
+            restore(l)?;
+            d.create()
+                .map(|_| ())
+                .map_err(|e| conn::call("starting the domain without the installer", &e))
         }
         Step::Attach
         | Step::RecordReset

@@ -64,7 +64,8 @@ pub enum Step {
     Wait,
     /// Record the timeout as the outcome.
     RecordTimeout,
-    /// Eject the ISO from the running domain and restore the definition.
+    /// Eject the ISO from the running domain and restore the definition (a running domain whose
+    /// medium will not come out is powered off and started again from the restored definition).
     Detach,
     /// Record the outcome on the domain.
     MarkFinished(OutcomeKind),
