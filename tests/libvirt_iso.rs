@@ -172,10 +172,11 @@ async fn an_iso_install_power_cycles_once_and_restores_the_domain_after_the_call
         without_metadata(&before),
         "definition restored"
     );
-    assert_eq!(
-        (active, id_end),
-        (true, Some(id)),
-        "the guest keeps running"
+    // libvirt's test driver cannot eject a CD-ROM from a running domain, so osprov powers it
+    // off and starts it from the restored definition (a QEMU guest keeps running: libvirt_qemu).
+    assert!(
+        active && id_end.is_some() && id_end != Some(id),
+        "restarted without the medium: {id} before, {id_end:?} after"
     );
     let uri = node.uri.clone();
     let seen = tokio::task::spawn_blocking(move || seen(&node.conn(None), "vm-1"))

@@ -425,3 +425,53 @@ async fn a_qemu_domain_boots_the_installer_iso_and_is_restored_after_the_callbac
         (Some("tiny-installer"), Some(Progress::Done))
     );
 }
+
+/// Two dispatchers on one libvirt URI in one controller (or two tests in one process) each get
+/// lifecycle events. libvirt refuses a second registration of the same callback on one
+/// connection ("event callback already tracked"), so each subscription needs a connection of
+/// its own; before, the second one failed for as long as the first lived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_subscriptions_to_one_libvirt_uri_both_get_events() {
+    use futures::StreamExt;
+    use osprov::adapter::Adapter;
+    let test = "two_subscriptions_to_one_libvirt_uri_both_get_events";
+    let Some(lab) = lab_or_skip(test).await else {
+        return;
+    };
+    let adapter = |names: Vec<String>| {
+        osprov::adapter::libvirt::LibvirtAdapter::new(osprov::adapter::libvirt::LibvirtConfig {
+            uri: URI.into(),
+            credentials: None,
+            names,
+            labelled: false,
+            image_pool: lab.pool.clone(),
+            images: Vec::new(),
+            root_disk: None,
+            strategy: LibvirtStrategy::Image,
+            callback_base: None,
+            callback_timeout: std::time::Duration::from_secs(60),
+        })
+    };
+    let (a, b) = (
+        adapter(vec![lab.domain.clone()]),
+        adapter(vec![lab.domain.clone()]),
+    );
+    let mut first = a.subscribe().await.expect("the first subscription");
+    let mut second = b
+        .subscribe()
+        .await
+        .expect("a second subscription to the same URI");
+    let l = lab.clone();
+    tokio::task::spawn_blocking(move || {
+        let d = l.conn.lookup_domain_by_name(&l.domain).expect("domain");
+        d.destroy().expect("power the domain off");
+    })
+    .await
+    .expect("power off");
+    for (name, stream) in [("first", &mut first), ("second", &mut second)] {
+        tokio::time::timeout(std::time::Duration::from_secs(30), stream.next())
+            .await
+            .unwrap_or_else(|_| panic!("the {name} subscription saw no event in 30 s"))
+            .unwrap_or_else(|| panic!("the {name} subscription ended"));
+    }
+}

@@ -109,6 +109,15 @@ fn opening(uri: &str, e: &VirtError) -> AdapterError {
     }
 }
 
+/// The driver does not offer the call at all (not a passing failure).
+pub fn unsupported(e: &VirtError) -> bool {
+    use virt::enumutil::Enum::Known;
+    matches!(
+        e.code(),
+        Known(ErrorNumber::NoSupport | ErrorNumber::OperationUnsupported)
+    )
+}
+
 /// The adapter error of a failed call.
 pub fn call(what: &str, e: &VirtError) -> AdapterError {
     use virt::enumutil::Enum::Known;

@@ -350,7 +350,8 @@ fn restore(l: &Look) -> Result<(), AdapterError> {
 /// Ejects one CD-ROM from the running domain; whether it came out. The guest may hold the tray
 /// locked (a mounted installer medium does), so the eject is forced, and it is tried again while
 /// QEMU refuses (seen in CI: "Tray of device … is not open", when the guest closed the tray
-/// between libvirt's open and its removal of the medium).
+/// between libvirt's open and its removal of the medium). Drivers without live media changes
+/// (libvirt's test driver, ESX) say so at once.
 fn eject_live(d: &Domain, eject: &str) -> bool {
     let flags = sys::VIR_DOMAIN_AFFECT_LIVE | sys::VIR_DOMAIN_DEVICE_MODIFY_FORCE;
     for attempt in 1..=EJECT_TRIES {
@@ -358,6 +359,10 @@ fn eject_live(d: &Domain, eject: &str) -> bool {
             Ok(_) => return true,
             Err(e) => {
                 tracing::warn!(error = %e.message(), attempt, "ejecting a CD-ROM of the operation from the running domain failed");
+                // A driver that cannot change media on a running domain will not learn to.
+                if conn::unsupported(&e) {
+                    return false;
+                }
                 if attempt < EJECT_TRIES {
                     std::thread::sleep(EJECT_PAUSE);
                 }
