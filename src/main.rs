@@ -25,7 +25,7 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
-    /// Run the embedded Kubernetes API (and, later, the controller) on this machine.
+    /// Run the embedded Kubernetes API, the controller and a simulated fleet on this machine.
     Standalone {
         /// Address to listen on; port 0 picks a free port.
         #[arg(long, default_value = "127.0.0.1:6443", env = "OSPROV_LISTEN")]
