@@ -13,6 +13,8 @@
 //! - A list: `kind`, `apiVersion`, the items as objects, whether `continue` is set and
 //!   `remainingItemCount`.
 //! - A watch: the sequence of event types and objects, BOOKMARKs excluded (their timing differs).
+//! - A Table: everything but the column descriptions (documentation text), its rows' objects
+//!   as objects.
 //!
 //! The test namespace (different on each backend) is replaced by `NS` in every string first.
 use serde_json::{json, Map, Value};
@@ -131,9 +133,32 @@ fn list(v: &Value) -> Value {
     Value::Object(out)
 }
 
+/// A Table: the column descriptions are for people (kube-apiserver copies the OpenAPI field
+/// documentation into them), and each row's object is compared as an object.
+fn table(v: &Value) -> Value {
+    let mut v = v.clone();
+    if let Some(Value::Array(cols)) = v.get_mut("columnDefinitions") {
+        for c in cols.iter_mut().filter_map(Value::as_object_mut) {
+            c.remove("description");
+        }
+    }
+    if let Some(Value::Array(rows)) = v.get_mut("rows") {
+        for r in rows.iter_mut() {
+            if let Some(o) = r.get("object").map(object) {
+                r["object"] = o;
+            }
+        }
+    }
+    if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+        m.remove("resourceVersion");
+    }
+    v
+}
+
 fn body(v: &Value) -> Value {
     match v.get("kind").and_then(Value::as_str) {
         Some("Status") => status(v),
+        Some("Table") => table(v),
         Some(k) if k.ends_with("List") && v.get("items").is_some() => list(v),
         Some(_) => object(v),
         None => v.clone(),

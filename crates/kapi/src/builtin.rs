@@ -176,15 +176,25 @@ pub fn default(info: &ResourceInfo, obj: &mut Value) {
     }
 }
 
-/// What a Namespace gets after its fields are tracked (the strategy's PrepareForCreate):
-/// the `kubernetes` finalizer and phase Active.
-pub fn prepare_namespace(info: &ResourceInfo, obj: &mut Value, create: bool) {
+/// What a Namespace gets after its fields are tracked (the strategy's PrepareForCreate and
+/// PrepareForUpdate): on create the `kubernetes` finalizer and phase Active; on update the old
+/// spec finalizers, which only `/finalize` changes (the status is kept as for every kind with a
+/// status subresource).
+pub fn prepare_namespace(info: &ResourceInfo, obj: &mut Value, old: Option<&Value>) {
     if info.builtin != Builtin::Namespace {
         return;
     }
     let Some(o) = obj.as_object_mut() else { return };
-    if create {
-        o.insert("spec".into(), json!({"finalizers": ["kubernetes"]}));
+    match old {
+        None => {
+            o.insert("spec".into(), json!({"finalizers": ["kubernetes"]}));
+        }
+        Some(old) => {
+            match old.get("spec") {
+                Some(v) => o.insert("spec".into(), v.clone()),
+                None => o.remove("spec"),
+            };
+        }
     }
     if obj.pointer("/status/phase").is_none() {
         obj["status"] = json!({"phase": "Active"});

@@ -210,6 +210,9 @@ async fn dispatch(
         headers,
         user_agent,
     };
+    if verb == "patch" {
+        patch::media(&req)?;
+    }
     if !req.acceptable() {
         return Err(ApiError::new(
             406,
@@ -217,6 +220,11 @@ async fn dispatch(
             "only the following media types are accepted: application/json, application/yaml, \
              application/vnd.kubernetes.protobuf",
         ));
+    }
+    // A body's media type comes before its options (kube-apiserver negotiates the serializer
+    // first); a DELETE without a body has none to check.
+    if matches!(verb, "create" | "update") || (verb == "delete" && !body.is_empty()) {
+        writes::require_json(&req)?;
     }
     super::options::check(verb, &req.query)?;
     match verb {

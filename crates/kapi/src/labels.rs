@@ -103,33 +103,71 @@ pub fn null_values_to_empty(obj: &mut Value) {
     }
 }
 
-/// The causes for `obj`'s `metadata.labels` (none when they are valid or absent).
-pub fn errors(obj: &Value) -> Vec<StatusCause> {
-    let Some(labels) = obj
-        .get("metadata")
-        .and_then(|m| m.get("labels"))
-        .and_then(Value::as_object)
-    else {
-        return Vec::new();
-    };
+/// The most bytes all annotations of one object may hold, keys and values together.
+const ANNOTATIONS_MAX: usize = 256 * 1024;
+
+/// Finalizer names Kubernetes itself uses without a domain.
+const STANDARD_FINALIZERS: &[&str] = &["kubernetes", "orphan", "foregroundDeletion"];
+
+/// The causes for `obj`'s `metadata.labels`, `metadata.annotations` and `metadata.finalizers`
+/// (none when they are valid or absent). A built-in kind also refuses a finalizer that is
+/// neither one of Kubernetes' own nor domain-qualified; a custom resource only gets a warning
+/// for it from kube-apiserver, which the embedded API does not send.
+pub fn errors(obj: &Value, builtin: bool) -> Vec<StatusCause> {
+    let meta = obj.get("metadata");
+    let field = |name: &str| meta.and_then(|m| m.get(name));
     let mut out = Vec::new();
-    for (key, value) in labels {
+    for (key, value) in field("labels")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+    {
         for message in key_errors(key) {
-            out.push(invalid(key, &message));
+            out.push(invalid("metadata.labels", key, &message));
         }
         if let Some(v) = value.as_str() {
             for message in value_errors(v) {
-                out.push(invalid(v, &message));
+                out.push(invalid("metadata.labels", v, &message));
             }
+        }
+    }
+    if let Some(annotations) = field("annotations").and_then(Value::as_object) {
+        let mut size = 0;
+        for (key, value) in annotations {
+            for message in key_errors(&key.to_lowercase()) {
+                out.push(invalid("metadata.annotations", key, &message));
+            }
+            size += key.len() + value.as_str().map_or(0, str::len);
+        }
+        if size > ANNOTATIONS_MAX {
+            out.push(StatusCause {
+                reason: "FieldValueTooLong".into(),
+                field: "metadata.annotations".into(),
+                message: format!("Too long: may not be more than {ANNOTATIONS_MAX} bytes"),
+            });
+        }
+    }
+    let finalizers = field("finalizers").and_then(Value::as_array);
+    for (i, f) in finalizers.into_iter().flatten().enumerate() {
+        let Some(f) = f.as_str() else { continue };
+        for message in key_errors(f) {
+            out.push(invalid("metadata.finalizers", f, &message));
+        }
+        if builtin && !f.contains('/') && !STANDARD_FINALIZERS.contains(&f) {
+            out.push(invalid(
+                &format!("metadata.finalizers[{i}]"),
+                f,
+                "name is neither a standard finalizer name nor is it fully qualified",
+            ));
         }
     }
     out
 }
 
-fn invalid(what: &str, message: &str) -> StatusCause {
+fn invalid(field: &str, what: &str, message: &str) -> StatusCause {
     StatusCause {
         reason: "FieldValueInvalid".into(),
-        field: "metadata.labels".into(),
+        field: field.into(),
         message: format!("Invalid value: \"{what}\": {message}"),
     }
 }
@@ -205,7 +243,37 @@ mod tests {
     use serde_json::json;
 
     fn count(labels: Value) -> usize {
-        errors(&json!({"metadata": {"labels": labels}})).len()
+        errors(&json!({"metadata": {"labels": labels}}), false).len()
+    }
+
+    #[test]
+    fn annotations_and_finalizers_are_checked_too() {
+        let fields = |meta: Value, builtin: bool| -> Vec<String> {
+            errors(&json!({ "metadata": meta }), builtin)
+                .into_iter()
+                .map(|c| c.field)
+                .collect()
+        };
+        assert_eq!(
+            fields(json!({"annotations": {"Example.com/A": "x"}}), true),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            fields(json!({"annotations": {"a b": "x"}}), true),
+            ["metadata.annotations"]
+        );
+        let big = json!({"annotations": {"k": "x".repeat(ANNOTATIONS_MAX)}});
+        assert_eq!(fields(big, false), ["metadata.annotations"]);
+        let finalizers = json!({"finalizers": ["kubernetes", "example.com/f", "mine", "a b"]});
+        assert_eq!(
+            fields(finalizers.clone(), true),
+            [
+                "metadata.finalizers[2]",
+                "metadata.finalizers",
+                "metadata.finalizers[3]"
+            ]
+        );
+        assert_eq!(fields(finalizers, false), ["metadata.finalizers"]);
     }
 
     #[test]

@@ -23,6 +23,17 @@ enum Kind {
     Strategic,
 }
 
+/// The patch's type, or 415 (a strategic merge patch of a custom resource too): kube-apiserver
+/// checks it before anything else of a patch, content negotiation included.
+pub(super) fn media(req: &Req) -> ApiResult<()> {
+    if kind(req)? == Kind::Strategic && req.info.builtin == Builtin::Custom {
+        return Err(ApiError::unsupported_media(
+            "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml",
+        ));
+    }
+    Ok(())
+}
+
 fn kind(req: &Req) -> ApiResult<Kind> {
     let ct = req.media_type();
     match ct {
@@ -128,11 +139,6 @@ pub fn patch(req: &Req, body: &[u8]) -> ApiResult<Response> {
                 field: "force".into(),
                 message: "Forbidden: may not be specified for non-apply patch".into(),
             }],
-        ));
-    }
-    if kind == Kind::Strategic && req.info.builtin == Builtin::Custom {
-        return Err(ApiError::unsupported_media(
-            "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml",
         ));
     }
     if kind == Kind::Apply {

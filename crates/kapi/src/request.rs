@@ -31,11 +31,11 @@ pub struct State {
 
 /// Query parameters; kube-rs sends a leading empty pair (`?&limit=500`, B1), which is skipped.
 #[derive(Debug, Default, Clone)]
-pub struct Query(HashMap<String, String>);
+pub struct Query(HashMap<String, Vec<String>>);
 
 impl Query {
     pub fn parse(raw: Option<&str>) -> Query {
-        let mut m = HashMap::new();
+        let mut m: HashMap<String, Vec<String>> = HashMap::new();
         for pair in raw.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             let dec = |s: &str| {
@@ -43,12 +43,22 @@ impl Query {
                     .decode_utf8_lossy()
                     .into_owned()
             };
-            m.insert(dec(k), dec(v));
+            m.entry(dec(k)).or_default().push(dec(v));
         }
         Query(m)
     }
+    /// The first value of `k`, as Go's `url.Values.Get` reads it (a repeated parameter's later
+    /// values are ignored); an empty value is no value.
     pub fn get(&self, k: &str) -> Option<&str> {
-        self.0.get(k).map(String::as_str).filter(|s| !s.is_empty())
+        self.0
+            .get(k)
+            .and_then(|v| v.first())
+            .map(String::as_str)
+            .filter(|s| !s.is_empty())
+    }
+    /// Every value of `k`, empty ones included (for list-typed options such as `dryRun`).
+    pub fn all(&self, k: &str) -> &[String] {
+        self.0.get(k).map_or(&[], Vec::as_slice)
     }
     pub fn flag(&self, k: &str) -> bool {
         matches!(self.get(k), Some("true" | "1"))

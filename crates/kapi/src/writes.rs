@@ -200,7 +200,10 @@ fn admit(req: &Req, obj: &mut Value, old: Option<&Value>) -> ApiResult<Vec<Strin
         causes.extend(schema.validate(obj, old));
     }
     causes.extend(owner_reference_errors(obj));
-    causes.extend(super::labels::errors(obj));
+    causes.extend(super::labels::errors(
+        obj,
+        req.info.builtin != Builtin::Custom,
+    ));
     if old.is_none() {
         let label = req.info.builtin == Builtin::Namespace;
         if let Some(msg) = name_errors(&name, label) {
@@ -234,7 +237,6 @@ pub(super) fn require_json(req: &Req) -> ApiResult<()> {
         || ct.is_empty()
         || ct == "application/json"
         || ct == "*/*"
-        || ct.ends_with("+json")
         || ct == "application/yaml"
     {
         return Ok(());
@@ -334,7 +336,7 @@ pub(super) fn finish_create(
     if applied_by.is_none() {
         record(req, None, &mut obj, &ts);
     }
-    builtin::prepare_namespace(&req.info, &mut obj, true);
+    builtin::prepare_namespace(&req.info, &mut obj, None);
     if matches!(req.info.builtin, Builtin::CoreEvent | Builtin::EventsV1) {
         event_zero_values(&mut obj);
     }
@@ -502,8 +504,9 @@ pub(super) fn finish_update(
             ));
         }
     }
+    builtin::default(info, &mut new);
     let warnings = admit(req, &mut new, Some(old))?;
-    builtin::prepare_namespace(info, &mut new, false);
+    builtin::prepare_namespace(info, &mut new, Some(old));
     if info.builtin == Builtin::Custom
         && spec_part(old, info.status_subresource) != spec_part(&new, info.status_subresource)
     {

@@ -11,6 +11,23 @@ use serde_json::Value;
 use super::report::{cause, show, show_num, Kind};
 use super::{cel, child_path, Cause, ListType, Node};
 
+/// A value outside the node's enum: `FieldValueNotSupported` listing the allowed values.
+fn check_enum(node: &Node, path: &str, v: &Value, out: &mut Vec<Cause>) {
+    let Some(allowed) = &node.enum_ else { return };
+    if allowed.contains(v) {
+        return;
+    }
+    let list: Vec<String> = allowed
+        .iter()
+        .map(|a| match a {
+            Value::String(s) => format!("{s:?}"),
+            other => format!("{:?}", other.to_string()),
+        })
+        .collect();
+    let detail = format!("supported values: {}", list.join(", "));
+    out.push(cause(Kind::NotSupported, path, Some(&show(v)), &detail));
+}
+
 /// The openapi validator's name for the JSON type of a value.
 pub(crate) fn type_name(v: &Value) -> &'static str {
     match v {
@@ -91,6 +108,8 @@ pub(super) fn validate(
                 Some(&format!("{actual:?}")),
                 &detail,
             ));
+            // kube-openapi's validator checks the enum of a wrongly typed value too.
+            check_enum(node, path, v, out);
             return;
         }
     }
@@ -102,19 +121,7 @@ pub(super) fn validate(
             invalid(out, format!("{name} in body must be of type {f}: {s:?}"));
         }
     }
-    if let Some(allowed) = &node.enum_ {
-        if !allowed.contains(v) {
-            let list: Vec<String> = allowed
-                .iter()
-                .map(|a| match a {
-                    Value::String(s) => format!("{s:?}"),
-                    other => format!("{:?}", other.to_string()),
-                })
-                .collect();
-            let detail = format!("supported values: {}", list.join(", "));
-            out.push(cause(Kind::NotSupported, path, Some(&show(v)), &detail));
-        }
-    }
+    check_enum(node, path, v, out);
     match v {
         Value::Number(n) => {
             let f = n.as_f64().unwrap_or(0.0);
