@@ -19,7 +19,9 @@ fn success_status(req: &Req, name: &str, uid: &str) -> Value {
 }
 
 pub fn delete(req: &Req, body: &[u8]) -> ApiResult<Response> {
-    let opts: Value = if body.iter().all(u8::is_ascii_whitespace) {
+    // A body's DeleteOptions replace the query's, as kube-apiserver reads one or the other.
+    let from_query = body.iter().all(u8::is_ascii_whitespace);
+    let opts: Value = if from_query {
         json!({})
     } else {
         parse_json(body)?
@@ -65,7 +67,7 @@ pub fn delete(req: &Req, body: &[u8]) -> ApiResult<Response> {
         }
         delete_namespace_contents(req, &name);
     }
-    if dry_run(req)
+    if (from_query && dry_run(req))
         || opts
             .get("dryRun")
             .and_then(Value::as_array)

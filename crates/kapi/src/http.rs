@@ -226,7 +226,10 @@ async fn dispatch(
     if matches!(verb, "create" | "update") || (verb == "delete" && !body.is_empty()) {
         writes::require_json(&req)?;
     }
-    super::options::check(verb, &req.query)?;
+    // A DELETE with a body takes its options from the body alone (`delete` checks them).
+    if !(verb == "delete" && !body.is_empty()) {
+        super::options::check(verb, &req.query)?;
+    }
     match verb {
         "get" => reads::get(&req),
         "list" => reads::list(&req),

@@ -33,6 +33,10 @@ const TYPED: &[(&str, &str)] = &[
     ("finalizers", "[]string"),
     ("ownerReferences", "[]v1.OwnerReference"),
     ("generation", "int64"),
+    ("creationTimestamp", "string"),
+    ("deletionTimestamp", "string"),
+    ("deletionGracePeriodSeconds", "int64"),
+    ("managedFields", "[]v1.ManagedFieldsEntry"),
 ];
 
 /// A JSON value's type as Go's decoder names it in its errors.
@@ -67,12 +71,12 @@ pub fn type_error(obj: &Value) -> Option<String> {
                 None => Some((v, go)),
                 Some(a) => a.iter().find(|x| !x.is_string()).map(|x| (x, "string")),
             },
-            "[]v1.OwnerReference" => match v.as_array() {
+            "[]v1.OwnerReference" | "[]v1.ManagedFieldsEntry" => match v.as_array() {
                 None => Some((v, go)),
                 Some(a) => a
                     .iter()
                     .find(|x| !x.is_object())
-                    .map(|x| (x, "v1.OwnerReference")),
+                    .map(|x| (x, go.trim_start_matches("[]"))),
             },
             "int64" => (v.as_i64().is_none()).then_some((v, go)),
             _ => (!v.is_string()).then_some((v, go)),

@@ -1,6 +1,7 @@
 //! What a write's body must say about its own type before anything else is looked at:
 //! `apiVersion` and `kind` (defaulted from the endpoint for built-in kinds, as kube-apiserver's
-//! decoder does) matching the endpoint, and ObjectMeta fields of the types Go decodes them into.
+//! decoder does) matching the endpoint, and ObjectMeta fields and a built-in kind's typed fields
+//! of the types Go decodes them into (a table of JSON pointers, `FIELDS`).
 use super::error::{ApiError, ApiResult};
 use super::objects::meta_str;
 use super::request::Req;
@@ -18,8 +19,11 @@ pub(super) fn default_type(req: &Req, obj: &mut Value) {
     let Some(o) = obj.as_object_mut() else {
         return;
     };
-    let missing = |o: &serde_json::Map<String, Value>, f: &str| {
-        o.get(f).and_then(Value::as_str).is_none_or(str::is_empty)
+    // Absent, null or empty; a value of another type is the decoder's error, not a default.
+    let missing = |o: &serde_json::Map<String, Value>, f: &str| match o.get(f) {
+        None | Some(Value::Null) => true,
+        Some(Value::String(s)) => s.is_empty(),
+        Some(_) => false,
     };
     if missing(o, "apiVersion") {
         o.insert("apiVersion".into(), Value::String(req.info.api_version()));
@@ -29,9 +33,103 @@ pub(super) fn default_type(req: &Req, obj: &mut Value) {
     }
 }
 
-/// ObjectMeta fields of the wrong JSON type: 400, as kube-apiserver's decoder refuses the body.
+/// Typed fields of the built-in kinds, as JSON pointers with the Go type they decode into.
+const FIELDS: &[(Builtin, &str, &str)] = &[
+    (Builtin::Secret, "/data", "map[string][]byte"),
+    (Builtin::Secret, "/stringData", "map[string]string"),
+    (Builtin::Secret, "/type", "string"),
+    (Builtin::Secret, "/immutable", "bool"),
+    (Builtin::Lease, "/spec", "object"),
+    (Builtin::Lease, "/spec/holderIdentity", "string"),
+    (Builtin::Lease, "/spec/leaseDurationSeconds", "int32"),
+    (Builtin::Lease, "/spec/acquireTime", "string"),
+    (Builtin::Lease, "/spec/renewTime", "string"),
+    (Builtin::Lease, "/spec/leaseTransitions", "int32"),
+    (Builtin::Lease, "/spec/strategy", "string"),
+    (Builtin::Lease, "/spec/preferredHolder", "string"),
+    (Builtin::CoreEvent, "/involvedObject", "object"),
+    (Builtin::CoreEvent, "/reason", "string"),
+    (Builtin::CoreEvent, "/message", "string"),
+    (Builtin::CoreEvent, "/source", "object"),
+    (Builtin::CoreEvent, "/firstTimestamp", "string"),
+    (Builtin::CoreEvent, "/lastTimestamp", "string"),
+    (Builtin::CoreEvent, "/count", "int32"),
+    (Builtin::CoreEvent, "/type", "string"),
+    (Builtin::CoreEvent, "/eventTime", "string"),
+    (Builtin::CoreEvent, "/series", "object"),
+    (Builtin::CoreEvent, "/action", "string"),
+    (Builtin::CoreEvent, "/related", "object"),
+    (Builtin::CoreEvent, "/reportingComponent", "string"),
+    (Builtin::CoreEvent, "/reportingInstance", "string"),
+    (Builtin::EventsV1, "/eventTime", "string"),
+    (Builtin::EventsV1, "/series", "object"),
+    (Builtin::EventsV1, "/reportingController", "string"),
+    (Builtin::EventsV1, "/reportingInstance", "string"),
+    (Builtin::EventsV1, "/action", "string"),
+    (Builtin::EventsV1, "/reason", "string"),
+    (Builtin::EventsV1, "/regarding", "object"),
+    (Builtin::EventsV1, "/related", "object"),
+    (Builtin::EventsV1, "/note", "string"),
+    (Builtin::EventsV1, "/type", "string"),
+    (Builtin::EventsV1, "/deprecatedSource", "object"),
+    (Builtin::EventsV1, "/deprecatedFirstTimestamp", "string"),
+    (Builtin::EventsV1, "/deprecatedLastTimestamp", "string"),
+    (Builtin::EventsV1, "/deprecatedCount", "int32"),
+    (Builtin::Namespace, "/spec", "object"),
+    (Builtin::Namespace, "/spec/finalizers", "[]string"),
+    (Builtin::Namespace, "/status", "object"),
+    (Builtin::Namespace, "/status/phase", "string"),
+];
+
+/// Whether `v` decodes into Go type `go` (a JSON null decodes into any type).
+fn decodes(go: &str, v: &Value) -> bool {
+    match go {
+        _ if v.is_null() => true,
+        "string" => v.is_string(),
+        "bool" => v.is_boolean(),
+        "int32" => v.as_i64().is_some_and(|n| i32::try_from(n).is_ok()),
+        "object" => v.is_object(),
+        "[]string" => v
+            .as_array()
+            .is_some_and(|a| a.iter().all(|x| x.is_string() || x.is_null())),
+        // map[string]string and map[string][]byte (base64 text).
+        _ => v
+            .as_object()
+            .is_some_and(|m| m.values().all(|x| x.is_string() || x.is_null())),
+    }
+}
+
+/// The first field of `obj` kube-apiserver's decoder cannot decode, worded as Go words it: the
+/// type fields, ObjectMeta, and the typed fields of a built-in kind.
+pub(super) fn type_error(req: &Req, obj: &Value) -> Option<String> {
+    for field in ["apiVersion", "kind"] {
+        if let Some(v) = obj.get(field).filter(|v| !decodes("string", v)) {
+            return Some(format!(
+                "json: cannot unmarshal {} into Go struct field TypeMeta.{field} of type string",
+                super::labels::json_type(v)
+            ));
+        }
+    }
+    if let Some(why) = super::labels::type_error(obj) {
+        return Some(why);
+    }
+    FIELDS
+        .iter()
+        .filter(|(kind, _, _)| *kind == req.info.builtin)
+        .find_map(|(_, pointer, go)| {
+            let v = obj.pointer(pointer).filter(|v| !decodes(go, v))?;
+            Some(format!(
+                "json: cannot unmarshal {} into Go struct field {}{} of type {go}",
+                super::labels::json_type(v),
+                req.info.kind,
+                pointer.replace('/', ".")
+            ))
+        })
+}
+
+/// Fields of the wrong JSON type: 400, as kube-apiserver's decoder refuses the body.
 pub(super) fn check_meta_types(req: &Req, obj: &Value) -> ApiResult<()> {
-    match super::labels::type_error(obj) {
+    match type_error(req, obj) {
         None => Ok(()),
         Some(why) => Err(ApiError::bad_request(format!(
             "{kind} in version \"{version}\" cannot be handled as a {kind}: {why}",

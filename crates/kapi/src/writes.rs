@@ -154,7 +154,7 @@ fn admit(req: &Req, obj: &mut Value, old: Option<&Value>) -> ApiResult<Vec<Strin
     // the field `patch`, as kube-apiserver words it), and a null label or annotation value
     // decodes as the empty string.
     if req.media_type().contains("patch") {
-        if let Some(why) = super::labels::type_error(obj) {
+        if let Some(why) = super::typing::type_error(req, obj) {
             return Err(ApiError::invalid(
                 "",
                 "",
@@ -373,6 +373,12 @@ pub fn update(req: &Req, body: &[u8]) -> ApiResult<Response> {
     default_type(req, &mut obj);
     check_type(req, &obj)?;
     check_meta_types(req, &obj)?;
+    if meta_str(&obj, "name").is_none_or(str::is_empty) {
+        return Err(ApiError::bad_request(format!(
+            "the name of the object () does not match the name on the URL ({})",
+            req.name.as_deref().unwrap_or_default()
+        )));
+    }
     check_identity(req, &obj)?;
     let name = req.name.clone().unwrap_or_default();
     let rv = meta_str(&obj, "resourceVersion").map(String::from);
