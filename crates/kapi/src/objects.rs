@@ -172,13 +172,19 @@ pub fn spec_part(obj: &Value, drop_status: bool) -> Map<String, Value> {
     m
 }
 
-/// Equal apart from resourceVersion and managedFields (a no-op write, A2).
+/// Equal apart from resourceVersion and the times of managedFields entries (a no-op write, A2).
 pub fn same_content(a: &Value, b: &Value) -> bool {
     let strip = |v: &Value| {
         let mut v = v.clone();
         if let Some(m) = meta_mut(&mut v) {
             m.remove("resourceVersion");
-            m.remove("managedFields");
+            // A new manager's entry is a change (an apply that takes ownership of values
+            // already there is written); an entry's time alone is not.
+            if let Some(Value::Array(entries)) = m.get_mut("managedFields") {
+                for e in entries.iter_mut().filter_map(Value::as_object_mut) {
+                    e.remove("time");
+                }
+            }
         }
         v
     };

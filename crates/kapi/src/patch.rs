@@ -171,6 +171,7 @@ pub fn patch(req: &Req, body: &[u8]) -> ApiResult<Response> {
                 "the patched object is not a JSON object",
             ));
         }
+        patched_type(&doc)?;
         check_identity(req, &doc)?;
         let expect = match doc
             .pointer("/metadata/resourceVersion")
@@ -195,6 +196,32 @@ pub fn patch(req: &Req, body: &[u8]) -> ApiResult<Response> {
             }
             other => return other,
         }
+    }
+}
+
+/// A patch that leaves the object without a string `apiVersion` and `kind` cannot be decoded:
+/// kube-apiserver refuses it with 422 on the field `patch`.
+fn patched_type(doc: &Value) -> ApiResult<()> {
+    let bad = ["apiVersion", "kind"].into_iter().find(|f| {
+        doc.get(*f)
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+    });
+    match bad {
+        None => Ok(()),
+        Some(field) => Err(ApiError::invalid(
+            "",
+            "",
+            "",
+            "",
+            vec![StatusCause {
+                reason: "FieldValueInvalid".into(),
+                field: "patch".into(),
+                message: format!(
+                    "Invalid value: the patched object: {field} is missing or not a string"
+                ),
+            }],
+        )),
     }
 }
 
