@@ -60,7 +60,12 @@ pub fn validate(
         }
         Builtin::CoreEvent | Builtin::EventsV1 => {
             decode::<Event>(info, obj)?;
-            Ok(event(obj, info.builtin == Builtin::EventsV1))
+            let v1 = info.builtin == Builtin::EventsV1;
+            let mut causes = event(obj, v1);
+            if let (true, Some(old)) = (v1, old) {
+                causes.extend(event_immutable(obj, old));
+            }
+            Ok(causes)
         }
         Builtin::Namespace => {
             decode::<Namespace>(info, obj)?;
@@ -130,6 +135,25 @@ fn lease(obj: &Value) -> Vec<StatusCause> {
     out
 }
 
+/// What an update through events.k8s.io/v1 may not change (fields named in the stored, core
+/// form, as kube-apiserver names them).
+fn event_immutable(obj: &Value, old: &Value) -> Vec<StatusCause> {
+    [
+        "action",
+        "eventTime",
+        "involvedObject",
+        "reason",
+        "related",
+        "reportingComponent",
+        "reportingInstance",
+        "type",
+    ]
+    .into_iter()
+    .filter(|f| obj.get(*f).filter(|v| !v.is_null()) != old.get(*f).filter(|v| !v.is_null()))
+    .map(|f| cause(f, "Invalid value: field is immutable".into()))
+    .collect()
+}
+
 /// kube-apiserver's ValidateEvent (core form): the involved object's namespace must be the
 /// event's; events.k8s.io/v1 writes must also carry eventTime, and the type must be
 /// Normal or Warning when set (always, for events.k8s.io/v1).
@@ -145,6 +169,19 @@ fn event(obj: &Value, v1: bool) -> Vec<StatusCause> {
             "involvedObject.namespace",
             format!("Invalid value: {involved_ns:?}: does not match event.namespace"),
         ));
+    }
+    // An events.k8s.io series counts at least two occurrences and says when it last saw one.
+    if let Some(series) = obj.get("series").filter(|s| v1 && s.is_object()) {
+        let count = series.get("count").and_then(Value::as_i64).unwrap_or(0);
+        if count < 2 {
+            out.push(cause(
+                "series.count",
+                format!("Invalid value: {count}: should be at least 2"),
+            ));
+        }
+        if series.get("lastObservedTime").is_none_or(Value::is_null) {
+            out.push(cause("series.lastObservedTime", "Required value".into()));
+        }
     }
     if v1 && obj.get("eventTime").is_none_or(Value::is_null) {
         out.push(cause("eventTime", "Required value".into()));

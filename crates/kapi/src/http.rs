@@ -81,12 +81,19 @@ async fn handle(
             ));
         }
     };
-    match dispatch(state, method, uri, headers, body).await {
+    // A watch streams; everything else is answered whole, so it can be re-encoded.
+    let streams = Query::parse(uri.query()).flag("watch") || uri.path().contains("/watch/");
+    let yaml = super::yaml::wanted(&headers) && !streams;
+    let resp = match dispatch(state, method, uri, headers, body).await {
         Ok(r) => r,
         Err(e) => {
             tracing::debug!(code = e.code, message = %e.message, "request failed");
             e.into_response()
         }
+    };
+    match yaml {
+        true => super::yaml::answer(resp).await,
+        false => resp,
     }
 }
 
@@ -221,14 +228,19 @@ async fn dispatch(
              application/vnd.kubernetes.protobuf",
         ));
     }
-    // A body's media type comes before its options (kube-apiserver negotiates the serializer
-    // first); a DELETE without a body has none to check.
-    if matches!(verb, "create" | "update") || (verb == "delete" && !body.is_empty()) {
+    // A create's and a DELETE body's media type come before the options (kube-apiserver
+    // negotiates the serializer first there); a DELETE without a body has none to check.
+    // An update checks its options first (kube-apiserver's update handler does).
+    if verb == "create" || (verb == "delete" && !body.is_empty()) {
         writes::require_json(&req)?;
     }
     // A DELETE with a body takes its options from the body alone (`delete` checks them).
     if !(verb == "delete" && !body.is_empty()) {
-        super::options::check(verb, &req.query)?;
+        let apply = req.media_type().starts_with("application/apply-patch");
+        super::options::check(verb, &req.query, apply)?;
+    }
+    if verb == "update" {
+        writes::require_json(&req)?;
     }
     match verb {
         "get" => reads::get(&req),

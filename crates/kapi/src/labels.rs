@@ -67,9 +67,13 @@ pub fn type_error(obj: &Value) -> Option<String> {
                     .find(|x| !x.is_string() && !x.is_null())
                     .map(|x| (x, "string")),
             },
+            // A null element decodes as "".
             "[]string" => match v.as_array() {
                 None => Some((v, go)),
-                Some(a) => a.iter().find(|x| !x.is_string()).map(|x| (x, "string")),
+                Some(a) => a
+                    .iter()
+                    .find(|x| !x.is_string() && !x.is_null())
+                    .map(|x| (x, "string")),
             },
             "[]v1.OwnerReference" | "[]v1.ManagedFieldsEntry" => match v.as_array() {
                 None => Some((v, go)),
@@ -153,7 +157,7 @@ pub fn errors(obj: &Value, builtin: bool) -> Vec<StatusCause> {
     }
     let finalizers = field("finalizers").and_then(Value::as_array);
     for (i, f) in finalizers.into_iter().flatten().enumerate() {
-        let Some(f) = f.as_str() else { continue };
+        let f = f.as_str().unwrap_or_default();
         for message in key_errors(f) {
             out.push(invalid("metadata.finalizers", f, &message));
         }

@@ -3,6 +3,7 @@
 //! `DeleteOptions` and `ListOptions`:
 //! - `dryRun` takes `All` only (every value of it); anything else is refused (422 on the verb's
 //!   options kind) — never a real write, which an unrecognised value would otherwise become;
+//! - `force` only on a server-side apply;
 //! - `fieldManager` of a write is at most 128 printable characters, and `fieldValidation` one
 //!   of `Ignore`, `Warn` and `Strict` (422, every bad option one cause of the same answer);
 //! - `timeoutSeconds` and `limit` of a list or watch are integers (400, worded as Go's parser).
@@ -12,8 +13,9 @@ use super::request::Query;
 const FIELD_MANAGER_MAX: usize = 128;
 
 /// Check `query` for `verb` (`get`, `list`, `watch`, `create`, `update`, `patch`, `delete`,
-/// `deletecollection`).
-pub fn check(verb: &str, query: &Query) -> ApiResult<()> {
+/// `deletecollection`); `apply` when the patch is a server-side apply (the only one that takes
+/// `force`).
+pub fn check(verb: &str, query: &Query, apply: bool) -> ApiResult<()> {
     let options = match verb {
         "create" => Some("CreateOptions"),
         "update" => Some("UpdateOptions"),
@@ -22,7 +24,15 @@ pub fn check(verb: &str, query: &Query) -> ApiResult<()> {
         _ => None,
     };
     if let Some(kind) = options {
-        let mut causes = dry_run(query);
+        let mut causes = Vec::new();
+        if kind == "PatchOptions" && !apply && query.get("force").is_some() {
+            causes.push(StatusCause {
+                reason: "FieldValueForbidden".into(),
+                field: "force".into(),
+                message: "Forbidden: may not be specified for non-apply patch".into(),
+            });
+        }
+        causes.extend(dry_run(query));
         if kind != "DeleteOptions" {
             causes.extend(write_options(query));
         }
@@ -107,19 +117,19 @@ mod tests {
 
     #[test]
     fn dry_run_takes_all_only_on_writes() {
-        assert!(check("create", &q("dryRun=All")).is_ok());
-        let e = check("create", &q("dryRun=Bogus")).expect_err("refused");
+        assert!(check("create", &q("dryRun=All"), false).is_ok());
+        let e = check("create", &q("dryRun=Bogus"), false).expect_err("refused");
         assert_eq!(e.code, 422);
-        assert!(check("patch", &q("dryRun=true")).is_err());
-        assert!(check("delete", &q("dryRun=x")).is_err());
+        assert!(check("patch", &q("dryRun=true"), false).is_err());
+        assert!(check("delete", &q("dryRun=x"), false).is_err());
         // Reads ignore it, as kube-apiserver's GetOptions has no dryRun.
-        assert!(check("get", &q("dryRun=x")).is_ok());
+        assert!(check("get", &q("dryRun=x"), false).is_ok());
     }
 
     #[test]
     fn every_bad_write_option_is_one_cause_of_one_answer() {
         let fields = |raw: &str| -> Vec<String> {
-            check("update", &q(raw))
+            check("update", &q(raw), false)
                 .err()
                 .map(|e| e.causes.into_iter().map(|c| c.field).collect())
                 .unwrap_or_default()
@@ -141,17 +151,19 @@ mod tests {
 
     #[test]
     fn list_numbers_are_integers() {
-        assert!(check("list", &q("limit=5&timeoutSeconds=30")).is_ok());
+        assert!(check("list", &q("limit=5&timeoutSeconds=30"), false).is_ok());
         assert_eq!(
-            check("watch", &q("timeoutSeconds=abc"))
+            check("watch", &q("timeoutSeconds=abc"), false)
                 .expect_err("refused")
                 .code,
             400
         );
         assert_eq!(
-            check("list", &q("limit=abc")).expect_err("refused").code,
+            check("list", &q("limit=abc"), false)
+                .expect_err("refused")
+                .code,
             400
         );
-        assert!(check("get", &q("limit=abc")).is_ok());
+        assert!(check("get", &q("limit=abc"), false).is_ok());
     }
 }

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::crdschema::{self, Applied};
 use super::error::{ApiError, ApiResult, StatusCause};
-use super::objects::now;
+use super::objects::{meta_str, now};
 use super::reads::{key, not_found, view};
 use super::request::Req;
 use super::resources::Builtin;
@@ -127,20 +127,8 @@ fn strict_patch_error(e: ApiError, doc: &Value) -> ApiError {
 pub fn patch(req: &Req, body: &[u8]) -> ApiResult<Response> {
     let kind = kind(req)?;
     let name = req.name.clone().unwrap_or_default();
+    // `force` on another patch type was refused with the other options (see `options`).
     let force = req.query.get("force");
-    if kind != Kind::Apply && force.is_some() {
-        return Err(ApiError::invalid(
-            "PatchOptions.meta.k8s.io",
-            "meta.k8s.io",
-            "PatchOptions",
-            "",
-            vec![StatusCause {
-                reason: "FieldValueForbidden".into(),
-                field: "force".into(),
-                message: "Forbidden: may not be specified for non-apply patch".into(),
-            }],
-        ));
-    }
     if kind == Kind::Apply {
         return apply(req, body, force == Some("true"));
     }
@@ -172,6 +160,15 @@ pub fn patch(req: &Req, body: &[u8]) -> ApiResult<Response> {
             ));
         }
         patched_type(&doc)?;
+        // The patched object is decoded before anything else looks at it.
+        if let Some(why) = super::typing::type_error(req, &doc) {
+            return Err(super::writes::patch_invalid(&why));
+        }
+        if meta_str(&doc, "name").is_none_or(str::is_empty) {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({name} based on URL) was undeterminable: name must be provided"
+            )));
+        }
         check_identity(req, &doc)?;
         let expect = match doc
             .pointer("/metadata/resourceVersion")

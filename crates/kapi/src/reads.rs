@@ -101,31 +101,35 @@ fn check_list_options(req: &Req) -> ApiResult<()> {
     let Some(m) = req.query.get("resourceVersionMatch") else {
         return Ok(());
     };
-    let cause = if req.query.get("resourceVersion").is_none() {
-        StatusCause {
+    // Both rules are checked; a bad value without a resourceVersion breaks both.
+    let mut causes = Vec::new();
+    if req.query.get("resourceVersion").is_none() {
+        causes.push(StatusCause {
             reason: "FieldValueForbidden".into(),
             field: "resourceVersionMatch".into(),
             message:
                 "Forbidden: resourceVersionMatch is forbidden unless resourceVersion is provided"
                     .into(),
-        }
-    } else if !matches!(m, "Exact" | "NotOlderThan") {
-        StatusCause {
+        });
+    }
+    if !matches!(m, "Exact" | "NotOlderThan") {
+        causes.push(StatusCause {
             reason: "FieldValueNotSupported".into(),
             field: "resourceVersionMatch".into(),
             message: format!(
                 "Unsupported value: {m:?}: supported values: \"Exact\", \"NotOlderThan\", \"\""
             ),
-        }
-    } else {
+        });
+    }
+    if causes.is_empty() {
         return Ok(());
-    };
+    }
     Err(ApiError::invalid(
         "ListOptions.meta.k8s.io",
         "meta.k8s.io",
         "ListOptions",
         "",
-        vec![cause],
+        causes,
     ))
 }
 

@@ -91,16 +91,18 @@ impl Req {
         let Some(accept) = self.accept().filter(|a| !a.trim().is_empty()) else {
             return true;
         };
+        // kube-apiserver takes `application/*` for custom resources only (406 for built-ins).
+        let custom = self.info.builtin == super::resources::Builtin::Custom;
         accept.split(',').any(|entry| {
             let media = entry.split(';').next().unwrap_or_default().trim();
-            matches!(
-                media.to_ascii_lowercase().as_str(),
-                "*/*"
-                    | "application/*"
-                    | "application/json"
-                    | "application/yaml"
-                    | "application/vnd.kubernetes.protobuf"
-            )
+            (custom && media.eq_ignore_ascii_case("application/*"))
+                || matches!(
+                    media.to_ascii_lowercase().as_str(),
+                    "*/*"
+                        | "application/json"
+                        | "application/yaml"
+                        | "application/vnd.kubernetes.protobuf"
+                )
         })
     }
 

@@ -284,7 +284,13 @@ pub fn column_definitions(info: &ResourceInfo) -> Vec<Value> {
     columns(info)
         .iter()
         .map(|c| {
-            json!({"name": c.name, "type": if c.type_ == "date" { "string" } else { c.type_.as_str() },
+            // A custom resource's printer column keeps its declared type; the built-in kinds'
+            // creation-time columns are strings (kube-apiserver's own table convertors).
+            let type_ = match (c.type_.as_str(), info.builtin) {
+                ("date", b) if b != Builtin::Custom => "string",
+                (t, _) => t,
+            };
+            json!({"name": c.name, "type": type_,
                    "format": c.format, "description": c.description, "priority": c.priority})
         })
         .collect()

@@ -75,11 +75,108 @@ const FIELDS: &[(Builtin, &str, &str)] = &[
     (Builtin::EventsV1, "/deprecatedFirstTimestamp", "string"),
     (Builtin::EventsV1, "/deprecatedLastTimestamp", "string"),
     (Builtin::EventsV1, "/deprecatedCount", "int32"),
+    (Builtin::CoreEvent, "/source/component", "string"),
+    (Builtin::CoreEvent, "/source/host", "string"),
+    (Builtin::CoreEvent, "/series/count", "int32"),
+    (Builtin::CoreEvent, "/series/lastObservedTime", "string"),
+    (Builtin::EventsV1, "/deprecatedSource/component", "string"),
+    (Builtin::EventsV1, "/deprecatedSource/host", "string"),
+    (Builtin::EventsV1, "/series/count", "int32"),
+    (Builtin::EventsV1, "/series/lastObservedTime", "string"),
+    (Builtin::CoreEvent, "/involvedObject/kind", "string"),
+    (Builtin::CoreEvent, "/involvedObject/namespace", "string"),
+    (Builtin::CoreEvent, "/involvedObject/name", "string"),
+    (Builtin::CoreEvent, "/involvedObject/uid", "string"),
+    (Builtin::CoreEvent, "/involvedObject/apiVersion", "string"),
+    (
+        Builtin::CoreEvent,
+        "/involvedObject/resourceVersion",
+        "string",
+    ),
+    (Builtin::CoreEvent, "/involvedObject/fieldPath", "string"),
+    (Builtin::CoreEvent, "/related/kind", "string"),
+    (Builtin::CoreEvent, "/related/namespace", "string"),
+    (Builtin::CoreEvent, "/related/name", "string"),
+    (Builtin::CoreEvent, "/related/uid", "string"),
+    (Builtin::CoreEvent, "/related/apiVersion", "string"),
+    (Builtin::CoreEvent, "/related/resourceVersion", "string"),
+    (Builtin::CoreEvent, "/related/fieldPath", "string"),
+    (Builtin::EventsV1, "/regarding/kind", "string"),
+    (Builtin::EventsV1, "/regarding/namespace", "string"),
+    (Builtin::EventsV1, "/regarding/name", "string"),
+    (Builtin::EventsV1, "/regarding/uid", "string"),
+    (Builtin::EventsV1, "/regarding/apiVersion", "string"),
+    (Builtin::EventsV1, "/regarding/resourceVersion", "string"),
+    (Builtin::EventsV1, "/regarding/fieldPath", "string"),
+    (Builtin::EventsV1, "/related/kind", "string"),
+    (Builtin::EventsV1, "/related/namespace", "string"),
+    (Builtin::EventsV1, "/related/name", "string"),
+    (Builtin::EventsV1, "/related/uid", "string"),
+    (Builtin::EventsV1, "/related/apiVersion", "string"),
+    (Builtin::EventsV1, "/related/resourceVersion", "string"),
+    (Builtin::EventsV1, "/related/fieldPath", "string"),
     (Builtin::Namespace, "/spec", "object"),
     (Builtin::Namespace, "/spec/finalizers", "[]string"),
     (Builtin::Namespace, "/status", "object"),
     (Builtin::Namespace, "/status/phase", "string"),
+    (Builtin::Namespace, "/status/conditions", "array"),
 ];
+
+/// Drops the fields a built-in kind's Go type does not have (at the top level and inside each
+/// typed object the table lists members of), as kube-apiserver's decoder does; their paths, for the warnings or a
+/// strict refusal. Custom kinds are pruned by their schema instead.
+pub(super) fn prune_builtin(req: &Req, obj: &mut Value) -> Vec<String> {
+    let builtin = req.info.builtin;
+    if builtin == Builtin::Custom {
+        return Vec::new();
+    }
+    // An events.k8s.io Event reaches this point in its stored (core) form, or still in its own.
+    let same =
+        |k: Builtin| k == builtin || (builtin == Builtin::EventsV1 && k == Builtin::CoreEvent);
+    let known = |parent: &str| -> Vec<&str> {
+        FIELDS
+            .iter()
+            .filter(|(k, _, _)| same(*k))
+            .filter_map(|(_, p, _)| p.strip_prefix(parent)?.strip_prefix('/'))
+            .filter(|rest| !rest.contains('/'))
+            .collect()
+    };
+    let mut dropped = Vec::new();
+    let mut prune = |at: &str, keep: Vec<&str>| {
+        let target = if at.is_empty() {
+            Some(&mut *obj)
+        } else {
+            obj.pointer_mut(at)
+        };
+        let Some(Value::Object(o)) = target else {
+            return;
+        };
+        let unknown: Vec<String> = o
+            .keys()
+            .filter(|k| !keep.contains(&k.as_str()))
+            .cloned()
+            .collect();
+        for k in unknown {
+            o.remove(&k);
+            let path = format!("{at}/{k}");
+            dropped.push(path.trim_start_matches('/').replace('/', "."));
+        }
+    };
+    let mut top = known("");
+    top.extend(["apiVersion", "kind", "metadata"]);
+    prune("", top);
+    // Every typed object whose members the table lists.
+    let parents: Vec<&str> = FIELDS
+        .iter()
+        .filter(|(k, _, go)| same(*k) && *go == "object")
+        .map(|(_, p, _)| *p)
+        .filter(|p| !known(p).is_empty())
+        .collect();
+    for parent in parents {
+        prune(parent, known(parent));
+    }
+    dropped
+}
 
 /// Whether `v` decodes into Go type `go` (a JSON null decodes into any type).
 fn decodes(go: &str, v: &Value) -> bool {
@@ -89,6 +186,8 @@ fn decodes(go: &str, v: &Value) -> bool {
         "bool" => v.is_boolean(),
         "int32" => v.as_i64().is_some_and(|n| i32::try_from(n).is_ok()),
         "object" => v.is_object(),
+        "array" => v.is_array(),
+        // A null element decodes as "".
         "[]string" => v
             .as_array()
             .is_some_and(|a| a.iter().all(|x| x.is_string() || x.is_null())),

@@ -148,23 +148,29 @@ pub(super) fn dry_run(req: &Req) -> bool {
     req.query.get("dryRun") == Some("All")
 }
 
+/// What kube-apiserver answers for a patch whose result cannot be decoded.
+pub(super) fn patch_invalid(why: &str) -> ApiError {
+    ApiError::invalid(
+        "",
+        "",
+        "",
+        "",
+        vec![cause(
+            "patch",
+            &format!("Invalid value: the patched object: {why}"),
+        )],
+    )
+}
+
 /// Schema, built-in and metadata checks shared by create and update; returns warnings.
 fn admit(req: &Req, obj: &mut Value, old: Option<&Value>) -> ApiResult<Vec<String>> {
     // What a patch produced is decoded as a body is: wrongly typed metadata is refused (422 on
     // the field `patch`, as kube-apiserver words it), and a null label or annotation value
     // decodes as the empty string.
-    if req.media_type().contains("patch") {
+    let is_patch = req.media_type().contains("patch");
+    if is_patch {
         if let Some(why) = super::typing::type_error(req, obj) {
-            return Err(ApiError::invalid(
-                "",
-                "",
-                "",
-                "",
-                vec![cause(
-                    "patch",
-                    &format!("Invalid value: the patched object: {why}"),
-                )],
-            ));
+            return Err(patch_invalid(&why));
         }
     }
     super::labels::null_values_to_empty(obj);
@@ -172,6 +178,7 @@ fn admit(req: &Req, obj: &mut Value, old: Option<&Value>) -> ApiResult<Vec<Strin
     let mut warnings = Vec::new();
     // ObjectMeta is a typed struct: unknown fields in it are dropped for every kind.
     let mut dropped = prune_meta(obj);
+    dropped.extend(super::typing::prune_builtin(req, obj));
     if let Some(schema) = &req.info.schema {
         dropped.extend(schema.prune(obj));
     }
@@ -194,20 +201,37 @@ fn admit(req: &Req, obj: &mut Value, old: Option<&Value>) -> ApiResult<Vec<Strin
         _ => warnings.extend(dropped.iter().map(|d| format!("unknown field \"{d}\""))),
     }
     let mut causes = prepare_builtin(&req.info, obj, old);
-    causes.extend(builtin::validate(&req.info, obj, old)?);
+    // A patched object its Go type cannot decode is the patch's fault: 422 on `patch`.
+    causes.extend(builtin::validate(&req.info, obj, old).map_err(|e| {
+        match (is_patch, e.code) {
+            (true, 400) => patch_invalid(&e.message),
+            _ => e,
+        }
+    })?);
     if let Some(schema) = &req.info.schema {
         schema.apply_defaults(obj);
         causes.extend(schema.validate(obj, old));
     }
     causes.extend(owner_reference_errors(obj));
-    causes.extend(super::labels::errors(
-        obj,
-        req.info.builtin != Builtin::Custom,
-    ));
+    // core/v1 Events are validated without the core finalizer-name rule (seen on kube-apiserver;
+    // events.k8s.io/v1 writes get it).
+    let core_finalizers = !matches!(req.info.builtin, Builtin::Custom | Builtin::CoreEvent);
+    causes.extend(super::labels::errors(obj, core_finalizers));
     if old.is_none() {
         let label = req.info.builtin == Builtin::Namespace;
         if let Some(msg) = name_errors(&name, label) {
             causes.insert(0, cause("metadata.name", &msg));
+        }
+        // A generateName is checked as a name prefix: a trailing `-` is fine.
+        let prefix = meta_str(obj, "generateName").unwrap_or_default();
+        if !prefix.is_empty() {
+            let masked = match prefix.strip_suffix('-') {
+                Some(p) => format!("{p}a"),
+                None => prefix.to_string(),
+            };
+            if let Some(msg) = name_errors(&masked, label) {
+                causes.push(cause("metadata.generateName", &msg));
+            }
         }
     }
     if !causes.is_empty() {

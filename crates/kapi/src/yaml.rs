@@ -1,4 +1,5 @@
-//! YAML request bodies (`application/yaml` creates and updates, `application/apply-patch+yaml`).
+//! YAML request bodies (`application/yaml` creates and updates, `application/apply-patch+yaml`),
+//! and YAML answers for a client that asks for them first.
 //!
 //! libyaml, under `serde_norway`, takes time quadratic in the nesting of flow collections before
 //! it reaches its own recursion limit of 128: 200 KB of `[` took 1.6 s and 100 KB of `{a: ` 4.7 s
@@ -95,4 +96,45 @@ mod tests {
             .expect("parses");
         assert_eq!(ok["metadata"]["labels"]["a"], "[");
     }
+}
+
+/// Whether the client asked for YAML first (`Accept: application/yaml`, before any other type).
+pub fn wanted(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get("accept")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|a| a.split(',').next())
+        .and_then(|first| first.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/yaml"))
+}
+
+/// A JSON answer re-encoded as YAML, as kube-apiserver encodes any answer (objects, lists and
+/// Status errors) in the negotiated media type. Anything else (a stream, protobuf) is returned
+/// as it is.
+pub async fn answer(resp: axum::response::Response) -> axum::response::Response {
+    use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+    let is_json = resp
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/json"));
+    if !is_json {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
+        return axum::response::Response::from_parts(parts, axum::body::Body::empty());
+    };
+    let yaml = serde_json::from_slice::<Value>(&bytes)
+        .ok()
+        .and_then(|v| serde_norway::to_string(&v).ok());
+    let Some(yaml) = yaml else {
+        return axum::response::Response::from_parts(parts, axum::body::Body::from(bytes));
+    };
+    parts.headers.remove(CONTENT_LENGTH);
+    parts.headers.insert(
+        CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/yaml"),
+    );
+    axum::response::Response::from_parts(parts, axum::body::Body::from(yaml))
 }
