@@ -235,7 +235,7 @@ async fn dispatch(
         writes::require_json(&req)?;
     }
     // A DELETE with a body takes its options from the body alone (`delete` checks them).
-    if !(verb == "delete" && !body.is_empty()) {
+    if verb != "delete" || body.is_empty() {
         let apply = req.media_type().starts_with("application/apply-patch");
         super::options::check(verb, &req.query, apply)?;
     }

@@ -69,35 +69,6 @@ pub fn parse(body: &[u8]) -> ApiResult<Value> {
         .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn depth_counts_flow_collections_outside_strings_and_comments() {
-        assert_eq!(flow_depth(b"a: [1, {b: [2]}]"), 3);
-        assert_eq!(flow_depth(b"a: \"[[[[\"\nb: '{{{{'\nc: [x] # [[[[\n"), 1);
-        assert_eq!(flow_depth(b"a: \"esc \\\" [[[\"\nb: 'it''s [[['"), 0);
-        assert_eq!(
-            flow_depth(b"url: http://x/#[[[\n"),
-            3,
-            "a # inside a scalar is no comment"
-        );
-        assert_eq!(flow_depth(b"- a\n- b\n"), 0);
-    }
-
-    #[test]
-    fn deep_bodies_are_refused_quickly_and_normal_ones_parse() {
-        let deep = "{a: ".repeat(1_000_000);
-        let err = parse(deep.as_bytes()).expect_err("too deep");
-        assert_eq!(err.code, 400);
-        assert!(err.message.contains("nested deeper"), "{}", err.message);
-        let ok = parse(b"apiVersion: v1\nkind: Secret\nmetadata: {name: s, labels: {a: \"[\"}}\n")
-            .expect("parses");
-        assert_eq!(ok["metadata"]["labels"]["a"], "[");
-    }
-}
-
 /// Whether the client asked for YAML first (`Accept: application/yaml`, before any other type).
 pub fn wanted(headers: &axum::http::HeaderMap) -> bool {
     headers
@@ -137,4 +108,33 @@ pub async fn answer(resp: axum::response::Response) -> axum::response::Response 
         axum::http::HeaderValue::from_static("application/yaml"),
     );
     axum::response::Response::from_parts(parts, axum::body::Body::from(yaml))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn depth_counts_flow_collections_outside_strings_and_comments() {
+        assert_eq!(flow_depth(b"a: [1, {b: [2]}]"), 3);
+        assert_eq!(flow_depth(b"a: \"[[[[\"\nb: '{{{{'\nc: [x] # [[[[\n"), 1);
+        assert_eq!(flow_depth(b"a: \"esc \\\" [[[\"\nb: 'it''s [[['"), 0);
+        assert_eq!(
+            flow_depth(b"url: http://x/#[[[\n"),
+            3,
+            "a # inside a scalar is no comment"
+        );
+        assert_eq!(flow_depth(b"- a\n- b\n"), 0);
+    }
+
+    #[test]
+    fn deep_bodies_are_refused_quickly_and_normal_ones_parse() {
+        let deep = "{a: ".repeat(1_000_000);
+        let err = parse(deep.as_bytes()).expect_err("too deep");
+        assert_eq!(err.code, 400);
+        assert!(err.message.contains("nested deeper"), "{}", err.message);
+        let ok = parse(b"apiVersion: v1\nkind: Secret\nmetadata: {name: s, labels: {a: \"[\"}}\n")
+            .expect("parses");
+        assert_eq!(ok["metadata"]["labels"]["a"], "[");
+    }
 }
