@@ -197,8 +197,17 @@ fn event(obj: &Value, v1: bool) -> Vec<StatusCause> {
 }
 
 /// Defaults kube-apiserver sets on a built-in object before its fields are tracked: the
-/// `kubernetes.io/metadata.name` label of a Namespace.
+/// `kubernetes.io/metadata.name` label of a Namespace, a Lease's (empty) spec.
 pub fn default(info: &ResourceInfo, obj: &mut Value) {
+    // A Lease's spec is a Go struct, never absent.
+    if info.builtin == Builtin::Lease {
+        if let Some(o) = obj.as_object_mut() {
+            if o.get("spec").is_none_or(Value::is_null) {
+                o.insert("spec".into(), json!({}));
+            }
+        }
+        return;
+    }
     if info.builtin != Builtin::Namespace {
         return;
     }

@@ -85,8 +85,26 @@ fn to_storage(req: &Req, mut obj: Value) -> Value {
 /// wrote (an events.k8s.io/v1 write is tracked in events.k8s.io/v1 field names).
 fn record(req: &Req, old: Option<&Value>, new: &mut Value, ts: &str) {
     let (mgr, sub, schema) = (manager(req), req.sub.as_deref(), req.info.schema.as_ref());
-    if req.info.builtin != Builtin::EventsV1 {
+    if req.info.builtin == Builtin::Custom {
         crdschema::record_update(old, new, &mgr, sub, schema, ts);
+        return;
+    }
+    if req.info.builtin != Builtin::EventsV1 {
+        // A Go struct left empty is not a field anyone set: track the object without them.
+        let old_typed = old.map(without_empty_objects);
+        let mut new_typed = without_empty_objects(new);
+        crdschema::record_update(old_typed.as_ref(), &mut new_typed, &mgr, sub, schema, ts);
+        match meta(&new_typed)
+            .and_then(|m| m.get("managedFields"))
+            .cloned()
+        {
+            Some(mf) => set_meta(new, "managedFields", mf),
+            None => {
+                if let Some(m) = meta_mut(new) {
+                    m.remove("managedFields");
+                }
+            }
+        }
         return;
     }
     let old_view = old.map(|o| event_from_core(o.clone()));
@@ -102,6 +120,29 @@ fn record(req: &Req, old: Option<&Value>, new: &mut Value, ts: &str) {
                 m.remove("managedFields");
             }
         }
+    }
+}
+
+/// `v` without members whose value is an empty object (outside `metadata`, which keeps its
+/// own rules), recursively.
+fn without_empty_objects(v: &Value) -> Value {
+    match v {
+        Value::Object(o) => Value::Object(
+            o.iter()
+                .filter(|(k, x)| {
+                    k.as_str() == "metadata" || x.as_object().is_none_or(|m| !m.is_empty())
+                })
+                .map(|(k, x)| {
+                    let x = if k == "metadata" {
+                        x.clone()
+                    } else {
+                        without_empty_objects(x)
+                    };
+                    (k.clone(), x)
+                })
+                .collect(),
+        ),
+        other => other.clone(),
     }
 }
 
@@ -317,16 +358,22 @@ pub(super) fn finish_create(
                 set_meta(&mut obj, "name", json!(name));
             }
             None => {
+                // The rest is still validated (metadata, the schema's keywords); the CEL rules
+                // are not, and the answer says so.
                 let mut causes = vec![cause(
                     "metadata.name",
                     "Required value: name or generateName is required",
                 )];
-                causes.extend(
-                    req.info
-                        .schema
-                        .as_ref()
-                        .and_then(crdschema::CrdSchema::rules_not_checked),
-                );
+                causes.extend(super::labels::errors(&obj, false));
+                if let Some(schema) = &req.info.schema {
+                    let mut pruned = obj.clone();
+                    schema.prune(&mut pruned);
+                    schema.apply_defaults(&mut pruned);
+                    causes.extend(schema.validate(&pruned, None));
+                    if !causes.iter().any(|c| c.field == "<nil>") {
+                        causes.extend(schema.rules_not_checked());
+                    }
+                }
                 return Err(invalid(req, "", causes));
             }
         }
