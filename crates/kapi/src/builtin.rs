@@ -64,6 +64,14 @@ pub fn validate(
             let mut causes = event(obj, v1);
             if let (true, Some(old)) = (v1, old) {
                 causes.extend(event_immutable(obj, old));
+                // An update through events.k8s.io/v1 needs a reason (seen on kube-apiserver).
+                if obj
+                    .get("reason")
+                    .and_then(Value::as_str)
+                    .is_none_or(str::is_empty)
+                {
+                    causes.push(cause("reason", "Required value".into()));
+                }
             }
             Ok(causes)
         }
@@ -142,6 +150,7 @@ fn event_immutable(obj: &Value, old: &Value) -> Vec<StatusCause> {
         "action",
         "eventTime",
         "involvedObject",
+        "message",
         "reason",
         "related",
         "reportingComponent",

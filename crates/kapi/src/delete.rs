@@ -156,6 +156,22 @@ fn check_types(opts: &Value) -> ApiResult<()> {
 /// values only.
 fn check_options(opts: &Value) -> ApiResult<()> {
     check_types(opts)?;
+    // The body decodes by its kind: only DeleteOptions is one.
+    if let Some(kind) = opts
+        .get("kind")
+        .and_then(Value::as_str)
+        .filter(|k| !k.is_empty())
+    {
+        if kind != "DeleteOptions" {
+            let version = opts
+                .get("apiVersion")
+                .and_then(Value::as_str)
+                .unwrap_or("v1");
+            return Err(ApiError::bad_request(format!(
+                "no kind {kind:?} is registered for version {version:?} in scheme \"pkg/runtime/scheme.go:111\""
+            )));
+        }
+    }
     let mut causes = Vec::new();
     if let Some(p) = opts.get("propagationPolicy").filter(|p| !p.is_null()) {
         if !matches!(p.as_str(), Some("Foreground" | "Background" | "Orphan")) {

@@ -113,8 +113,11 @@ pub fn name_errors(name: &str, label: bool) -> Option<String> {
     let ok_chars = name
         .chars()
         .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || (!label && c == '.'));
-    let ok_ends = name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+    // Every dot-separated label of a subdomain starts and ends alphanumeric (`a..b` does not).
+    let ok_ends = name.split('.').all(|part| {
+        part.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && part.ends_with(|c: char| c.is_ascii_alphanumeric())
+    });
     if name.len() <= max && ok_chars && ok_ends {
         return None;
     }

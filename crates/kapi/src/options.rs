@@ -36,6 +36,13 @@ pub fn check(verb: &str, query: &Query, apply: bool) -> ApiResult<()> {
         if kind != "DeleteOptions" {
             causes.extend(write_options(query));
         }
+        if kind == "PatchOptions" && apply && query.get("fieldManager").is_none() {
+            causes.push(StatusCause {
+                reason: "FieldValueRequired".into(),
+                field: "fieldManager".into(),
+                message: "Required value: is required for apply patch".into(),
+            });
+        }
         if !causes.is_empty() {
             return Err(ApiError::invalid(
                 &format!("{kind}.meta.k8s.io"),

@@ -190,6 +190,17 @@ pub fn range<'a>(
 }
 
 pub fn list(req: &Req) -> ApiResult<Response> {
+    // A list answers as PartialObjectMetadataList, never as one PartialObjectMetadata.
+    if req.wants_metadata() && !req.wants_metadata_list() {
+        return Err(ApiError::new(
+            406,
+            "NotAcceptable",
+            format!(
+                "you requested PartialObjectMetadata, but the requested object is a list ({}List)",
+                req.info.kind
+            ),
+        ));
+    }
     let filter = Filter::from_req(req)?;
     check_resource_version(req)?;
     check_list_options(req)?;

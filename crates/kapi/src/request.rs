@@ -115,6 +115,15 @@ impl Req {
         })
     }
 
+    /// PartialObjectMetadataList named (what a metadata list asks for)?
+    pub fn wants_metadata_list(&self) -> bool {
+        self.accept().is_some_and(|a| {
+            a.split(',')
+                .next()
+                .is_some_and(|first| first.contains("as=PartialObjectMetadataList"))
+        })
+    }
+
     /// Table output requested (E4)?
     pub fn wants_table(&self) -> bool {
         self.accept().is_some_and(|a| {

@@ -254,16 +254,19 @@ fn admit(req: &Req, obj: &mut Value, old: Option<&Value>) -> ApiResult<Vec<Strin
         causes.extend(schema.validate(obj, old));
     }
     causes.extend(owner_reference_errors(obj));
-    // core/v1 Events are validated without the core finalizer-name rule (seen on kube-apiserver;
-    // events.k8s.io/v1 writes get it).
-    let core_finalizers = !matches!(req.info.builtin, Builtin::Custom | Builtin::CoreEvent);
+    // core/v1 Events and Leases are validated without the core finalizer-name rule (seen on
+    // kube-apiserver; events.k8s.io/v1 writes and Secrets get it).
+    let core_finalizers = !matches!(
+        req.info.builtin,
+        Builtin::Custom | Builtin::CoreEvent | Builtin::Lease
+    );
     causes.extend(super::labels::errors(obj, core_finalizers));
     if old.is_none() {
         let label = req.info.builtin == Builtin::Namespace;
         if let Some(msg) = name_errors(&name, label) {
             causes.insert(0, cause("metadata.name", &msg));
         }
-        // A generateName is checked as a name prefix: a trailing `-` is fine.
+        // A generateName is checked as a name prefix (a trailing `-` is fine), on create.
         let prefix = meta_str(obj, "generateName").unwrap_or_default();
         if !prefix.is_empty() {
             let masked = match prefix.strip_suffix('-') {
@@ -350,6 +353,9 @@ pub(super) fn finish_create(
             ));
         }
         set_meta(&mut obj, "namespace", json!(req.namespace));
+    } else if let Some(m) = meta_mut(&mut obj) {
+        // A cluster-scoped object has no namespace, whatever the body said.
+        m.remove("namespace");
     }
     if meta_str(&obj, "name").is_none() {
         match meta_str(&obj, "generateName") {
