@@ -173,7 +173,9 @@ fn event(obj: &Value, v1: bool) -> Vec<StatusCause> {
         .pointer("/involvedObject/namespace")
         .and_then(Value::as_str)
         .unwrap_or_default();
-    if (v1 || !involved_ns.is_empty()) && involved_ns != ns {
+    // A core Event about a cluster-scoped object (no namespace) lives in "default" (or none).
+    let cluster_scoped_ok = !v1 && involved_ns.is_empty() && matches!(ns, "" | "default");
+    if !cluster_scoped_ok && involved_ns != ns {
         out.push(cause(
             "involvedObject.namespace",
             format!("Invalid value: {involved_ns:?}: does not match event.namespace"),

@@ -159,7 +159,7 @@ pub fn patch(req: &Req, body: &[u8]) -> ApiResult<Response> {
                 "the patched object is not a JSON object",
             ));
         }
-        patched_type(&doc)?;
+        patched_type(req, &doc)?;
         // The patched object is decoded before anything else looks at it.
         if let Some(why) = super::typing::type_error(req, &doc) {
             return Err(super::writes::patch_invalid(&why));
@@ -196,14 +196,15 @@ pub fn patch(req: &Req, body: &[u8]) -> ApiResult<Response> {
     }
 }
 
-/// A patch that leaves the object without a string `apiVersion` and `kind` cannot be decoded:
-/// kube-apiserver refuses it with 422 on the field `patch`.
-fn patched_type(doc: &Value) -> ApiResult<()> {
-    let bad = ["apiVersion", "kind"].into_iter().find(|f| {
-        doc.get(*f)
-            .and_then(Value::as_str)
-            .is_none_or(str::is_empty)
-    });
+/// A patch that leaves the object without the endpoint's `apiVersion` and `kind` cannot be
+/// decoded as it: kube-apiserver refuses it with 422 on the field `patch`.
+fn patched_type(req: &Req, doc: &Value) -> ApiResult<()> {
+    let want = [req.info.api_version(), req.info.kind.clone()];
+    let bad = ["apiVersion", "kind"]
+        .into_iter()
+        .zip(want)
+        .find(|(f, want)| doc.get(*f).and_then(Value::as_str) != Some(want.as_str()))
+        .map(|(f, _)| f);
     match bad {
         None => Ok(()),
         Some(field) => Err(ApiError::invalid(
@@ -215,7 +216,7 @@ fn patched_type(doc: &Value) -> ApiResult<()> {
                 reason: "FieldValueInvalid".into(),
                 field: "patch".into(),
                 message: format!(
-                    "Invalid value: the patched object: {field} is missing or not a string"
+                    "Invalid value: the patched object: {field} is missing or not this kind's"
                 ),
             }],
         )),

@@ -203,6 +203,38 @@ pub(super) fn patch_invalid(why: &str) -> ApiError {
     )
 }
 
+/// Drops the fields `obj`'s type does not have (ObjectMeta's for every kind, a built-in kind's
+/// Go type, a custom kind's schema): with `fieldValidation=Strict` a 400 naming them, else the
+/// warnings (none with `Ignore`).
+pub(super) fn unknown_fields(req: &Req, obj: &mut Value) -> ApiResult<Vec<String>> {
+    let mut dropped = prune_meta(obj);
+    dropped.extend(super::typing::prune_builtin(req, obj));
+    if let Some(schema) = &req.info.schema {
+        dropped.extend(schema.prune(obj));
+    }
+    match req.query.get("fieldValidation").unwrap_or("Warn") {
+        "Strict" if !dropped.is_empty() => {
+            let msgs: Vec<String> = dropped
+                .iter()
+                .map(|d| format!("unknown field \"{d}\""))
+                .collect();
+            let info = &req.info;
+            Err(ApiError::bad_request(format!(
+                "{} in version \"{}\" cannot be handled as a {}: strict decoding error: {}",
+                info.kind,
+                info.version,
+                info.kind,
+                msgs.join(", ")
+            )))
+        }
+        "Ignore" => Ok(Vec::new()),
+        _ => Ok(dropped
+            .iter()
+            .map(|d| format!("unknown field \"{d}\""))
+            .collect()),
+    }
+}
+
 /// Schema, built-in and metadata checks shared by create and update; returns warnings.
 fn admit(req: &Req, obj: &mut Value, old: Option<&Value>) -> ApiResult<Vec<String>> {
     // What a patch produced is decoded as a body is: wrongly typed metadata is refused (422 on
@@ -216,31 +248,7 @@ fn admit(req: &Req, obj: &mut Value, old: Option<&Value>) -> ApiResult<Vec<Strin
     }
     super::labels::null_values_to_empty(obj);
     let name = meta_str(obj, "name").unwrap_or_default().to_string();
-    let mut warnings = Vec::new();
-    // ObjectMeta is a typed struct: unknown fields in it are dropped for every kind.
-    let mut dropped = prune_meta(obj);
-    dropped.extend(super::typing::prune_builtin(req, obj));
-    if let Some(schema) = &req.info.schema {
-        dropped.extend(schema.prune(obj));
-    }
-    match req.query.get("fieldValidation").unwrap_or("Warn") {
-        "Strict" if !dropped.is_empty() => {
-            let msgs: Vec<String> = dropped
-                .iter()
-                .map(|d| format!("unknown field \"{d}\""))
-                .collect();
-            let info = &req.info;
-            return Err(ApiError::bad_request(format!(
-                "{} in version \"{}\" cannot be handled as a {}: strict decoding error: {}",
-                info.kind,
-                info.version,
-                info.kind,
-                msgs.join(", ")
-            )));
-        }
-        "Ignore" => {}
-        _ => warnings.extend(dropped.iter().map(|d| format!("unknown field \"{d}\""))),
-    }
+    let warnings = unknown_fields(req, obj)?;
     let mut causes = prepare_builtin(&req.info, obj, old);
     // A patched object its Go type cannot decode is the patch's fault: 422 on `patch`.
     causes.extend(builtin::validate(&req.info, obj, old).map_err(|e| {
@@ -457,6 +465,8 @@ pub fn update(req: &Req, body: &[u8]) -> ApiResult<Response> {
         )));
     }
     check_identity(req, &obj)?;
+    // A strict decode refuses unknown fields before anything looks at the object.
+    unknown_fields(req, &mut obj.clone())?;
     let name = req.name.clone().unwrap_or_default();
     let rv = meta_str(&obj, "resourceVersion").map(String::from);
     // Secrets, Events and Namespaces allow unconditional updates; Leases and custom kinds do not.
