@@ -93,7 +93,42 @@ pub fn columns(info: &ResourceInfo) -> Vec<PrinterColumn> {
                     "The object the event is about.",
                     "#object",
                 ),
+                wide(col(
+                    "Subobject",
+                    "string",
+                    "",
+                    "The part of the object the event is about.",
+                    "#subobject",
+                )),
+                wide(col(
+                    "Source",
+                    "string",
+                    "",
+                    "The component that reported the event.",
+                    "#source",
+                )),
                 col("Message", "string", "", "The event message.", "#message"),
+                wide(col(
+                    "First Seen",
+                    "string",
+                    "",
+                    "Time of the first occurrence.",
+                    "#firstseen",
+                )),
+                wide(col(
+                    "Count",
+                    "integer",
+                    "",
+                    "How often the event occurred.",
+                    "#count",
+                )),
+                wide(col(
+                    "Name",
+                    "string",
+                    "name",
+                    "Name of the event.",
+                    ".metadata.name",
+                )),
             ];
         }
     }
@@ -215,8 +250,51 @@ fn index<'a>(v: &'a Value, inner: &str) -> Vec<&'a Value> {
     Vec::new()
 }
 
+/// A column `kubectl get -o wide` shows (priority 1).
+fn wide(mut c: PrinterColumn) -> PrinterColumn {
+    c.priority = 1;
+    c
+}
+
+/// The string at the first of `pointers` that holds one.
+fn first_str<'a>(obj: &'a Value, pointers: &[&str]) -> Option<&'a str> {
+    pointers
+        .iter()
+        .find_map(|p| obj.pointer(p).and_then(Value::as_str))
+}
+
 fn cell(obj: &Value, c: &PrinterColumn) -> Value {
     match c.json_path.as_str() {
+        "#subobject" => {
+            return json!(
+                first_str(obj, &["/involvedObject/fieldPath", "/regarding/fieldPath"])
+                    .unwrap_or_default()
+            )
+        }
+        "#source" => {
+            let component = first_str(obj, &["/source/component", "/deprecatedSource/component"])
+                .unwrap_or_default();
+            let host =
+                first_str(obj, &["/source/host", "/deprecatedSource/host"]).unwrap_or_default();
+            return json!(match host {
+                "" => component.to_string(),
+                h => format!("{component}, {h}"),
+            });
+        }
+        "#firstseen" => {
+            let ts = first_str(
+                obj,
+                &["/firstTimestamp", "/deprecatedFirstTimestamp", "/eventTime"],
+            );
+            return json!(ts.map(since).unwrap_or_else(|| "<unknown>".into()));
+        }
+        "#count" => {
+            let n = ["/count", "/deprecatedCount"]
+                .iter()
+                .find_map(|p| obj.pointer(p).and_then(Value::as_i64))
+                .unwrap_or(0);
+            return json!(n);
+        }
         "#data" => {
             return json!(obj
                 .get("data")

@@ -269,12 +269,13 @@ fn admit(req: &Req, obj: &mut Value, old: Option<&Value>) -> ApiResult<Vec<Strin
         Builtin::Custom | Builtin::CoreEvent | Builtin::Lease
     );
     causes.extend(super::labels::errors(obj, core_finalizers));
-    if old.is_none() {
+    // Namespaces check their generateName on update too (seen on kube-apiserver).
+    if old.is_none() || req.info.builtin == Builtin::Namespace {
         let label = req.info.builtin == Builtin::Namespace;
         if let Some(msg) = name_errors(&name, label) {
             causes.insert(0, cause("metadata.name", &msg));
         }
-        // A generateName is checked as a name prefix (a trailing `-` is fine), on create.
+        // A generateName is checked as a name prefix (a trailing `-` is fine).
         let prefix = meta_str(obj, "generateName").unwrap_or_default();
         if !prefix.is_empty() {
             let masked = match prefix.strip_suffix('-') {
