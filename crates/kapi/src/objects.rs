@@ -128,7 +128,8 @@ pub fn name_errors(name: &str, label: bool) -> Option<String> {
     })
 }
 
-/// ownerReferences: apiVersion, kind, name and uid required; at most one controller (C5).
+/// ownerReferences: apiVersion (its version), kind, name and uid not empty; at most one
+/// controller (C5).
 pub fn owner_reference_errors(obj: &Value) -> Vec<StatusCause> {
     let mut out = Vec::new();
     let Some(refs) = meta(obj)
@@ -138,13 +139,23 @@ pub fn owner_reference_errors(obj: &Value) -> Vec<StatusCause> {
         return out;
     };
     let mut controllers = 0;
-    for (i, r) in refs.iter().enumerate() {
-        for f in ["apiVersion", "kind", "name", "uid"] {
-            if r.get(f).and_then(Value::as_str).is_none_or(str::is_empty) {
+    // kube-apiserver names the fields without the entry's index, each an invalid empty value
+    // (a null entry decodes as an empty reference); the version is apiVersion's part after `/`.
+    for r in refs {
+        let text = |f: &str| r.get(f).and_then(Value::as_str).unwrap_or_default();
+        let version = text("apiVersion").rsplit('/').next().unwrap_or_default();
+        for (f, empty) in [
+            ("apiVersion", version.is_empty()),
+            ("kind", text("kind").is_empty()),
+            ("name", text("name").is_empty()),
+            ("uid", text("uid").is_empty()),
+        ] {
+            if empty {
+                let what = if f == "apiVersion" { "version" } else { f };
                 out.push(StatusCause {
-                    reason: "FieldValueRequired".into(),
-                    field: format!("metadata.ownerReferences[{i}].{f}"),
-                    message: "Required value".into(),
+                    reason: "FieldValueInvalid".into(),
+                    field: format!("metadata.ownerReferences.{f}"),
+                    message: format!("Invalid value: \"\": {what} must not be empty"),
                 });
             }
         }
@@ -203,6 +214,12 @@ pub fn prepare_builtin(
     let mut causes = Vec::new();
     if info.builtin != Builtin::Secret {
         return causes;
+    }
+    // A null data value decodes as empty bytes.
+    if let Some(Value::Object(data)) = obj.get_mut("data") {
+        data.values_mut()
+            .filter(|v| v.is_null())
+            .for_each(|v| *v = json!(""));
     }
     if let Some(Value::Object(sd)) = obj.as_object_mut().and_then(|o| o.remove("stringData")) {
         use base64::Engine;

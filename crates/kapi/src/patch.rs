@@ -159,7 +159,7 @@ pub fn patch(req: &Req, body: &[u8]) -> ApiResult<Response> {
                 "the patched object is not a JSON object",
             ));
         }
-        patched_type(req, &doc)?;
+        patched_type(req, &mut doc, kind == Kind::Json, &name)?;
         // The patched object is decoded before anything else looks at it.
         if let Some(why) = super::typing::type_error(req, &doc) {
             return Err(super::writes::patch_invalid(&why));
@@ -198,7 +198,28 @@ pub fn patch(req: &Req, body: &[u8]) -> ApiResult<Response> {
 
 /// A patch that leaves the object without the endpoint's `apiVersion` and `kind` cannot be
 /// decoded as it: kube-apiserver refuses it with 422 on the field `patch`.
-fn patched_type(req: &Req, doc: &Value) -> ApiResult<()> {
+fn patched_type(req: &Req, doc: &mut Value, json_patch: bool, name: &str) -> ApiResult<()> {
+    // A built-in kind's decoder takes a missing apiVersion or kind from the endpoint; after a
+    // JSON patch, kube-apiserver cannot find the object's name any more (seen).
+    if req.info.builtin != Builtin::Custom {
+        let unset = |v: Option<&Value>| v.is_none_or(|v| v.is_null() || v == "");
+        let missing = ["apiVersion", "kind"].iter().any(|f| unset(doc.get(*f)));
+        if missing && json_patch {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({name} based on URL) was undeterminable: name must be provided"
+            )));
+        }
+        if let Some(o) = doc.as_object_mut() {
+            for (f, v) in [
+                ("apiVersion", req.info.api_version()),
+                ("kind", req.info.kind.clone()),
+            ] {
+                if unset(o.get(f)) {
+                    o.insert(f.into(), Value::String(v));
+                }
+            }
+        }
+    }
     let want = [req.info.api_version(), req.info.kind.clone()];
     let bad = ["apiVersion", "kind"]
         .into_iter()

@@ -117,7 +117,7 @@ pub fn columns(info: &ResourceInfo) -> Vec<PrinterColumn> {
                 )),
                 wide(col(
                     "Count",
-                    "integer",
+                    "string",
                     "",
                     "How often the event occurred.",
                     "#count",
@@ -272,10 +272,15 @@ fn cell(obj: &Value, c: &PrinterColumn) -> Value {
             )
         }
         "#source" => {
-            let component = first_str(obj, &["/source/component", "/deprecatedSource/component"])
+            // kubectl's: the source's component and host, else the reporting controller and
+            // instance.
+            let nonempty = |p: &[&str]| first_str(obj, p).filter(|s| !s.is_empty());
+            let component = nonempty(&["/source/component", "/deprecatedSource/component"])
+                .or_else(|| nonempty(&["/reportingComponent", "/reportingController"]))
                 .unwrap_or_default();
-            let host =
-                first_str(obj, &["/source/host", "/deprecatedSource/host"]).unwrap_or_default();
+            let host = nonempty(&["/source/host", "/deprecatedSource/host"])
+                .or_else(|| nonempty(&["/reportingInstance"]))
+                .unwrap_or_default();
             return json!(match host {
                 "" => component.to_string(),
                 h => format!("{component}, {h}"),
@@ -289,10 +294,11 @@ fn cell(obj: &Value, c: &PrinterColumn) -> Value {
             return json!(ts.map(since).unwrap_or_else(|| "<unknown>".into()));
         }
         "#count" => {
-            let n = ["/count", "/deprecatedCount"]
+            // kubectl's: the series' count, else the count, where 0 means once.
+            let n = ["/series/count", "/count", "/deprecatedCount"]
                 .iter()
-                .find_map(|p| obj.pointer(p).and_then(Value::as_i64))
-                .unwrap_or(0);
+                .find_map(|p| obj.pointer(p).and_then(Value::as_i64).filter(|n| *n != 0))
+                .unwrap_or(1);
             return json!(n);
         }
         "#data" => {
@@ -375,7 +381,15 @@ pub fn column_definitions(info: &ResourceInfo) -> Vec<Value> {
 }
 
 pub fn row(info: &ResourceInfo, obj: &Value, include_object: &str) -> Value {
-    let cells: Vec<Value> = columns(info).iter().map(|c| cell(obj, c)).collect();
+    // A built-in kind's printer reads Go fields: an absent string is "", not null.
+    let builtin = info.builtin != Builtin::Custom;
+    let cells: Vec<Value> = columns(info)
+        .iter()
+        .map(|c| match cell(obj, c) {
+            Value::Null if builtin && c.type_ == "string" => json!(""),
+            v => v,
+        })
+        .collect();
     let object = match include_object {
         "None" => Value::Null,
         "Object" => obj.clone(),

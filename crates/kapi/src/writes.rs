@@ -269,15 +269,20 @@ fn admit(req: &Req, obj: &mut Value, old: Option<&Value>) -> ApiResult<Vec<Strin
         Builtin::Custom | Builtin::CoreEvent | Builtin::Lease
     );
     causes.extend(super::labels::errors(obj, core_finalizers));
-    // Namespaces check their generateName on update too (seen on kube-apiserver).
-    if old.is_none() || req.info.builtin == Builtin::Namespace {
+    // Secrets and Namespaces check their generateName on update too; core Events never check
+    // it (both seen on kube-apiserver).
+    let check_names = match req.info.builtin {
+        Builtin::Namespace | Builtin::Secret => true,
+        _ => old.is_none(),
+    };
+    if check_names {
         let label = req.info.builtin == Builtin::Namespace;
         if let Some(msg) = name_errors(&name, label) {
             causes.insert(0, cause("metadata.name", &msg));
         }
         // A generateName is checked as a name prefix (a trailing `-` is fine).
         let prefix = meta_str(obj, "generateName").unwrap_or_default();
-        if !prefix.is_empty() {
+        if !prefix.is_empty() && req.info.builtin != Builtin::CoreEvent {
             let masked = match prefix.strip_suffix('-') {
                 Some(p) => format!("{p}a"),
                 None => prefix.to_string(),
