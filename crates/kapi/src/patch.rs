@@ -199,24 +199,22 @@ pub fn patch(req: &Req, body: &[u8]) -> ApiResult<Response> {
 /// A patch that leaves the object without the endpoint's `apiVersion` and `kind` cannot be
 /// decoded as it: kube-apiserver refuses it with 422 on the field `patch`.
 fn patched_type(req: &Req, doc: &mut Value, json_patch: bool, name: &str) -> ApiResult<()> {
-    // A built-in kind's decoder takes a missing apiVersion or kind from the endpoint; after a
-    // JSON patch, kube-apiserver cannot find the object's name any more (seen).
+    // A built-in kind's patched object is decoded as the endpoint's version, whatever string its
+    // apiVersion holds, and a missing kind is the endpoint's; but after a JSON patch that
+    // removed the apiVersion, kube-apiserver cannot find the object's name any more (all seen).
     if req.info.builtin != Builtin::Custom {
         let unset = |v: Option<&Value>| v.is_none_or(|v| v.is_null() || v == "");
-        let missing = ["apiVersion", "kind"].iter().any(|f| unset(doc.get(*f)));
-        if missing && json_patch {
+        if json_patch && unset(doc.get("apiVersion")) {
             return Err(ApiError::bad_request(format!(
                 "the name of the object ({name} based on URL) was undeterminable: name must be provided"
             )));
         }
         if let Some(o) = doc.as_object_mut() {
-            for (f, v) in [
-                ("apiVersion", req.info.api_version()),
-                ("kind", req.info.kind.clone()),
-            ] {
-                if unset(o.get(f)) {
-                    o.insert(f.into(), Value::String(v));
-                }
+            if unset(o.get("apiVersion")) || o.get("apiVersion").is_some_and(Value::is_string) {
+                o.insert("apiVersion".into(), Value::String(req.info.api_version()));
+            }
+            if unset(o.get("kind")) {
+                o.insert("kind".into(), Value::String(req.info.kind.clone()));
             }
         }
     }

@@ -190,6 +190,9 @@ pub fn range<'a>(
 }
 
 pub fn list(req: &Req) -> ApiResult<Response> {
+    let filter = Filter::from_req(req)?;
+    check_resource_version(req)?;
+    check_list_options(req)?;
     // A list answers as PartialObjectMetadataList, never as one PartialObjectMetadata.
     if req.wants_metadata() && !req.wants_metadata_list() {
         return Err(ApiError::new(
@@ -201,9 +204,6 @@ pub fn list(req: &Req) -> ApiResult<Response> {
             ),
         ));
     }
-    let filter = Filter::from_req(req)?;
-    check_resource_version(req)?;
-    check_list_options(req)?;
     // A negative limit means no limit, as in kube-apiserver.
     let limit: usize = match req.query.get("limit") {
         Some(l) => l

@@ -141,6 +141,24 @@ pub(super) fn prune_builtin(req: &Req, obj: &mut Value) -> Vec<String> {
             .filter(|rest| !rest.contains('/'))
             .collect()
     };
+    // A null decodes as the Go zero value, which an `omitempty` field then leaves out (times are
+    // kept: their zero value is written as null).
+    for (_, pointer, _) in FIELDS.iter().filter(|(k, _, _)| same(*k)) {
+        if pointer.ends_with("Timestamp") || pointer.ends_with("Time") {
+            continue;
+        }
+        let (parent, last) = pointer.rsplit_once('/').unwrap_or(("", pointer));
+        let target = if parent.is_empty() {
+            Some(&mut *obj)
+        } else {
+            obj.pointer_mut(parent)
+        };
+        if let Some(Value::Object(o)) = target {
+            if o.get(last).is_some_and(Value::is_null) {
+                o.remove(last);
+            }
+        }
+    }
     let mut dropped = Vec::new();
     let mut prune = |at: &str, keep: Vec<&str>| {
         let target = if at.is_empty() {

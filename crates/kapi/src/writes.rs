@@ -269,10 +269,11 @@ fn admit(req: &Req, obj: &mut Value, old: Option<&Value>) -> ApiResult<Vec<Strin
         Builtin::Custom | Builtin::CoreEvent | Builtin::Lease
     );
     causes.extend(super::labels::errors(obj, core_finalizers));
-    // Secrets and Namespaces check their generateName on update too; core Events never check
-    // it (both seen on kube-apiserver).
+    // Secrets and Namespaces check their names on update too; core Events never check their
+    // name or generateName (both seen on kube-apiserver).
     let check_names = match req.info.builtin {
         Builtin::Namespace | Builtin::Secret => true,
+        Builtin::CoreEvent => false,
         _ => old.is_none(),
     };
     if check_names {
@@ -605,7 +606,6 @@ pub(super) fn finish_update(
     }
     builtin::default(info, &mut new);
     let warnings = admit(req, &mut new, Some(old))?;
-    builtin::prepare_namespace(info, &mut new, Some(old));
     if info.builtin == Builtin::Custom
         && spec_part(old, info.status_subresource) != spec_part(&new, info.status_subresource)
     {
@@ -620,6 +620,9 @@ pub(super) fn finish_update(
     if applied_by.is_none() {
         record(req, Some(old), &mut new, &ts);
     }
+    // After the fields are tracked: kube-apiserver records ownership of a Namespace's spec
+    // finalizers that its strategy then puts back (seen).
+    builtin::prepare_namespace(info, &mut new, Some(old));
     if matches!(info.builtin, Builtin::CoreEvent | Builtin::EventsV1) {
         event_zero_values(&mut new);
     }
