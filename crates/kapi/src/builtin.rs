@@ -61,7 +61,7 @@ pub fn validate(
         Builtin::CoreEvent | Builtin::EventsV1 => {
             decode::<Event>(info, obj)?;
             let v1 = info.builtin == Builtin::EventsV1;
-            let mut causes = event(obj, v1);
+            let mut causes = event(obj, v1, old.is_some());
             if let (true, Some(old)) = (v1, old) {
                 causes.extend(event_immutable(obj, old));
                 // An update through events.k8s.io/v1 needs a reason (seen on kube-apiserver).
@@ -166,7 +166,7 @@ fn event_immutable(obj: &Value, old: &Value) -> Vec<StatusCause> {
 /// kube-apiserver's ValidateEvent (core form): the involved object's namespace must be the
 /// event's; events.k8s.io/v1 writes must also carry eventTime, and the type must be
 /// Normal or Warning when set (always, for events.k8s.io/v1).
-fn event(obj: &Value, v1: bool) -> Vec<StatusCause> {
+fn event(obj: &Value, v1: bool, updating: bool) -> Vec<StatusCause> {
     let mut out = Vec::new();
     let ns = meta_str(obj, "namespace").unwrap_or_default();
     let involved_ns = obj
@@ -194,7 +194,8 @@ fn event(obj: &Value, v1: bool) -> Vec<StatusCause> {
             out.push(cause("series.lastObservedTime", "Required value".into()));
         }
     }
-    if v1 && obj.get("eventTime").is_none_or(Value::is_null) {
+    let no_time = obj.get("eventTime").is_none_or(Value::is_null);
+    if v1 && no_time && !updating {
         out.push(cause("eventTime", "Required value".into()));
     }
     let type_ = obj.get("type").and_then(Value::as_str).unwrap_or_default();
@@ -203,6 +204,15 @@ fn event(obj: &Value, v1: bool) -> Vec<StatusCause> {
             "type",
             format!("Invalid value: {type_:?}: has invalid value: {type_}"),
         ));
+    }
+    // A created events.k8s.io Event needs a reason; kube-apiserver checks it only once the time
+    // and type are right (seen).
+    let reason = obj
+        .get("reason")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if v1 && !updating && out.is_empty() && !no_time && reason.is_empty() {
+        out.push(cause("reason", "Required value".into()));
     }
     out
 }

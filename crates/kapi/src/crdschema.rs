@@ -108,6 +108,11 @@ impl CrdSchema {
         }
         out
     }
+    /// Whether one of `causes` keeps the CEL rules from running (a type, a required value, an
+    /// unsupported value, a length or count over its limit), metadata's included.
+    pub fn blocks_rules(causes: &[StatusCause]) -> bool {
+        causes.iter().any(|c| BLOCKING.contains(&c.reason.as_str()))
+    }
     /// The cause kube-apiserver adds when a blocking error kept the CEL rules from running.
     pub fn rules_not_checked(&self) -> Option<StatusCause> {
         self.has_rules.then(|| StatusCause {

@@ -269,6 +269,12 @@ fn admit(req: &Req, obj: &mut Value, old: Option<&Value>) -> ApiResult<Vec<Strin
         Builtin::Custom | Builtin::CoreEvent | Builtin::Lease
     );
     causes.extend(super::labels::errors(obj, core_finalizers));
+    if let Some(schema) = &req.info.schema {
+        if crdschema::CrdSchema::blocks_rules(&causes) && !causes.iter().any(|c| c.field == "<nil>")
+        {
+            causes.extend(schema.rules_not_checked());
+        }
+    }
     // Secrets and Namespaces check their names on update too; core Events never check their
     // name or generateName (both seen on kube-apiserver).
     let check_names = match req.info.builtin {
