@@ -5,8 +5,8 @@
 //! object left behind are compared as `tests/fidelity.rs` compares its hand-written corpus
 //! (status code, Status reason and causes, the object without uid, resourceVersion and times).
 //!
-//! A difference passes only when [`kept`] names it (the README's table of kept differences says
-//! why). An unexplained one fails the test with the seed to replay it
+//! A difference passes only when [`kept`] names it (the table of kept differences in
+//! `docs/embedded-api.md` says why). An unexplained one fails the test with the seed to replay it
 //! (`OSPROV_DIFF_SEED`, `OSPROV_DIFF_CASES`) and the minimal request, shrunk by proptest.
 //!
 //! - `a_short_differential_run_matches_kube_apiserver` runs in `.ci/run` (seed 1, 300 cases);
@@ -259,6 +259,8 @@ fn comparable(a: &Answer, ns: &str) -> Value {
 /// whether [`kept`] explains it.
 struct Difference {
     text: String,
+    /// The step and both codes: shrinking keeps a case of the same signature.
+    signature: String,
     kept: Option<&'static str>,
     ours_5xx: bool,
 }
@@ -290,6 +292,7 @@ async fn differ(
             paths_differing(&no, &nt, "", &mut paths);
             paths.truncate(4);
             return Some(Difference {
+                signature: format!("{} {} {}", s.what, o.code, t.code),
                 text: format!(
                     "{} {} {} [{}] embedded {} {} | real {} {}\n      embedded message: {}\n      real message:     {}\n      {}",
                     s.what,
@@ -378,12 +381,14 @@ fn short(v: &Value) -> String {
     }
 }
 
-/// The smallest case proptest's shrinking finds that still differs unexplained.
+/// The smallest case proptest's shrinking finds that still differs unexplained, at the same step
+/// with the same two codes.
 async fn shrink(
     emb: &TestCluster,
     real: &TestCluster,
     mut tree: Box<dyn ValueTree<Value = Case>>,
     tag: &str,
+    signature: &str,
 ) -> Case {
     let mut best = tree.current();
     for step in 0..80 {
@@ -393,7 +398,7 @@ async fn shrink(
         let candidate = tree.current();
         let name = format!("{tag}-s{step}");
         match differ(emb, real, &candidate, &name).await {
-            Some(d) if d.kept.is_none() => best = candidate,
+            Some(d) if d.kept.is_none() && d.signature == signature => best = candidate,
             _ => {
                 if !tree.complicate() {
                     break;
@@ -453,17 +458,17 @@ async fn fuzz(
                     trees[i].current(),
                     d.text
                 ));
-                failing.push(i);
+                failing.push((i, d.signature));
             }
         }
     }
     let mut minimal = Vec::new();
-    for i in failing.into_iter().take(3) {
+    for (i, signature) in failing.into_iter().take(3) {
         let tree = std::mem::replace(
             &mut trees[i],
             strategy.new_tree(&mut runner).expect("a case"),
         );
-        let case = shrink(emb, real, tree, &format!("{tag}-{i}")).await;
+        let case = shrink(emb, real, tree, &format!("{tag}-{i}"), &signature).await;
         minimal.push(format!("  case {i} shrinks to: {case:?}"));
     }
     if !unexplained.is_empty() {

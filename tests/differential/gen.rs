@@ -10,13 +10,10 @@ use serde_json::{json, Map, Value};
 
 /// One kind the embedded API serves, with a valid object of it.
 pub struct Kind {
-    pub name: &'static str,
     /// The collection path; `${ns}` is the backend's namespace.
     pub path: &'static str,
     pub api_version: &'static str,
     pub kind: &'static str,
-    /// Built-in kinds take strategic merge patches; custom resources refuse them (415).
-    pub builtin: bool,
     /// The valid object's body without apiVersion, kind and metadata.
     pub fields: fn() -> Value,
     /// JSON pointers (below the root) whose values the mutations replace.
@@ -25,11 +22,9 @@ pub struct Kind {
 
 pub const KINDS: &[Kind] = &[
     Kind {
-        name: "request",
         path: "/apis/osprov.io/v1alpha1/namespaces/${ns}/osprovisioningrequests",
         api_version: "osprov.io/v1alpha1",
         kind: "OSProvisioningRequest",
-        builtin: false,
         fields: || json!({"spec": {"host": "h1", "os": "ubuntu", "maxAttempts": 2}}),
         pointers: &[
             "/spec",
@@ -40,38 +35,30 @@ pub const KINDS: &[Kind] = &[
         ],
     },
     Kind {
-        name: "host",
         path: "/apis/osprov.io/v1alpha1/namespaces/${ns}/managedhosts",
         api_version: "osprov.io/v1alpha1",
         kind: "ManagedHost",
-        builtin: false,
         fields: || json!({"spec": {"backendId": "b-1", "dispatcher": "d1"}}),
         pointers: &["/spec", "/spec/backendId", "/spec/dispatcher"],
     },
     Kind {
-        name: "dispatcher",
         path: "/apis/osprov.io/v1alpha1/namespaces/${ns}/osdispatchers",
         api_version: "osprov.io/v1alpha1",
         kind: "OSDispatcher",
-        builtin: false,
         fields: || json!({"spec": {"adapter": "simulator"}}),
         pointers: &["/spec", "/spec/adapter", "/spec/lookupInterval"],
     },
     Kind {
-        name: "secret",
         path: "/api/v1/namespaces/${ns}/secrets",
         api_version: "v1",
         kind: "Secret",
-        builtin: true,
         fields: || json!({"type": "Opaque", "data": {"pw": "aHVudGVyMg=="}, "stringData": {"user": "admin"}}),
         pointers: &["/data", "/data/pw", "/stringData", "/type", "/immutable"],
     },
     Kind {
-        name: "lease",
         path: "/apis/coordination.k8s.io/v1/namespaces/${ns}/leases",
         api_version: "coordination.k8s.io/v1",
         kind: "Lease",
-        builtin: true,
         fields: || {
             json!({"spec": {"holderIdentity": "pod-a", "leaseDurationSeconds": 15,
                             "renewTime": "2024-01-01T00:00:05.000001Z", "leaseTransitions": 0}})
@@ -85,11 +72,9 @@ pub const KINDS: &[Kind] = &[
         ],
     },
     Kind {
-        name: "event",
         path: "/apis/events.k8s.io/v1/namespaces/${ns}/events",
         api_version: "events.k8s.io/v1",
         kind: "Event",
-        builtin: true,
         fields: || {
             json!({"eventTime": "2024-01-01T00:00:00.000000Z",
                    "regarding": {"apiVersion": "osprov.io/v1alpha1", "kind": "OSProvisioningRequest",
@@ -107,11 +92,9 @@ pub const KINDS: &[Kind] = &[
         ],
     },
     Kind {
-        name: "core event",
         path: "/api/v1/namespaces/${ns}/events",
         api_version: "v1",
         kind: "Event",
-        builtin: true,
         fields: || {
             json!({"involvedObject": {"kind": "OSProvisioningRequest", "name": "a",
                                       "namespace": "${ns}"},
@@ -121,11 +104,9 @@ pub const KINDS: &[Kind] = &[
         pointers: &["/message", "/type", "/count", "/involvedObject", "/source"],
     },
     Kind {
-        name: "namespace",
         path: "/api/v1/namespaces",
         api_version: "v1",
         kind: "Namespace",
-        builtin: true,
         fields: || json!({}),
         pointers: &["/spec", "/spec/finalizers", "/status"],
     },

@@ -215,11 +215,22 @@ pub fn prepare_builtin(
     if info.builtin != Builtin::Secret {
         return causes;
     }
-    // A null data value decodes as empty bytes.
+    // A null data value decodes as empty bytes, an array of byte values as those bytes.
     if let Some(Value::Object(data)) = obj.get_mut("data") {
-        data.values_mut()
-            .filter(|v| v.is_null())
-            .for_each(|v| *v = json!(""));
+        use base64::Engine;
+        for v in data.values_mut() {
+            let bytes: Option<Vec<u8>> = match v {
+                Value::Null => Some(Vec::new()),
+                Value::Array(a) => a
+                    .iter()
+                    .map(|b| b.as_u64().and_then(|b| u8::try_from(b).ok()))
+                    .collect(),
+                _ => None,
+            };
+            if let Some(bytes) = bytes {
+                *v = json!(base64::engine::general_purpose::STANDARD.encode(bytes));
+            }
+        }
     }
     if let Some(Value::Object(sd)) = obj.as_object_mut().and_then(|o| o.remove("stringData")) {
         use base64::Engine;

@@ -209,7 +209,16 @@ fn decodes(go: &str, v: &Value) -> bool {
         "[]string" => v
             .as_array()
             .is_some_and(|a| a.iter().all(|x| x.is_string() || x.is_null())),
-        // map[string]string and map[string][]byte (base64 text).
+        // Bytes decode from base64 text or from an array of byte values.
+        "map[string][]byte" => v.as_object().is_some_and(|m| {
+            m.values().all(|x| {
+                x.is_string()
+                    || x.is_null()
+                    || x.as_array()
+                        .is_some_and(|a| a.iter().all(|b| b.as_u64().is_some_and(|b| b <= 255)))
+            })
+        }),
+        // map[string]string.
         _ => v
             .as_object()
             .is_some_and(|m| m.values().all(|x| x.is_string() || x.is_null())),

@@ -275,13 +275,12 @@ fn admit(req: &Req, obj: &mut Value, old: Option<&Value>) -> ApiResult<Vec<Strin
             causes.extend(schema.rules_not_checked());
         }
     }
-    // Secrets and Namespaces check their names on update too; core Events never check their
-    // name or generateName (both seen on kube-apiserver).
-    let check_names = match req.info.builtin {
-        Builtin::Namespace | Builtin::Secret => true,
-        Builtin::CoreEvent => false,
-        _ => old.is_none(),
-    };
+    // Names are checked on create and update alike, except a core Event's on create and an
+    // events.k8s.io Event's on update (seen on kube-apiserver).
+    let check_names = !matches!(
+        (req.info.builtin, old.is_some()),
+        (Builtin::CoreEvent, false) | (Builtin::EventsV1, true)
+    );
     if check_names {
         let label = req.info.builtin == Builtin::Namespace;
         if let Some(msg) = name_errors(&name, label) {
@@ -290,9 +289,10 @@ fn admit(req: &Req, obj: &mut Value, old: Option<&Value>) -> ApiResult<Vec<Strin
         // A generateName is checked as a name prefix (a trailing `-` is fine).
         let prefix = meta_str(obj, "generateName").unwrap_or_default();
         if !prefix.is_empty() && req.info.builtin != Builtin::CoreEvent {
-            let masked = match prefix.strip_suffix('-') {
-                Some(p) => format!("{p}a"),
-                None => prefix.to_string(),
+            // kube-apiserver's maskTrailingDash: the last two characters become "a".
+            let masked = match prefix.len() > 1 && prefix.ends_with('-') {
+                true => format!("{}a", &prefix[..prefix.len() - 2]),
+                false => prefix.to_string(),
             };
             if let Some(msg) = name_errors(&masked, label) {
                 causes.push(cause("metadata.generateName", &msg));
