@@ -25,7 +25,7 @@ use fidelity::normalise::normalise;
 use serde_json::Value;
 
 /// Differences that are known and accepted, by call name, with the reason. Keep this list in
-/// sync with the README's "known limitations".
+/// sync with the table in `docs/embedded-api.md` ("How close it is to kube-apiserver").
 const ALLOWED: &[(&str, &str)] = &[
     (
         "put: change uid",
@@ -231,9 +231,9 @@ async fn embedded_api_answers_like_kube_apiserver() {
         "{} differences are neither fixed nor allow-listed (see above)",
         unexpected.len()
     );
-    // The allow-list (and the README's table of differences) must not outlive a fix.
+    // The allow-list (and the table in docs/embedded-api.md) must not outlive a fix.
     assert!(
         stale.is_empty(),
-        "allow-list entries that now match kube-apiserver (remove them, and from the README): {stale:?}"
+        "allow-list entries that now match kube-apiserver (remove them, and from docs/embedded-api.md): {stale:?}"
     );
 }

@@ -14,7 +14,7 @@
 //!
 //! `soak_smoke` (embedded API) and `soak_smoke_real` (kube-apiserver on etcd, restarted on its
 //! data for the API restarts) run in the normal suite; `soak_full` and `soak_full_real` (ignored)
-//! are the sizes in the README: `cargo test --release --test soak soak_full -- --ignored
+//! are the sizes in `docs/testing.md`: `cargo test --release --test soak soak_full -- --ignored
 //! --nocapture`. `OSPROV_SOAK_SEED` replays a run.
 mod cluster;
 mod harness;

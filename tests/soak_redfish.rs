@@ -15,7 +15,7 @@
 //! requests for it (no token inserted twice); every request still there ends terminal.
 //!
 //! `redfish_soak_smoke` and `redfish_soak_smoke_real` run in the suite; `redfish_soak` and
-//! `redfish_soak_real` (ignored) are the README's size.
+//! `redfish_soak_real` (ignored) are the size in `docs/testing.md`.
 mod cluster;
 mod harness;
 mod redfish_support;

@@ -1,5 +1,5 @@
 //! vSphere scale benchmark (ignored by default; `OSPROV_BENCH_VMS=1000 cargo test --test
-//! vsphere_bench -- --ignored --nocapture`, see the README's Benchmarks).
+//! vsphere_bench -- --ignored --nocapture`, see `docs/benchmarks.md`).
 //!
 //! One vcsim with `OSPROV_BENCH_VMS` VMs (default 1000) and SOAP tracing; one vSphere dispatcher
 //! with `maxConcurrent: 20`. Measured: discovery (dispatcher created → every ManagedHost

@@ -1,5 +1,5 @@
 //! Durable per-request operation records: what an installer-driven adapter (Redfish virtual
-//! media, libvirt's `iso` strategy) did for a token and what the installer reported back.
+//! media, libvirt's and vSphere's `iso`, vSphere's `template`) did for a token and what the installer reported back.
 //!
 //! A BMC or a hypervisor cannot say when an install finished nor which request a reset belonged
 //! to, so the adapter keeps one [`OpRecord`] per token in an [`OpStore`]. In the controller the

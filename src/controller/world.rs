@@ -63,7 +63,8 @@ pub async fn seed(scope: &Scope) {
     }
 }
 
-/// Whether this provisioner answers for the request (see the README's "several provisioners").
+/// Whether this provisioner answers for the request (see "Several provisioners in one cluster"
+/// in `docs/architecture.md`).
 pub fn ours(req: &Request, scope: &Scope, ns: &str) -> bool {
     let me = &scope.shared.settings.identifier;
     if let Some(mh) = scope.hosts.get(&ObjectRef::new(&req.spec.host).within(ns)) {

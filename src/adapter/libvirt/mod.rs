@@ -10,8 +10,8 @@
 //!   performers.
 //!
 //! One adapter serves every libvirt driver; what differs between QEMU and Xen (driver names, disk
-//! buses, `xen:///system` permissions) is in the domain XML osprov leaves as it is. See the
-//! README's libvirt section for what was tested.
+//! buses, `xen:///system` permissions) is in the domain XML osprov leaves as it is. See
+//! `docs/libvirt.md` for what was tested.
 pub mod installer;
 pub mod iso_steps;
 pub mod steps;
