@@ -289,7 +289,8 @@ async fn differ(
                     .flatten()
             });
             let mut paths = Vec::new();
-            paths_differing(&no, &nt, "", &mut paths);
+            let width = env_or("OSPROV_DIFF_WIDTH", 160);
+            fidelity::normalise::diff(&no, &nt, "", width, &mut paths);
             paths.truncate(4);
             return Some(Difference {
                 signature: format!("{} {} {}", s.what, o.code, t.code),
@@ -344,41 +345,8 @@ fn causes(n: &Value) -> String {
     }
 }
 
-/// Where `a` (embedded) and `b` (real) differ: `path: embedded … | real …`.
-fn paths_differing(a: &Value, b: &Value, path: &str, out: &mut Vec<String>) {
-    match (a, b) {
-        (Value::Object(x), Value::Object(y)) => {
-            let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
-            keys.sort();
-            keys.dedup();
-            for k in keys {
-                let p = format!("{path}/{k}");
-                match (x.get(k), y.get(k)) {
-                    (Some(v), Some(w)) => paths_differing(v, w, &p, out),
-                    (v, w) => out.push(format!(
-                        "{p}: embedded {} | real {}",
-                        v.map_or("(absent)".into(), short),
-                        w.map_or("(absent)".into(), short)
-                    )),
-                }
-            }
-        }
-        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
-            for (i, (v, w)) in x.iter().zip(y).enumerate() {
-                paths_differing(v, w, &format!("{path}/{i}"), out);
-            }
-        }
-        _ if a != b => out.push(format!("{path}: embedded {} | real {}", short(a), short(b))),
-        _ => {}
-    }
-}
-
 fn short(v: &Value) -> String {
-    let s = v.to_string();
-    match s.char_indices().nth(env_or("OSPROV_DIFF_WIDTH", 160)) {
-        Some((i, _)) => format!("{}…", &s[..i]),
-        None => s,
-    }
+    fidelity::normalise::compact(Some(v), env_or("OSPROV_DIFF_WIDTH", 160))
 }
 
 /// The smallest case proptest's shrinking finds that still differs unexplained, at the same step

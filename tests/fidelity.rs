@@ -96,43 +96,7 @@ fn message(a: &Answer) -> String {
 }
 
 fn compact(v: Option<&Value>) -> String {
-    let s = v.map_or("(absent)".to_string(), Value::to_string);
-    match s.char_indices().nth(300) {
-        Some((i, _)) => format!("{}…", &s[..i]),
-        None => s,
-    }
-}
-
-/// The paths where `a` (embedded) and `b` (real) differ, with both values.
-fn diff(a: &Value, b: &Value, path: &str, out: &mut Vec<String>) {
-    match (a, b) {
-        (Value::Object(x), Value::Object(y)) => {
-            let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
-            keys.sort();
-            keys.dedup();
-            for k in keys {
-                match (x.get(k), y.get(k)) {
-                    (Some(p), Some(q)) => diff(p, q, &format!("{path}/{k}"), out),
-                    (p, q) => out.push(format!(
-                        "{path}/{k}: embedded {} | real {}",
-                        compact(p),
-                        compact(q)
-                    )),
-                }
-            }
-        }
-        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
-            for (i, (p, q)) in x.iter().zip(y).enumerate() {
-                diff(p, q, &format!("{path}/{i}"), out);
-            }
-        }
-        _ if a != b => out.push(format!(
-            "{path}: embedded {} | real {}",
-            compact(Some(a)),
-            compact(Some(b))
-        )),
-        _ => {}
-    }
+    fidelity::normalise::compact(v, 300)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -183,7 +147,7 @@ async fn embedded_api_answers_like_kube_apiserver() {
             continue;
         }
         let mut paths = Vec::new();
-        diff(&no, &nt, "", &mut paths);
+        fidelity::normalise::diff(&no, &nt, "", 300, &mut paths);
         let shown: Vec<String> = paths.iter().take(8).cloned().collect();
         let text = format!(
             "- {} [{} {}]\n    {}\n    embedded message: {}\n    real message:     {}",

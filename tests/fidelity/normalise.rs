@@ -200,3 +200,44 @@ pub fn normalise(code: u16, raw: &Value, is_watch: bool, ns: &str) -> Value {
     };
     json!({"code": code, "body": body})
 }
+
+/// `v` as compact JSON (or `(absent)`), cut after `width` characters.
+pub fn compact(v: Option<&Value>, width: usize) -> String {
+    let s = v.map_or("(absent)".to_string(), Value::to_string);
+    match s.char_indices().nth(width) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s,
+    }
+}
+
+/// The paths where `a` (embedded) and `b` (real) differ, with both values cut at `width`.
+pub fn diff(a: &Value, b: &Value, path: &str, width: usize, out: &mut Vec<String>) {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            for k in keys {
+                match (x.get(k), y.get(k)) {
+                    (Some(p), Some(q)) => diff(p, q, &format!("{path}/{k}"), width, out),
+                    (p, q) => out.push(format!(
+                        "{path}/{k}: embedded {} | real {}",
+                        compact(p, width),
+                        compact(q, width)
+                    )),
+                }
+            }
+        }
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
+            for (i, (p, q)) in x.iter().zip(y).enumerate() {
+                diff(p, q, &format!("{path}/{i}"), width, out);
+            }
+        }
+        _ if a != b => out.push(format!(
+            "{path}: embedded {} | real {}",
+            compact(Some(a), width),
+            compact(Some(b), width)
+        )),
+        _ => {}
+    }
+}

@@ -89,28 +89,23 @@ fn record(req: &Req, old: Option<&Value>, new: &mut Value, ts: &str) {
         crdschema::record_update(old, new, &mgr, sub, schema, ts);
         return;
     }
-    if req.info.builtin != Builtin::EventsV1 {
-        // A Go struct left empty is not a field anyone set: track the object without them.
-        let old_typed = old.map(without_empty_objects);
-        let mut new_typed = without_empty_objects(new);
-        crdschema::record_update(old_typed.as_ref(), &mut new_typed, &mgr, sub, schema, ts);
-        match meta(&new_typed)
-            .and_then(|m| m.get("managedFields"))
-            .cloned()
-        {
-            Some(mf) => set_meta(new, "managedFields", mf),
-            None => {
-                if let Some(m) = meta_mut(new) {
-                    m.remove("managedFields");
-                }
-            }
-        }
-        return;
-    }
-    let old_view = old.map(|o| event_from_core(o.clone()));
-    let mut new_view = event_from_core(new.clone());
-    crdschema::record_update(old_view.as_ref(), &mut new_view, &mgr, sub, schema, ts);
-    match meta(&new_view)
+    // Fields are tracked on the form kube-apiserver tracks: an events.k8s.io Event in its own
+    // version, another built-in kind without its empty Go structs (nobody set those).
+    let tracked = |v: &Value| match req.info.builtin {
+        Builtin::EventsV1 => event_from_core(v.clone()),
+        _ => without_empty_objects(v),
+    };
+    let old_tracked = old.map(tracked);
+    let mut new_tracked = tracked(new);
+    crdschema::record_update(
+        old_tracked.as_ref(),
+        &mut new_tracked,
+        &mgr,
+        sub,
+        schema,
+        ts,
+    );
+    match meta(&new_tracked)
         .and_then(|m| m.get("managedFields"))
         .cloned()
     {
