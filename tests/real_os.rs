@@ -28,8 +28,8 @@ use libvirt_support::{lab_spec, libvirt_dispatcher};
 use osprov::adapter::libvirt::shared_connection;
 use osprov::adapter::libvirt::xml;
 use osprov::api::{
-    ConfigSecretRef, DispatcherState, LibvirtSpec, LibvirtStrategy, ManagedHost, OSDispatcher,
-    OSProvisioningRequest, Phase, RedfishImage,
+    ConfigMedium, ConfigSecretRef, DispatcherState, LibvirtSpec, LibvirtStrategy, ManagedHost,
+    OSDispatcher, OSProvisioningRequest, Phase, RedfishImage,
 };
 use redfish_support::{
     create_bmc_secrets, redfish_dispatcher, redfish_spec, Emulator, IsoServer, PASSWORD,
@@ -44,6 +44,7 @@ const URI: &str = "qemu:///system";
 on_both_backends!(
     a_vm_boots_os_a_is_reprovisioned_and_boots_os_b_with_its_hostname,
     through_redfish_virtual_media_a_vm_boots_os_b_with_its_hostname,
+    through_one_redfish_virtual_medium_a_per_operation_boot_iso_installs_os_b,
 );
 
 /// Why this machine cannot run the test, if it cannot.
@@ -239,6 +240,10 @@ async fn through_redfish_virtual_media_a_vm_boots_os_b_with_its_hostname(c: Test
     change_os(c, Via::Redfish).await
 }
 
+async fn through_one_redfish_virtual_medium_a_per_operation_boot_iso_installs_os_b(c: TestCluster) {
+    change_os(c, Via::RedfishBootIso).await
+}
+
 /// Which adapter drives the VM.
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum Via {
@@ -248,6 +253,9 @@ enum Via {
     /// (how Metal3 and Ironic test virtual media): the installer ISO on the `Cd` medium, the
     /// config drive on the `Floppy` one.
     Redfish,
+    /// The same BMC with one medium: a per-operation boot ISO (the installer grown with the
+    /// configuration at its root and `ds=nocloud;s=/cdrom/` on its kernel line) in the `Cd`.
+    RedfishBootIso,
 }
 
 /// What a Redfish run keeps alive: the BMC emulator and the server of the installer ISO.
@@ -286,7 +294,7 @@ async fn dispatcher(c: &TestCluster, lab: &Lab, via: Via, guests: &Path) -> (Str
             create(&dispatchers, &libvirt_dispatcher("kvm", spec, "2s")).await;
             ("kvm", None)
         }
-        Via::Redfish => {
+        Via::Redfish | Via::RedfishBootIso => {
             let emu = Emulator::start_libvirt(URI, &lab.pool, &[lab.uuid()]).await;
             let iso = IsoServer::serving(Some(guests.join("installer-b.iso"))).await;
             create_bmc_secrets(&c.api(), &emu, PASSWORD).await;
@@ -295,7 +303,12 @@ async fn dispatcher(c: &TestCluster, lab: &Lab, via: Via, guests: &Path) -> (Str
                 name: "os-b".into(),
                 url: iso.url("installer-b"),
                 checksum: None,
+                kernel_args: (via == Via::RedfishBootIso).then(|| "ds=nocloud;s=/cdrom/".into()),
             }];
+            spec.config_medium = match via {
+                Via::RedfishBootIso => Some(ConfigMedium::BootIso),
+                _ => Some(ConfigMedium::SecondMedium),
+            };
             spec.callback_timeout = Some("300s".into());
             create(&dispatchers, &redfish_dispatcher("bmc", spec)).await;
             ("bmc", Some(Bmc { emu, _iso: iso }))
@@ -330,7 +343,7 @@ async fn change_os(c: TestCluster, via: Via) {
             std::net::IpAddr::from([127, 0, 0, 1]),
             "10.0.2.2".to_string(),
         ),
-        Via::Redfish => (
+        Via::Redfish | Via::RedfishBootIso => (
             std::net::IpAddr::from([0, 0, 0, 0]),
             host_address().to_string(),
         ),
@@ -408,9 +421,14 @@ async fn change_os(c: TestCluster, via: Via) {
     assert!(!inactive.contains("device='cdrom'"), "{inactive}");
     assert!(!inactive.contains("device='floppy'"), "{inactive}");
     match (&bmc, via) {
-        (Some(bmc), Via::Redfish) => redfish_checks(&lab, bmc).await,
+        (Some(bmc), Via::Redfish | Via::RedfishBootIso) => redfish_checks(&lab, bmc, via).await,
         _ => libvirt_checks(&lab, &inactive).await,
     }
+    let from = match via {
+        Via::RedfishBootIso => "configuration from the boot medium (/cdrom/)",
+        _ => "configuration from /dev/",
+    };
+    assert!(console.contains(from), "{from}: {console}");
     let hosts: Api<ManagedHost> = c.api();
     eventually(30, "ManagedHost runs os-b", || async {
         let h = hosts.get(&lab.domain).await.ok()?;
@@ -452,7 +470,12 @@ async fn libvirt_checks(lab: &Arc<Lab>, inactive: &str) {
 /// Through the BMC: two resets (into the installer, then into the installed OS once the
 /// installer powered off), both media ejected; libvirt's own log of the domain shows the QEMU
 /// starts: OS a, the installer, OS b.
-async fn redfish_checks(lab: &Lab, bmc: &Bmc) {
+async fn redfish_checks(lab: &Lab, bmc: &Bmc, via: Via) {
+    let floppy_inserts = bmc
+        .emu
+        .count("POST", "/VirtualMedia/Floppy/", ".InsertMedia");
+    let expected = usize::from(via == Via::Redfish);
+    assert_eq!(floppy_inserts, expected, "{}", bmc.emu.log_text());
     let resets = bmc.emu.count("POST", "ComputerSystem.Reset", "");
     assert_eq!(resets, 2, "{}", bmc.emu.log_text());
     let qemu_log = std::fs::read_to_string(format!("/var/log/libvirt/qemu/{}.log", lab.domain))

@@ -150,6 +150,7 @@ async fn redfish_scale() {
                         name: name.into(),
                         url: image.clone(),
                         checksum: None,
+                        kernel_args: None,
                     })
                     .to_vec(),
                 systems: vec![],
@@ -157,6 +158,7 @@ async fn redfish_scale() {
                 requests_per_second: Some(5000),
                 max_connections: Some(16),
                 auth: None,
+                config_medium: None,
             }),
         },
     );

@@ -6,6 +6,12 @@
 //! `isoinfo` (Debian's `genisoimage`; required where `OSPROV_REQUIRE_CLOUD_INIT` is set, as in
 //! CI), reports through the callback URL found on the drive, and checks that both media are
 //! ejected, the drive URL is gone and the host was reset once.
+//!
+//! With the default `configMedium: BootIso` the BMC gets one medium: a real installer ISO (built
+//! here by `xorriso` with ISOLINUX, GRUB menus, Rock Ridge and Joliet) grown by osprov with the
+//! configuration at its root and the image's kernel arguments in both menus, served from the
+//! controller while the operation runs. `isoinfo` reads it back through both name trees, the El
+//! Torito boot record and the installer's own files unchanged.
 mod cluster;
 mod harness;
 mod redfish_rig;
@@ -14,12 +20,15 @@ mod support;
 
 use cluster::TestCluster;
 use harness::*;
-use osprov::api::{ConfigSecretRef, Phase};
+use osprov::api::{ConfigMedium, ConfigSecretRef, Phase};
 use redfish_rig::Rig;
 use redfish_support::*;
 use std::process::Command;
 
-on_both_backends!(the_config_drive_rides_in_a_second_virtual_medium);
+on_both_backends!(
+    the_config_drive_rides_in_a_second_virtual_medium,
+    the_configuration_rides_inside_a_per_operation_boot_iso,
+);
 
 async fn floppy(rig: &Rig) -> serde_json::Value {
     rig.emu
@@ -38,7 +47,9 @@ async fn the_config_drive_rides_in_a_second_virtual_medium(c: TestCluster) {
         &secret("node-0-config", &[("metaData", "rack: r7\n")]),
     )
     .await;
-    rig.dispatcher(rig.spec(true)).await;
+    let mut spec = rig.spec(true);
+    spec.config_medium = Some(ConfigMedium::SecondMedium);
+    rig.dispatcher(spec).await;
     rig.wait_hosts(1).await;
     let mut r = once("r0", "node-0", "ubuntu-24.04");
     r.spec.meta_data = Some(ConfigSecretRef {
@@ -164,4 +175,188 @@ fn check_drive(bytes: &[u8]) -> Option<String> {
         "{meta}"
     );
     Some(read("osprov-callback").trim().to_string())
+}
+
+/// A real installer-shaped ISO built by `xorriso` (ISOLINUX boot record, an ISOLINUX and a GRUB
+/// menu, a payload), or `None` where the tools are missing and CI does not require them.
+fn installer_iso(dir: &std::path::Path) -> Option<std::path::PathBuf> {
+    let isolinux = std::path::Path::new("/usr/lib/ISOLINUX/isolinux.bin");
+    let tools = ["/usr/bin/xorriso", "/usr/bin/isoinfo"]
+        .iter()
+        .all(|p| std::path::Path::new(p).exists());
+    if !tools || !isolinux.exists() {
+        assert!(
+            std::env::var_os("OSPROV_REQUIRE_CLOUD_INIT").is_none(),
+            "OSPROV_REQUIRE_CLOUD_INIT is set but xorriso, isoinfo or isolinux is missing"
+        );
+        return None;
+    }
+    let tree = dir.join("tree");
+    std::fs::create_dir_all(tree.join("isolinux")).expect("mkdir");
+    std::fs::create_dir_all(tree.join("boot/grub")).expect("mkdir");
+    std::fs::copy(isolinux, tree.join("isolinux/isolinux.bin")).expect("isolinux.bin");
+    std::fs::write(
+        tree.join("isolinux/isolinux.cfg"),
+        "DEFAULT install\nLABEL install\n  KERNEL /vmlinuz\n  APPEND console=ttyS0 quiet\n",
+    )
+    .expect("write");
+    std::fs::write(
+        tree.join("boot/grub/grub.cfg"),
+        "menuentry install {\n  linux /vmlinuz quiet ---\n}\n",
+    )
+    .expect("write");
+    std::fs::write(tree.join("payload.img"), vec![0x5a; 300_000]).expect("write");
+    let iso = dir.join("installer.iso");
+    let out = Command::new("xorriso")
+        .args([
+            "-as",
+            "mkisofs",
+            "-quiet",
+            "-V",
+            "OSPROV_INSTALL",
+            "-R",
+            "-J",
+        ])
+        .args(["-b", "isolinux/isolinux.bin", "-c", "isolinux/boot.cat"])
+        .args([
+            "-no-emul-boot",
+            "-boot-load-size",
+            "4",
+            "-boot-info-table",
+            "-o",
+        ])
+        .arg(&iso)
+        .arg(&tree)
+        .output()
+        .expect("xorriso");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(iso)
+}
+
+async fn the_configuration_rides_inside_a_per_operation_boot_iso(c: TestCluster) {
+    let work = tempfile::tempdir().expect("tempdir");
+    let Some(installer) = installer_iso(work.path()) else {
+        eprintln!("SKIPPED: xorriso, isoinfo or isolinux is missing");
+        return;
+    };
+    let mut rig = Rig::start(c, 1, PASSWORD).await;
+    rig.iso = IsoServer::serving(Some(installer.clone())).await;
+    rig.start_controller();
+    create(
+        &rig.secrets,
+        &secret("node-0-config", &[("metaData", "rack: r7\n")]),
+    )
+    .await;
+    let mut spec = rig.spec(true);
+    assert_eq!(
+        spec.config_medium, None,
+        "the default medium is the boot ISO"
+    );
+    spec.images[0].kernel_args = Some("autoinstall ds=nocloud;s=/cdrom/".into());
+    rig.dispatcher(spec).await;
+    rig.wait_hosts(1).await;
+    let mut r = once("r0", "node-0", "ubuntu-24.04");
+    r.spec.meta_data = Some(ConfigSecretRef {
+        name: "node-0-config".into(),
+        key: None,
+    });
+    r.spec.hostname = Some("node-0.example.org".into());
+    create(&rig.requests, &r).await;
+    let cd = eventually(60, "the boot ISO inserted", || async {
+        let cd = rig.media(0).await;
+        (cd["Inserted"] == true).then_some(cd)
+    })
+    .await;
+    let url = cd["Image"].as_str().unwrap_or_default().to_string();
+    assert!(
+        url.starts_with(&format!("http://{}/drive/", rig.callback)) && url.ends_with(".iso"),
+        "the CD holds the controller's boot ISO: {cd}"
+    );
+    eventually(30, "one reset", || async {
+        (rig.resets(0) == 1).then_some(())
+    })
+    .await;
+    assert_ne!(floppy(&rig).await["Inserted"], true, "one medium only");
+
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+    let bytes = http
+        .get(&url)
+        .send()
+        .await
+        .expect("boot ISO")
+        .bytes()
+        .await
+        .expect("body");
+    let original = std::fs::read(&installer).expect("installer");
+    assert!(bytes.len() > original.len(), "the ISO grew");
+    let part = http
+        .get(&url)
+        .header("Range", "bytes=32768-34815")
+        .send()
+        .await
+        .expect("range");
+    assert_eq!(part.status(), 206);
+    assert_eq!(
+        part.bytes().await.expect("part").as_ref(),
+        &bytes[32768..34816]
+    );
+    let served = work.path().join("served.iso");
+    std::fs::write(&served, &bytes).expect("write");
+    let p = served.to_str().expect("utf-8");
+    let read = |tree: &str, f: &str| {
+        let out = Command::new("isoinfo")
+            .args([tree, "-i", p, "-x", f])
+            .output()
+            .expect("isoinfo");
+        out.stdout
+    };
+    let text = |tree: &str, f: &str| String::from_utf8_lossy(&read(tree, f)).into_owned();
+    for tree in ["-R", "-J"] {
+        let meta = text(tree, "/meta-data");
+        assert!(
+            meta.contains("local-hostname: node-0.example.org") && meta.contains("rack: r7"),
+            "{tree}: {meta}"
+        );
+        assert!(
+            text(tree, "/isolinux/isolinux.cfg")
+                .contains("APPEND console=ttyS0 quiet autoinstall ds=nocloud;s=/cdrom/\n"),
+            "{tree}"
+        );
+        assert!(
+            text(tree, "/boot/grub/grub.cfg")
+                .contains("linux /vmlinuz quiet autoinstall 'ds=nocloud;s=/cdrom/' ---"),
+            "{tree}"
+        );
+        assert_eq!(read(tree, "/payload.img"), vec![0x5a; 300_000], "{tree}");
+    }
+    let info = Command::new("isoinfo")
+        .args(["-d", "-i", p])
+        .output()
+        .expect("isoinfo");
+    let info = String::from_utf8_lossy(&info.stdout);
+    assert!(
+        info.contains("Volume id: OSPROV_INSTALL") && info.contains("El Torito"),
+        "{info}"
+    );
+    let callback = text("-R", "/osprov-callback").trim().to_string();
+    assert!(
+        callback.starts_with(&format!("http://{}/callback/", rig.callback)),
+        "{callback}"
+    );
+    assert_eq!(report(&callback, r#"{"status":"succeeded"}"#).await, 200);
+    wait_phase(&rig.requests, "r0", Phase::Succeeded, 60).await;
+    assert_eq!(rig.media(0).await["Inserted"], false, "the CD is ejected");
+    assert_eq!(
+        http.get(&url).send().await.expect("get").status(),
+        404,
+        "the boot ISO is gone with the operation"
+    );
+    assert_eq!(rig.resets(0), 1);
 }

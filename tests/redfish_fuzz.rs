@@ -234,10 +234,12 @@ fn adapter(endpoint: &str) -> RedfishAdapter {
             name: "os".into(),
             url: "http://images/os.iso".into(),
             checksum: None,
+            kernel_args: None,
         }],
         systems: vec![],
         callback_timeout: Duration::from_secs(3600),
         callback_base: Some("http://127.0.0.1:1".into()),
+        config_medium: osprov::api::ConfigMedium::BootIso,
     };
     RedfishAdapter::new(cfg, Arc::new(MemoryStore::default())).expect("adapter")
 }

@@ -117,6 +117,7 @@ async fn soak(size: Size, backend: Backend) {
         name: OS[1].into(),
         url: iso.url(OS[1]),
         checksum: None,
+        kernel_args: None,
     });
     create_or_get(&dispatchers, &redfish_dispatcher("bmc", spec)).await;
     let callback = format!("127.0.0.1:{}", free_port());

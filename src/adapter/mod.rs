@@ -4,6 +4,7 @@
 //! discover the inventory, start a reprovision (idempotent per token), look an operation up by
 //! token, and cancel where the backend can. Adapters never wait for a provisioning to finish: they
 //! start it and report progress when asked or through events.
+pub mod bootiso;
 pub mod configdrive;
 pub mod libvirt;
 pub mod redfish;

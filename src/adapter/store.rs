@@ -113,6 +113,10 @@ pub struct OpRecord {
     pub drive: Option<String>,
     /// The credential of the drive's URL (not the callback's: the BMC sees this URL).
     pub drive_secret: Option<String>,
+    /// The per-operation boot ISO (a [`crate::adapter::bootiso::BootIso`] as JSON: the
+    /// installer's URL, the patches and the tail), served under the drive's URL and secret in
+    /// place of a drive (Redfish `BootIso`). `None`: none.
+    pub boot_iso: Option<String>,
     /// Store version for optimistic concurrency (a resourceVersion).
     pub version: Option<String>,
 }
@@ -137,16 +141,21 @@ impl OpRecord {
             guestinfo: BTreeMap::new(),
             drive: None,
             drive_secret: None,
+            boot_iso: None,
             version: None,
         }
     }
 
-    /// Where the BMC reads this operation's config drive, when it has one.
+    /// Where the BMC reads this operation's config drive (on a second medium), when it has one.
     pub fn drive_url(&self, base: &str) -> Option<String> {
-        let secret = self
-            .drive_secret
-            .as_deref()
-            .filter(|_| self.drive.is_some())?;
+        self.drive.as_ref()?;
+        self.served_url(base)
+    }
+
+    /// The URL of what the controller serves this operation's BMC (its config drive or its boot
+    /// ISO), under the drive's own secret.
+    pub fn served_url(&self, base: &str) -> Option<String> {
+        let secret = self.drive_secret.as_deref()?;
         Some(format!(
             "{}/drive/{}.{secret}.iso",
             base.trim_end_matches('/'),
@@ -206,6 +215,9 @@ impl OpRecord {
         if let Some(s) = &self.drive_secret {
             put("driveSecret", s.clone());
         }
+        if let Some(b) = &self.boot_iso {
+            put("bootIso", b.clone());
+        }
         m
     }
 
@@ -243,6 +255,7 @@ impl OpRecord {
                 .unwrap_or_default(),
             drive: m.get("drive").cloned(),
             drive_secret: m.get("driveSecret").cloned(),
+            boot_iso: m.get("bootIso").cloned(),
             version,
         })
     }
@@ -451,6 +464,7 @@ mod tests {
             guestinfo: [("guestinfo.userdata".to_string(), "I2Nsb3Vk".to_string())].into(),
             drive: Some("Q0QwMDE=".into()),
             drive_secret: Some("d".into()),
+            boot_iso: Some("{}".into()),
             version: Some("7".into()),
         };
         let back = OpRecord::from_fields(&rec.to_fields(), Some("7".into()));

@@ -244,6 +244,24 @@ pub struct RedfishSpec {
     /// `Basic` force one or the other.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<RedfishAuth>,
+    /// How a request's configuration reaches the host: `BootIso` (default) boots a
+    /// per-operation copy of the installer ISO with the configuration files at its root (one
+    /// virtual medium, as Metal3 and Ironic use); `SecondMedium` puts a config drive in the BMC's
+    /// USBStick/Floppy device beside the installer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_medium: Option<ConfigMedium>,
+}
+
+/// Where a Redfish host finds its configuration.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ConfigMedium {
+    /// A per-operation boot ISO: the installer with `user-data`, `meta-data`, `network-config`
+    /// and `osprov-callback` added at its root and the image's `kernelArgs` in its boot menus,
+    /// served by the controller from the installer's own URL (which must answer HTTP `Range`).
+    #[default]
+    BootIso,
+    /// A config drive (label `cidata` or `OEMDRV`) in the BMC's second virtual media device.
+    SecondMedium,
 }
 
 /// How the Redfish adapter authenticates to a service.
@@ -320,6 +338,11 @@ pub struct RedfishImage {
     /// Checksum of the image (`sha256:<hex>`), handed to the image server through `{checksum}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checksum: Option<String>,
+    /// Kernel arguments a per-operation boot ISO adds to the installer's ISOLINUX and GRUB
+    /// kernel lines (before a `---`), e.g. `autoinstall ds=nocloud;s=/cdrom/` for Ubuntu.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    pub kernel_args: Option<String>,
 }
 
 /// What the provisioner last learnt from the dispatcher.

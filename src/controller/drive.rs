@@ -8,10 +8,15 @@
 //! status, so what it grants is one read of this operation's drive, for the operation's life.
 //! Like the callback, only the leader with filled caches answers (503 otherwise).
 //!
+//! A Redfish operation with a per-operation boot ISO (`configMedium: BootIso`) is served at the
+//! same URL: the installer streamed from its own URL with the operation's patches, then the
+//! tail (`adapter::bootiso`).
+//!
 //! BMCs read virtual media in pieces: a single `Range: bytes=…` is answered with 206 and
 //! `Content-Range` (parsed by `http-range-header`), an unsatisfiable one with 416; several ranges
 //! at once get the whole drive (200), which HTTP allows.
 use super::callback::{find, valid_key, CallbackState};
+use crate::adapter::bootiso::{self, BootIso};
 use crate::adapter::configdrive;
 use crate::adapter::store::StoreError;
 use axum::extract::{Path, State};
@@ -64,6 +69,9 @@ pub async fn serve_drive(
     // Served while the installer may read it: not after the media were ejected for the
     // installed OS's boot, nor after the operation's cleanup.
     let served = !rec.cleaned && rec.installed_boot_at.is_none();
+    if let Some(boot_iso) = rec.boot_iso.as_deref().filter(|_| served) {
+        return serve_boot_iso(key, boot_iso, &headers);
+    }
     let Some(image) = rec.drive.as_deref().filter(|_| served) else {
         return refuse(StatusCode::NOT_FOUND, "the operation has ended");
     };
@@ -87,6 +95,60 @@ pub async fn serve_drive(
             )
         }
     }
+}
+
+/// A per-operation boot ISO: the installer streamed from its own URL with the patches applied,
+/// then the tail; a single `Range` honoured as for the drive.
+fn serve_boot_iso(key: &str, json: &str, headers: &HeaderMap) -> Response {
+    let iso: BootIso = match serde_json::from_str(json) {
+        Ok(iso) => iso,
+        Err(e) => {
+            warn!(operation = %key, error = %e, "the boot ISO in the operation's record is unreadable");
+            return refuse(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the boot ISO could not be rendered",
+            );
+        }
+    };
+    let total = iso.len();
+    let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+    let (status, first, last) = match range
+        .map(|r| http_range_header::parse_range_header(r).and_then(|r| r.validate(total)))
+    {
+        None => (StatusCode::OK, 0, total.saturating_sub(1)),
+        Some(Ok(ranges)) if ranges.len() == 1 => (
+            StatusCode::PARTIAL_CONTENT,
+            *ranges[0].start(),
+            *ranges[0].end(),
+        ),
+        Some(Ok(_)) => (StatusCode::OK, 0, total.saturating_sub(1)),
+        Some(Err(_)) => {
+            return (
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                [(header::CONTENT_RANGE, format!("bytes */{total}"))],
+            )
+                .into_response()
+        }
+    };
+    info!(operation = %key, first, last, "boot ISO served");
+    let body = bootiso::http::body(bootiso::http::client(), Arc::new(iso), first, last);
+    let mut response = (status, axum::body::Body::from_stream(body)).into_response();
+    let h = response.headers_mut();
+    let mut set = |name, value: String| {
+        if let Ok(v) = header::HeaderValue::from_str(&value) {
+            h.insert(name, v);
+        }
+    };
+    set(header::CONTENT_TYPE, "application/octet-stream".into());
+    set(header::ACCEPT_RANGES, "bytes".into());
+    set(header::CONTENT_LENGTH, (last + 1 - first).to_string());
+    if status == StatusCode::PARTIAL_CONTENT {
+        set(
+            header::CONTENT_RANGE,
+            format!("bytes {first}-{last}/{total}"),
+        );
+    }
+    response
 }
 
 /// The answer to a read of `bytes`, honouring a single `Range`.

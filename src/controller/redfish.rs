@@ -219,6 +219,7 @@ pub fn build(
         systems: spec.systems.clone(),
         callback_timeout,
         callback_base: callback_base(scope),
+        config_medium: spec.config_medium.unwrap_or_default(),
     };
     Ok(Arc::new(RedfishAdapter::new(cfg, store)?))
 }

@@ -9,7 +9,9 @@
 #   os-b.img as payload). It finds the NoCloud config drive by its label (`cidata`), writes the
 #   payload to the first virtio disk, copies the hostname (meta-data `local-hostname`) and the
 #   callback URL onto it, prints `osprov-installer: wrote <os>` and powers the machine off. The
-#   drive may be a CD-ROM (libvirt) or a floppy (a BMC's Floppy virtual medium).
+#   drive may be a CD-ROM (libvirt) or a floppy (a BMC's Floppy virtual medium); booted from a
+#   per-operation boot ISO, the kernel command line's `ds=nocloud;s=/cdrom/` names the
+#   configuration on the boot medium itself, as Ubuntu's installer reads it.
 #
 # Nothing is installed: the packages are downloaded and unpacked (`apt-get download`,
 # `dpkg-deb -x`). The build tools (xorriso, syslinux, mtools, dosfstools, cpio) come from Debian
@@ -133,18 +135,33 @@ cidata() {
     [ -b /dev/fd0 ] && [ "$(dd if=/dev/fd0 bs=1 skip=32808 count=6 2>/dev/null)" = cidata ] &&
         echo /dev/fd0
 }
-for _ in $(seq 50); do cidata >/dev/null && break; sleep 0.2; done
-drive=$(cidata) || { log "osprov-installer: no config drive"; poweroff -f; }
+# A per-operation boot ISO names its NoCloud seed on the kernel command line
+# (`ds=nocloud;s=/cdrom/`): the configuration is on the boot medium itself. Otherwise it is on a
+# drive of its own, found by label.
+seed=$(sed -n 's/.*ds=nocloud;s=\([^ ]*\).*/\1/p' /proc/cmdline)
+for _ in $(seq 50); do
+    findfs LABEL=OSPROV_INSTALL >/dev/null 2>&1 && { [ -n "$seed" ] || cidata >/dev/null; } && break
+    sleep 0.2
+done
 media=$(findfs LABEL=OSPROV_INSTALL) || { log "osprov-installer: no install medium"; poweroff -f; }
-mount -t iso9660 -o ro "$drive" /cidata
 mount -t iso9660 -o ro "$media" /cdrom
+if [ -n "$seed" ]; then
+    config=${seed%/}
+    from="the boot medium ($seed)"
+else
+    drive=$(cidata) || { log "osprov-installer: no config drive"; poweroff -f; }
+    mount -t iso9660 -o ro "$drive" /cidata
+    config=/cidata
+    from=$drive
+fi
+[ -f "$config/meta-data" ] || { log "osprov-installer: no meta-data in $config"; poweroff -f; }
 os=$(cat /cdrom/os)
-log "osprov-installer: installing $os from $media, configuration from $drive"
+log "osprov-installer: installing $os from $media, configuration from $from"
 dd if=/cdrom/os.img of=/dev/vda bs=1M 2>/dev/null
 sync
 mount -t vfat /dev/vda /disk
-sed -n 's/^local-hostname: *//p' /cidata/meta-data > /disk/osprov/hostname
-cp /cidata/osprov-callback /disk/osprov/callback
+sed -n 's/^local-hostname: *//p' "$config/meta-data" > /disk/osprov/hostname
+cp "$config/osprov-callback" /disk/osprov/callback
 umount /disk
 sync
 log "osprov-installer: wrote $os"

@@ -1,5 +1,5 @@
 //! A tiny HTTP server for the installer ISOs the BMC emulator downloads: stand-in bytes, or a
-//! real installer ISO from a file.
+//! real installer ISO from a file; a single `Range` is answered with 206, as image servers do.
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -43,28 +43,27 @@ impl IsoServer {
         );
         let app = axum::Router::new().route(
             "/images/{name}",
-            axum::routing::get(move |query: axum::extract::RawQuery| {
-                let (d, h, s, q) = (d.clone(), h.clone(), s.clone(), q.clone());
-                let file = file.clone();
-                async move {
-                    d.fetch_add(1, Ordering::SeqCst);
-                    q.lock().expect("lock").push(query.0.unwrap_or_default());
-                    s.notify_waiters();
-                    let hold = h.lock().expect("lock").take();
-                    if let Some(hold) = hold {
-                        tokio::time::sleep(hold).await;
+            axum::routing::get(
+                move |query: axum::extract::RawQuery, headers: axum::http::HeaderMap| {
+                    let (d, h, s, q) = (d.clone(), h.clone(), s.clone(), q.clone());
+                    let file = file.clone();
+                    async move {
+                        d.fetch_add(1, Ordering::SeqCst);
+                        q.lock().expect("lock").push(query.0.unwrap_or_default());
+                        s.notify_waiters();
+                        let hold = h.lock().expect("lock").take();
+                        if let Some(hold) = hold {
+                            tokio::time::sleep(hold).await;
+                        }
+                        let body = match file {
+                            Some(file) => tokio::fs::read(&file).await.expect("the served image"),
+                            // A few KiB standing in for an installer ISO.
+                            None => (0..8192u32).map(|i| (i % 251) as u8).collect(),
+                        };
+                        ranged(&headers, body)
                     }
-                    if let Some(file) = file {
-                        return tokio::fs::read(&file).await.expect("the served image");
-                    }
-                    // A few KiB standing in for an installer ISO.
-                    let mut body = Vec::with_capacity(8192);
-                    for i in 0..8192u32 {
-                        body.push((i % 251) as u8);
-                    }
-                    body
-                }
-            }),
+                },
+            ),
         );
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -81,6 +80,30 @@ impl IsoServer {
 
     pub fn url(&self, name: &str) -> String {
         format!("http://{}/images/{name}.iso", self.addr)
+    }
+}
+
+/// The whole body, or the one range asked for (206), as image servers answer.
+fn ranged(headers: &axum::http::HeaderMap, body: Vec<u8>) -> axum::response::Response {
+    use axum::http::{header, StatusCode};
+    use axum::response::IntoResponse;
+    let total = body.len() as u64;
+    let range = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|r| http_range_header::parse_range_header(r).ok())
+        .and_then(|r| r.validate(total).ok());
+    match range.as_deref() {
+        Some([one]) => {
+            let (a, b) = (*one.start(), *one.end());
+            (
+                StatusCode::PARTIAL_CONTENT,
+                [(header::CONTENT_RANGE, format!("bytes {a}-{b}/{total}"))],
+                body[a as usize..=b as usize].to_vec(),
+            )
+                .into_response()
+        }
+        _ => body.into_response(),
     }
 }
 

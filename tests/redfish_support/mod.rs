@@ -499,12 +499,14 @@ pub fn redfish_spec(emu: &Emulator, iso: &IsoServer, with_ca: bool) -> osprov::a
             name: "ubuntu-24.04".into(),
             url: iso.url("ubuntu-24.04"),
             checksum: None,
+            kernel_args: None,
         }],
         systems: vec![],
         callback_timeout: None,
         requests_per_second: Some(200),
         max_connections: Some(8),
         auth: None,
+        config_medium: None,
     }
 }
 

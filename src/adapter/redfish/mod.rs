@@ -29,11 +29,12 @@ pub mod events;
 pub mod model;
 mod provision;
 
+use crate::adapter::bootiso;
 use crate::adapter::store::{token_key, OpRecord, OpStore, Outcome, OutcomeKind, StoreError};
 use crate::adapter::{
     Adapter, AdapterError, BackendEvent, CancelOutcome, Inventory, OperationState, OperationStatus,
 };
-use crate::api::{HostProvisioningState, RedfishImage};
+use crate::api::{ConfigMedium, HostProvisioningState, RedfishImage};
 use client::{Client, ClientConfig, RedfishError};
 use discovery::SystemCache;
 use futures::stream::BoxStream;
@@ -55,6 +56,66 @@ pub struct RedfishConfig {
     pub callback_timeout: Duration,
     /// Base URL of the controller's callback endpoint as the hosts reach it; `None` when it is off.
     pub callback_base: Option<String>,
+    /// Where a request's configuration goes: a per-operation boot ISO or a second medium.
+    pub config_medium: ConfigMedium,
+}
+
+/// How one operation's configuration travels: a drive image (base64) for a second medium, or a
+/// boot ISO (JSON) the controller serves in place of the installer.
+enum Delivery {
+    Drive(String),
+    BootIso(String),
+}
+
+/// Render the operation's configuration for the dispatcher's medium. A boot ISO reads the
+/// installer's structure from its URL (ranged reads) and keeps only the change.
+async fn deliver(
+    cfg: &RedfishConfig,
+    image: &RedfishImage,
+    config: &crate::adapter::HostConfig,
+    callback_url: &str,
+) -> Result<Delivery, AdapterError> {
+    use base64::Engine;
+    match cfg.config_medium {
+        ConfigMedium::SecondMedium => {
+            let drive = config
+                .drive_image(Some(callback_url))
+                .map_err(|e| AdapterError::Config(format!("the config drive: {e}")))?;
+            Ok(Delivery::Drive(
+                base64::engine::general_purpose::STANDARD.encode(drive),
+            ))
+        }
+        ConfigMedium::BootIso => {
+            let files: Vec<(String, Vec<u8>)> = config
+                .drive_files(Some(callback_url))
+                .map_err(|e| AdapterError::Config(format!("the configuration files: {e}")))?
+                .into_iter()
+                .map(|(n, c)| (n.to_string(), c))
+                .collect();
+            let url = image_url_plain(image);
+            let source = bootiso::http::HttpSource::new(bootiso::http::client(), &url);
+            let iso = bootiso::remaster(&source, &url, &files, image.kernel_args.as_deref())
+                .await
+                .map_err(boot_iso_error)?;
+            serde_json::to_string(&iso)
+                .map(Delivery::BootIso)
+                .map_err(|e| AdapterError::Config(format!("the boot ISO: {e}")))
+        }
+    }
+}
+
+/// A boot ISO that could not be made: worth a retry when the image server failed, a
+/// configuration error otherwise.
+fn boot_iso_error(e: bootiso::BootIsoError) -> AdapterError {
+    let message = format!("the per-operation boot ISO: {e}");
+    if e.is_transient() {
+        AdapterError::Backend {
+            message,
+            source: Some(Box::new(e)),
+        }
+    } else {
+        AdapterError::Config(message)
+    }
 }
 
 /// Characters escaped in URL components (everything but RFC 3986 unreserved ones).
@@ -343,30 +404,32 @@ impl Inner {
         let secret = crate::adapter::store::new_secret();
         let callback_token = format!("{}.{secret}", token_key(token));
         let callback_url = crate::adapter::store::callback_url(base, token, &secret);
-        // With a config drive, the callback URL travels on the drive, not in the image URL.
-        let (drive, drive_secret) = if config.is_custom() {
-            use base64::Engine;
-            let image = config
-                .drive_image(Some(&callback_url))
-                .map_err(|e| AdapterError::Config(format!("the config drive: {e}")))?;
-            (
-                Some(base64::engine::general_purpose::STANDARD.encode(image)),
-                Some(crate::adapter::store::new_secret()),
-            )
+        // With configuration, the callback URL travels with it, not in the image URL.
+        let delivery = if config.is_custom() {
+            Some(deliver(&self.cfg, image, config, &callback_url).await?)
         } else {
-            (None, None)
+            None
         };
-        let image = if drive.is_none() {
-            image_url(image, &callback_url, &callback_token)
-        } else {
-            image_url_plain(image)
-        };
-        let rec = OpRecord {
+        let mut rec = OpRecord {
             secret,
-            drive,
-            drive_secret,
-            ..OpRecord::starting(token, host_id, os, &image)
+            ..OpRecord::starting(
+                token,
+                host_id,
+                os,
+                &image_url(image, &callback_url, &callback_token),
+            )
         };
+        if let Some(d) = delivery {
+            rec.drive_secret = Some(crate::adapter::store::new_secret());
+            rec.image = image_url_plain(image);
+            match d {
+                Delivery::Drive(drive) => rec.drive = Some(drive),
+                Delivery::BootIso(iso) => {
+                    rec.boot_iso = Some(iso);
+                    rec.image = rec.served_url(base).unwrap_or_default();
+                }
+            }
+        }
         let saved = self
             .store
             .create(rec)
@@ -635,6 +698,7 @@ mod tests {
             name: "u".into(),
             url: url.into(),
             checksum: Some("sha256:ab".into()),
+            kernel_args: None,
         };
         assert_eq!(
             image_url(&img("http://i/u.iso"), "http://c/callback/k.s", "k.s"),
