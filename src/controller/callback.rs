@@ -138,8 +138,16 @@ fn reply(code: StatusCode, message: &str) -> Reply {
     (code, Json(json!({ "message": message })))
 }
 
-/// What the installer reports: an explicit `status`, and an optional message.
-fn outcome_of(body: &[u8]) -> Result<(OutcomeKind, String), String> {
+/// What the installer (or the installed OS's first boot) reports: an explicit `status`, an
+/// optional message and, optionally, the OS it is (`"os"`: the catalogue's name).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Report {
+    kind: OutcomeKind,
+    message: String,
+    os: Option<String>,
+}
+
+fn outcome_of(body: &[u8]) -> Result<Report, String> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(
             "the body must say the outcome: {\"status\": \"succeeded\"} or {\"status\": \"failed\"}"
@@ -153,24 +161,42 @@ fn outcome_of(body: &[u8]) -> Result<(OutcomeKind, String), String> {
         .chars()
         .take(1024)
         .collect();
-    match v["status"].as_str() {
-        Some("succeeded") => Ok((
+    let os = match &v["os"] {
+        Value::Null => None,
+        Value::String(s) if !s.is_empty() && s.len() <= 253 => Some(s.clone()),
+        _ => return Err("os must be the OS's name (1 to 253 characters)".into()),
+    };
+    let (kind, message) = match v["status"].as_str() {
+        Some("succeeded") => (
             OutcomeKind::Succeeded,
             if message.is_empty() {
                 "the installer reported success".into()
             } else {
                 message
             },
-        )),
-        Some("failed") => Ok((
+        ),
+        Some("failed") => (
             OutcomeKind::Failed,
             if message.is_empty() {
                 "the installer reported a failure".into()
             } else {
                 format!("the installer reported a failure: {message}")
             },
-        )),
-        _ => Err("status must be \"succeeded\" or \"failed\"".into()),
+        ),
+        _ => return Err("status must be \"succeeded\" or \"failed\"".into()),
+    };
+    Ok(Report { kind, message, os })
+}
+
+/// The outcome a report gives an operation that installs `wanted`: a host that says it runs
+/// another OS has not been provisioned, whatever its status says.
+fn decide(report: &Report, wanted: &str) -> (OutcomeKind, String) {
+    match (&report.os, report.kind) {
+        (Some(os), OutcomeKind::Succeeded) if os != wanted => (
+            OutcomeKind::Failed,
+            format!("the host reported that it runs {os}, not the requested {wanted}"),
+        ),
+        _ => (report.kind, report.message.clone()),
     }
 }
 
@@ -262,8 +288,8 @@ async fn callback(
     if !valid_key(key) {
         return reply(StatusCode::NOT_FOUND, "unknown callback");
     }
-    let (kind, message) = match outcome_of(&body) {
-        Ok(o) => o,
+    let report = match outcome_of(&body) {
+        Ok(r) => r,
         Err(e) => return reply(StatusCode::BAD_REQUEST, &e),
     };
     if !state.leading() {
@@ -288,6 +314,7 @@ async fn callback(
             warn!(operation = %key, "callback with a wrong secret refused");
             return reply(StatusCode::UNAUTHORIZED, "wrong callback token");
         }
+        let (kind, message) = decide(&report, &rec.os);
         if let Some(o) = rec.outcome.as_ref() {
             return if o.kind == kind {
                 reply(
@@ -332,13 +359,36 @@ mod tests {
         assert!(outcome_of(b"{}").is_err());
         assert_eq!(
             outcome_of(br#"{"status":"failed","message":"disk"}"#),
-            Ok((
-                OutcomeKind::Failed,
-                "the installer reported a failure: disk".into()
-            ))
+            Ok(Report {
+                kind: OutcomeKind::Failed,
+                message: "the installer reported a failure: disk".into(),
+                os: None,
+            })
         );
         assert!(outcome_of(br#"{"status":"maybe"}"#).is_err());
+        assert!(outcome_of(br#"{"status":"succeeded","os":7}"#).is_err());
+        assert!(outcome_of(br#"{"status":"succeeded","os":""}"#).is_err());
         assert!(outcome_of(b"nope").is_err());
         assert_eq!(secret_name("Ab/1/0"), "osprov-op-ab-1-0");
+    }
+
+    #[test]
+    fn a_host_that_reports_another_os_has_not_been_provisioned() {
+        let report = |body: &[u8]| outcome_of(body).expect("a report");
+        let mine = report(br#"{"status":"succeeded","os":"os-b"}"#);
+        assert_eq!(decide(&mine, "os-b").0, OutcomeKind::Succeeded);
+        let (kind, message) = decide(&mine, "os-c");
+        assert_eq!(kind, OutcomeKind::Failed);
+        assert_eq!(
+            message,
+            "the host reported that it runs os-b, not the requested os-c"
+        );
+        // Without an OS, or when failing anyway, the status decides.
+        assert_eq!(
+            decide(&report(br#"{"status":"succeeded"}"#), "x").0,
+            OutcomeKind::Succeeded
+        );
+        let failed = report(br#"{"status":"failed","os":"os-b"}"#);
+        assert_eq!(decide(&failed, "os-c").0, OutcomeKind::Failed);
     }
 }

@@ -95,7 +95,7 @@ log "osprov-os: $name hostname: \$host"
 if [ -f /disk/osprov/callback ] && [ ! -f /disk/osprov/reported ]; then
     network
     url=\$(cat /disk/osprov/callback)
-    body='{"status":"succeeded","message":"first boot of $name as '"\$host"'"}'
+    body='{"status":"succeeded","os":"os-$name","message":"first boot of $name as '"\$host"'"}'
     for _ in \$(seq 30); do
         if wget -q -O /tmp/answer --header 'Content-Type: application/json' \
             --post-data "\$body" "\$url"; then
