@@ -360,6 +360,7 @@ async fn a_restarted_adapter_never_clones_twice_for_one_token() {
             previous: Some("vm-1.qcow2".into()),
             message: None,
             installer: None,
+            seed: None,
         };
         d.set_metadata(
             virt::sys::VIR_DOMAIN_METADATA_ELEMENT as i32,

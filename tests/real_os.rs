@@ -45,6 +45,7 @@ on_both_backends!(
     a_vm_boots_os_a_is_reprovisioned_and_boots_os_b_with_its_hostname,
     through_redfish_virtual_media_a_vm_boots_os_b_with_its_hostname,
     through_one_redfish_virtual_medium_a_per_operation_boot_iso_installs_os_b,
+    a_cloud_image_of_os_b_boots_with_its_seed_and_reports_its_hostname,
 );
 
 /// Why this machine cannot run the test, if it cannot.
@@ -147,6 +148,7 @@ impl Lab {
         for (from, to) in [
             ("os-a.img", "vm.img"),
             ("installer-b.iso", "installer-b.iso"),
+            ("os-b.img", "os-b.img"),
         ] {
             let path = dir.path().join(to);
             std::fs::copy(guests.join(from), &path).map_err(|e| e.to_string())?;
@@ -240,6 +242,10 @@ async fn through_redfish_virtual_media_a_vm_boots_os_b_with_its_hostname(c: Test
     change_os(c, Via::Redfish).await
 }
 
+async fn a_cloud_image_of_os_b_boots_with_its_seed_and_reports_its_hostname(c: TestCluster) {
+    change_os(c, Via::LibvirtImage).await
+}
+
 async fn through_one_redfish_virtual_medium_a_per_operation_boot_iso_installs_os_b(c: TestCluster) {
     change_os(c, Via::RedfishBootIso).await
 }
@@ -249,6 +255,9 @@ async fn through_one_redfish_virtual_medium_a_per_operation_boot_iso_installs_os
 enum Via {
     /// The libvirt adapter's `iso` strategy, straight at libvirtd.
     Libvirt,
+    /// The libvirt adapter's `image` strategy: OS "b"'s disk image cloned in place of the VM's
+    /// disk, booted with a NoCloud seed it reads at first boot, as cloud images do (no installer).
+    LibvirtImage,
     /// The Redfish adapter, through sushy-tools' libvirt driver in front of the same libvirtd
     /// (how Metal3 and Ironic test virtual media): the installer ISO on the `Cd` medium, the
     /// config drive on the `Floppy` one.
@@ -281,15 +290,14 @@ fn host_address() -> std::net::IpAddr {
 async fn dispatcher(c: &TestCluster, lab: &Lab, via: Via, guests: &Path) -> (String, Option<Bmc>) {
     let dispatchers: Api<OSDispatcher> = c.api();
     let (name, bmc) = match via {
-        Via::Libvirt => {
+        Via::Libvirt | Via::LibvirtImage => {
+            let (volume, strategy) = match via {
+                Via::LibvirtImage => ("os-b.img", LibvirtStrategy::Image),
+                _ => ("installer-b.iso", LibvirtStrategy::Iso),
+            };
             let spec = LibvirtSpec {
                 callback_timeout: Some("300s".into()),
-                ..lab_spec(
-                    &lab.domain,
-                    &lab.pool,
-                    ("os-b", "installer-b.iso"),
-                    LibvirtStrategy::Iso,
-                )
+                ..lab_spec(&lab.domain, &lab.pool, ("os-b", volume), strategy)
             };
             create(&dispatchers, &libvirt_dispatcher("kvm", spec, "2s")).await;
             ("kvm", None)
@@ -339,7 +347,7 @@ async fn change_os(c: TestCluster, via: Via) {
     // QEMU's user networking shows the host's loopback to the guest as 10.0.2.2; a BMC fetching
     // the config drive from the same base URL needs an address both reach.
     let (bind, url_host) = match via {
-        Via::Libvirt => (
+        Via::Libvirt | Via::LibvirtImage => (
             std::net::IpAddr::from([127, 0, 0, 1]),
             "10.0.2.2".to_string(),
         ),
@@ -375,13 +383,13 @@ async fn change_os(c: TestCluster, via: Via) {
     });
     let t1 = Instant::now();
     create(&requests, &r).await;
-    until(
-        &lab,
-        &requests,
-        180,
-        "the installer wrote OS b",
-        |console| console.contains("osprov-installer: wrote b"),
-    )
+    let written = match via {
+        Via::LibvirtImage => "osprov-os: b configured from its seed",
+        _ => "osprov-installer: wrote b",
+    };
+    until(&lab, &requests, 180, "OS b written", |console| {
+        console.contains(written)
+    })
     .await;
     let installed = t1.elapsed();
     // Until OS b itself reports, the request is not Succeeded.
@@ -408,8 +416,9 @@ async fn change_os(c: TestCluster, via: Via) {
         "{console}"
     );
     // One install, one boot of each OS: one power cycle for the request.
+    let installs = usize::from(via != Via::LibvirtImage);
     for (line, n) in [
-        ("osprov-installer: installing b", 1),
+        ("osprov-installer: installing b", installs),
         ("osprov-os: a hostname", 1),
         ("osprov-os: b hostname", 1),
     ] {
@@ -426,6 +435,7 @@ async fn change_os(c: TestCluster, via: Via) {
     }
     let from = match via {
         Via::RedfishBootIso => "configuration from the boot medium (/cdrom/)",
+        Via::LibvirtImage => "osprov-os: b configured from its seed /dev/",
         _ => "configuration from /dev/",
     };
     assert!(console.contains(from), "{from}: {console}");

@@ -1,11 +1,10 @@
 //! Building a libvirt adapter from an OSDispatcher: `spec.libvirt` plus, when it names one, the
-//! credentials Secret (in the dispatcher's namespace). The `iso` strategy also gets the
-//! dispatcher's operation store and callback endpoint, shared with the Redfish adapter. The Secret's resourceVersion goes into the
-//! session fingerprint, so a rotated password reconnects; its contents are never logged.
+//! credentials Secret (in the dispatcher's namespace). Both strategies also get the
+//! dispatcher's operation store and callback endpoint, shared with the Redfish adapter (`iso`
+//! for every operation, `image` for those with configuration). The Secret's resourceVersion goes
+//! into the session fingerprint, so a rotated password reconnects; its contents are never logged.
 use super::Scope;
 use crate::adapter::{Adapter, AdapterError};
-#[cfg(feature = "libvirt")]
-use crate::api::LibvirtStrategy;
 use crate::api::{LibvirtSpec, OSDispatcher};
 use crate::provisioner::keys::DispKey;
 use k8s_openapi::api::core::v1::Secret;
@@ -83,13 +82,11 @@ pub fn build(
         callback_base: super::redfish::callback_base(scope),
         callback_timeout,
     };
-    let adapter = LibvirtAdapter::new(cfg);
-    Ok(Arc::new(match spec.strategy {
-        LibvirtStrategy::Image => adapter,
-        LibvirtStrategy::Iso => {
-            adapter.with_operations(super::redfish::operation_store(key, scope))
-        }
-    }))
+    // Both strategies keep operation records: `iso` for every operation, `image` for those with
+    // configuration (the new disk's first boot reports to the callback endpoint).
+    Ok(Arc::new(LibvirtAdapter::new(cfg).with_operations(
+        super::redfish::operation_store(key, scope),
+    )))
 }
 
 /// This build has no libvirt adapter (see the `libvirt` cargo feature).

@@ -4,7 +4,10 @@
 # - os-a.img, os-b.img: two tiny operating systems, each a raw disk holding a FAT file system
 #   with SYSLINUX in its boot sector, a Debian kernel and a busybox initramfs. At boot the OS prints
 #   `osprov-os: <name> hostname: <name from its disk>` on the serial console and, on its first boot
-#   after an install, reports to the callback URL the installer left on the disk.
+#   after an install, reports to the callback URL the installer left on the disk. Booted as a
+#   cloud image (libvirt's `image` strategy), it reads a NoCloud seed found by label `cidata` the
+#   way cloud-init does (a new `instance-id` is a new instance: hostname and report URL from the
+#   seed) and reports the same way.
 # - installer-b.iso: a bootable installer (ISOLINUX, the same kernel, an installer initramfs and
 #   os-b.img as payload). It finds the NoCloud config drive by its label (`cidata`), writes the
 #   payload to the first virtio disk, copies the hostname (meta-data `local-hostname`) and the
@@ -89,6 +92,22 @@ os_image() {
 . /lib/common.sh
 setup
 mount -t vfat /dev/vda /disk
+# A NoCloud seed (the libvirt image strategy's config drive), read as cloud-init reads one: a new
+# instance-id means a new instance, whose hostname and report URL come from the seed.
+for _ in \$(seq 10); do [ -e /sys/block/sr0 ] && break; sleep 0.2; done
+seed=""
+for _ in \$(seq 15); do [ -e /sys/block/sr0 ] || break; seed=\$(findfs LABEL=cidata 2>/dev/null) && break; sleep 0.2; done
+if [ -n "\$seed" ] && mount -t iso9660 -o ro "\$seed" /cidata; then
+    iid=\$(sed -n 's/^instance-id: *//p' /cidata/meta-data)
+    if [ "\$iid" != "\$(cat /disk/osprov/instance-id 2>/dev/null)" ]; then
+        sed -n 's/^local-hostname: *//p' /cidata/meta-data > /disk/osprov/hostname
+        cp /cidata/osprov-callback /disk/osprov/callback
+        echo "\$iid" > /disk/osprov/instance-id
+        rm -f /disk/osprov/reported
+        log "osprov-os: $name configured from its seed \$seed"
+    fi
+    umount /cidata
+fi
 host=\$(cat /disk/osprov/hostname 2>/dev/null || echo unnamed)
 hostname "\$host"
 log "osprov-os: $name hostname: \$host"

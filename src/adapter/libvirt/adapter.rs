@@ -60,7 +60,8 @@ pub struct LibvirtConfig {
 /// The libvirt adapter.
 pub struct LibvirtAdapter {
     cfg: Arc<LibvirtConfig>,
-    /// `iso`: where operation records (callback secrets, outcomes) live.
+    /// Where operation records (callback secrets, outcomes) live: `iso`, and `image` operations
+    /// with configuration.
     store: Option<Arc<dyn OpStore>>,
     /// Domains (UUIDs) with a worker running.
     workers: Arc<Mutex<HashSet<String>>>,
@@ -145,11 +146,8 @@ impl LibvirtAdapter {
         tokio::spawn(async move {
             let key = uuid.clone();
             let result = match (cfg.strategy, store) {
-                (LibvirtStrategy::Image, _) => {
-                    let (c, u, t) = (cfg.clone(), uuid.clone(), token.clone());
-                    blocking(move || image::work(&c, &u, &t))
-                        .await
-                        .map(|()| true)
+                (LibvirtStrategy::Image, store) => {
+                    image::work(cfg.clone(), store, uuid.clone(), token.clone()).await
                 }
                 (LibvirtStrategy::Iso, Some(store)) => {
                     iso::work(cfg.clone(), store, uuid.clone(), token.clone()).await
@@ -393,6 +391,10 @@ pub(super) fn status_of(uuid: &str, record: &Record) -> OperationStatus {
             let os = record.os.as_deref().unwrap_or("the image");
             OperationState::Running {
                 progress: Some(match &record.installer {
+                    None if record.seed.is_some() => format!(
+                        "replacing the root disk with {os}; its first boot reads the config \
+                         drive and reports"
+                    ),
                     None => format!("replacing the root disk with {os}"),
                     Some(i) if i.started => {
                         format!(
@@ -511,7 +513,7 @@ impl Adapter for LibvirtAdapter {
         );
         let status = match cfg.strategy {
             LibvirtStrategy::Image => {
-                blocking(move || image::record_intent(&cfg, &uuid, &os2, &token2)).await?
+                image::start(&cfg, self.store.as_deref(), (&uuid, &os2, &token2), config).await?
             }
             LibvirtStrategy::Iso => {
                 let store = self.store()?;
@@ -542,7 +544,7 @@ impl Adapter for LibvirtAdapter {
         };
         let status = status_of(host_id, &record);
         if !status.state.is_terminal() {
-            if self.cfg.strategy == LibvirtStrategy::Iso {
+            if self.cfg.strategy == LibvirtStrategy::Iso || record.seed.is_some() {
                 // The callback's record must still be the controller's (a lost one ends the
                 // attempt; the worker would only fail on it).
                 self.store()?
@@ -556,9 +558,13 @@ impl Adapter for LibvirtAdapter {
     }
 
     /// The `iso` strategy boots an installer, which reads a config drive; the `image` strategy
-    /// boots a disk as it is.
+    /// attaches one (a NoCloud seed) for the new disk's first boot, whose report the callback
+    /// endpoint takes.
     fn delivers_config(&self, _format: crate::adapter::DriveFormat) -> bool {
-        self.cfg.strategy == LibvirtStrategy::Iso
+        match self.cfg.strategy {
+            LibvirtStrategy::Iso => true,
+            LibvirtStrategy::Image => self.store.is_some() && self.cfg.callback_base.is_some(),
+        }
     }
 
     async fn cancel(&self, host_id: &str, token: &str) -> Result<CancelOutcome, AdapterError> {

@@ -37,24 +37,24 @@ pub struct Undo {
 
 /// One `<disk>` of `<devices>`.
 #[derive(Clone, Debug, Default)]
-struct Disk {
-    device: String,
-    target: Option<String>,
-    bus: Option<String>,
-    source_file: Option<String>,
-    span: (usize, usize),
+pub(super) struct Disk {
+    pub(super) device: String,
+    pub(super) target: Option<String>,
+    pub(super) bus: Option<String>,
+    pub(super) source_file: Option<String>,
+    pub(super) span: (usize, usize),
 }
 
 /// Where the parts [`attach`] and [`detach`] change are in a domain's XML.
 #[derive(Debug, Default)]
-struct Layout {
+pub(super) struct Layout {
     os_start: Option<usize>,
     os_end: Option<usize>,
-    machine: Option<String>,
+    pub(super) machine: Option<String>,
     boots: Vec<(String, (usize, usize))>,
     smbios: Option<(usize, usize)>,
-    devices_end: Option<usize>,
-    disks: Vec<Disk>,
+    pub(super) devices_end: Option<usize>,
+    pub(super) disks: Vec<Disk>,
     device_boot_order: bool,
     /// `<sysinfo type='smbios'>` elements, and whether they carry osprov's callback.
     sysinfos: Vec<((usize, usize), bool)>,
@@ -76,7 +76,7 @@ fn push_text(out: &mut String, event: &Event<'_>) {
     }
 }
 
-fn scan(xml: &str) -> Result<Layout, XmlError> {
+pub(super) fn scan(xml: &str) -> Result<Layout, XmlError> {
     let mut reader = Reader::from_str(xml);
     let mut l = Layout::default();
     let mut path: Vec<Vec<u8>> = Vec::new();
@@ -174,18 +174,18 @@ fn scan(xml: &str) -> Result<Layout, XmlError> {
 
 /// Replacements of byte ranges, applied together.
 #[derive(Default)]
-struct Edits(Vec<(usize, usize, String)>);
+pub(super) struct Edits(Vec<(usize, usize, String)>);
 
 impl Edits {
-    fn replace(&mut self, span: (usize, usize), with: impl Into<String>) {
+    pub(super) fn replace(&mut self, span: (usize, usize), with: impl Into<String>) {
         self.0.push((span.0, span.1, with.into()));
     }
 
-    fn insert(&mut self, at: usize, text: impl Into<String>) {
+    pub(super) fn insert(&mut self, at: usize, text: impl Into<String>) {
         self.0.push((at, at, text.into()));
     }
 
-    fn apply(self, xml: &str) -> String {
+    pub(super) fn apply(self, xml: &str) -> String {
         // Ranges never overlap. Apply the last first so earlier offsets stay valid; at one offset
         // a replacement goes before the insertions, and insertions land in the order made.
         let mut edits: Vec<(usize, (usize, usize, String))> =
@@ -212,7 +212,7 @@ fn boot_elements(devs: &[String]) -> String {
 }
 
 /// A free CD-ROM target on `bus`, other than `taken`.
-fn free_target(l: &Layout, bus: &str, taken: Option<&str>) -> String {
+pub(super) fn free_target(l: &Layout, bus: &str, taken: Option<&str>) -> String {
     let used: Vec<&str> = l
         .disks
         .iter()
@@ -230,7 +230,7 @@ fn free_target(l: &Layout, bus: &str, taken: Option<&str>) -> String {
         .unwrap_or_else(|| "sdz".into())
 }
 
-fn cdrom_element(iso: &str, target: &str, bus: &str) -> String {
+pub(super) fn cdrom_element(iso: &str, target: &str, bus: &str) -> String {
     format!(
         "<disk type='file' device='cdrom'><source file='{}'/><target dev='{}' bus='{}'/><readonly/></disk>",
         escape(iso),

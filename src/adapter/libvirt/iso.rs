@@ -116,6 +116,7 @@ pub(super) async fn start(
             drive,
             ..Default::default()
         }),
+        seed: None,
     };
     let (c2, u2, r2) = (cfg.clone(), uuid.to_string(), record.clone());
     blocking(move || write_record(&domain(&connect(&c2)?, &u2)?, &r2)).await?;

@@ -14,6 +14,7 @@
 //! `docs/libvirt.md` for what was tested.
 pub mod installer;
 pub mod iso_steps;
+pub mod seed;
 pub mod steps;
 pub mod uri;
 pub mod xml;

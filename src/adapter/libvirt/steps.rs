@@ -6,7 +6,13 @@
 //! derives from the token, and the record names the volume it replaces. Whatever step a
 //! controller died in, the next one looks at the domain and the pool and goes on from there:
 //! a clone that exists is never made again, a disk already switched is not switched again.
+//!
+//! With configuration the operation also has a **seed** (a NoCloud config drive the new disk's
+//! first boot reads, as cloud images do): it is attached before that boot, and the operation ends
+//! only when the booted OS has reported to its callback URL (or the callback timeout passed);
+//! then the seed comes off and its volume is deleted. Provisioned means booted here too.
 use super::xml::{Progress, Record};
+use crate::adapter::store::OutcomeKind;
 
 /// What libvirt shows of one operation's domain and volumes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -21,6 +27,19 @@ pub struct Observed<'a> {
     pub target_exists: bool,
     /// The replaced volume (the record's `previous`) still exists.
     pub previous_exists: bool,
+    /// The operation's seed, when it has one.
+    pub seed: Option<Seed>,
+}
+
+/// What libvirt and the operation record show of an operation's seed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Seed {
+    /// A CD-ROM of the domain's definition holds it.
+    pub attached: bool,
+    /// What the booted OS reported (a record gone reads as `Cancelled`).
+    pub outcome: Option<OutcomeKind>,
+    /// No report within the callback timeout.
+    pub timed_out: bool,
 }
 
 /// The next step of an operation.
@@ -36,8 +55,16 @@ pub enum Step {
     DeletePrevious,
     /// Start the domain.
     Start,
-    /// Record the operation as done.
-    MarkDone,
+    /// Attach the seed (before the new disk's first boot).
+    AttachSeed,
+    /// Wait for the booted OS's report.
+    Wait,
+    /// Record a failed outcome: no report within the callback timeout.
+    RecordTimeout,
+    /// Take the seed off the domain (live and in its definition).
+    DetachSeed,
+    /// Record the operation's end (deleting the seed's volume first, if there is one).
+    MarkFinished(OutcomeKind),
     /// Nothing left to do.
     Finished,
 }
@@ -57,8 +84,25 @@ pub fn next_step(o: &Observed<'_>) -> Step {
         {
             Step::DeletePrevious
         }
-        (true, false, _) => Step::Start,
-        (true, true, _) => Step::MarkDone,
+        (true, active, _) => match o.seed {
+            None if active => Step::MarkFinished(OutcomeKind::Succeeded),
+            None => Step::Start,
+            Some(seed) => seeded(seed, active),
+        },
+    }
+}
+
+/// On the new disk, with a seed: boot it with the seed, wait for the report, take the seed off.
+fn seeded(seed: Seed, active: bool) -> Step {
+    match (seed.outcome, seed.timed_out, seed.attached, active) {
+        (Some(_), _, true, _) => Step::DetachSeed,
+        (Some(kind), _, false, _) => Step::MarkFinished(kind),
+        (None, true, _, _) => Step::RecordTimeout,
+        // Started without its seed (the definition changed under osprov): stop, attach, start.
+        (None, false, false, true) => Step::PowerOff,
+        (None, false, false, false) => Step::AttachSeed,
+        (None, false, true, false) => Step::Start,
+        (None, false, true, true) => Step::Wait,
     }
 }
 
@@ -85,6 +129,7 @@ mod tests {
             previous: Some("vm1.qcow2".into()),
             message: None,
             installer: None,
+            seed: None,
         }
     }
 
@@ -126,6 +171,7 @@ mod tests {
                     .volumes
                     .iter()
                     .any(|v| Some(v.as_str()) == lv.rec.previous.as_deref()),
+                seed: None,
             };
             let step = next_step(&o);
             steps.push(step);
@@ -136,8 +182,9 @@ mod tests {
                 Step::SwitchDisk => lv.disk = target.clone(),
                 Step::DeletePrevious => lv.volumes.retain(|v| Some(v) != previous.as_ref()),
                 Step::Start => lv.active = true,
-                Step::MarkDone => lv.rec.progress = Some(Progress::Done),
+                Step::MarkFinished(_) => lv.rec.progress = Some(Progress::Done),
                 Step::Finished => break,
+                other => panic!("{other:?} without a seed"),
             }
         }
         (steps, seen, lv)
@@ -154,7 +201,7 @@ mod tests {
                 Step::SwitchDisk,
                 Step::DeletePrevious,
                 Step::Start,
-                Step::MarkDone,
+                Step::MarkFinished(OutcomeKind::Succeeded),
                 Step::Finished
             ]
         );
@@ -187,9 +234,117 @@ mod tests {
                 target_volume: "x",
                 target_exists: false,
                 previous_exists: true,
+                seed: None,
             };
             assert_eq!(next_step(&o), Step::Finished);
         }
+    }
+
+    /// A seeded run: libvirt, the seed's place and the report, stepped until finished.
+    fn run_seeded(
+        mut lv: Libvirt,
+        mut seed: Seed,
+        report_after_start: Option<OutcomeKind>,
+    ) -> (Vec<Step>, Vec<(Libvirt, Seed)>) {
+        let target = target();
+        let (mut steps, mut seen) = (Vec::new(), Vec::new());
+        for _ in 0..20 {
+            seen.push((lv.clone(), seed));
+            let o = Observed {
+                record: &lv.rec,
+                active: lv.active,
+                disk_volume: &lv.disk,
+                target_volume: &target,
+                target_exists: lv.volumes.contains(&target),
+                previous_exists: lv
+                    .volumes
+                    .iter()
+                    .any(|v| Some(v.as_str()) == lv.rec.previous.as_deref()),
+                seed: Some(seed),
+            };
+            let step = next_step(&o);
+            steps.push(step);
+            let previous = lv.rec.previous.clone();
+            match step {
+                Step::PowerOff => lv.active = false,
+                Step::Clone => lv.volumes.push(target.clone()),
+                Step::SwitchDisk => lv.disk = target.clone(),
+                Step::DeletePrevious => lv.volumes.retain(|v| Some(v) != previous.as_ref()),
+                Step::AttachSeed => seed.attached = true,
+                Step::Start => {
+                    lv.active = true;
+                    seed.outcome = report_after_start;
+                }
+                // A worker returns here; the report (or the clock) resumes it.
+                Step::Wait => seed.timed_out = true,
+                Step::RecordTimeout => seed.outcome = Some(OutcomeKind::Failed),
+                Step::DetachSeed => seed.attached = false,
+                Step::MarkFinished(kind) => {
+                    lv.rec.progress = Some(match kind {
+                        OutcomeKind::Succeeded => Progress::Done,
+                        _ => Progress::Failed,
+                    })
+                }
+                Step::Finished => break,
+            }
+        }
+        (steps, seen)
+    }
+
+    fn no_seed_yet() -> Seed {
+        Seed {
+            attached: false,
+            outcome: None,
+            timed_out: false,
+        }
+    }
+
+    #[test]
+    fn a_seeded_operation_boots_once_with_its_seed_and_ends_only_on_the_report() {
+        let (steps, seen) = run_seeded(fresh(true), no_seed_yet(), Some(OutcomeKind::Succeeded));
+        assert_eq!(
+            steps,
+            [
+                Step::PowerOff,
+                Step::Clone,
+                Step::SwitchDisk,
+                Step::DeletePrevious,
+                Step::AttachSeed,
+                Step::Start,
+                Step::DetachSeed,
+                Step::MarkFinished(OutcomeKind::Succeeded),
+                Step::Finished
+            ]
+        );
+        // Resumed from any state a restart can find, nothing is repeated.
+        for (k, (lv, seed)) in seen.into_iter().enumerate() {
+            let (rest, _) = run_seeded(lv, seed, Some(OutcomeKind::Succeeded));
+            assert_eq!(rest, steps[k..], "resumed after {k} steps");
+        }
+    }
+
+    #[test]
+    fn a_seeded_operation_without_a_report_waits_then_fails_on_the_timeout() {
+        let (steps, _) = run_seeded(fresh(false), no_seed_yet(), None);
+        assert_eq!(
+            steps[steps.len() - 6..],
+            [
+                Step::Start,
+                Step::Wait,
+                Step::RecordTimeout,
+                Step::DetachSeed,
+                Step::MarkFinished(OutcomeKind::Failed),
+                Step::Finished
+            ]
+        );
+        assert_eq!(steps.iter().filter(|s| **s == Step::Start).count(), 1);
+    }
+
+    #[test]
+    fn a_domain_started_without_its_seed_is_stopped_and_started_with_it() {
+        let o = |active| seeded(no_seed_yet(), active);
+        assert_eq!(o(true), Step::PowerOff);
+        assert_eq!(o(false), Step::AttachSeed);
     }
 
     #[test]

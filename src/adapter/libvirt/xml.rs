@@ -243,6 +243,9 @@ pub struct Record {
     pub message: Option<String>,
     /// The `iso` strategy's progress; `None` for the `image` strategy.
     pub installer: Option<Installer>,
+    /// The `image` strategy's config drive (path of its volume), when the request carries
+    /// configuration: attached for the new disk's first boot, removed once that boot reported.
+    pub seed: Option<String>,
 }
 
 /// How far the `iso` strategy got on a domain (kept in the record, so a restart resumes).
@@ -274,6 +277,7 @@ impl Record {
             ("progress", self.progress.map(Progress::as_str)),
             ("previous", self.previous.as_deref()),
             ("message", self.message.as_deref()),
+            ("seed", self.seed.as_deref()),
         ];
         let i = self.installer.as_ref();
         let undo = i.and_then(|i| i.undo.as_ref());
@@ -315,6 +319,7 @@ impl Record {
                         previous: attr(&e, "previous")?,
                         message: attr(&e, "message")?,
                         installer: installer(&e)?,
+                        seed: attr(&e, "seed")?,
                     });
                 }
                 Event::Eof => return Ok(Record::default()),

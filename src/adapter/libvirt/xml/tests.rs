@@ -94,6 +94,7 @@ fn the_record_round_trips_and_an_empty_label_is_a_record_of_nothing() {
         previous: Some("vm1.qcow2".into()),
         message: Some("it's <broken> & \"odd\"".into()),
         installer: None,
+        seed: Some("/pool/vm1-osprov-cidata-ab.iso".into()),
     };
     assert_eq!(Record::parse(&r.to_xml()).expect("parses"), r);
     let iso = Record {
