@@ -1,7 +1,8 @@
 //! The provisioning callback endpoint of a running controller, as a hostile network sees it, on
 //! both API backends: HTTPS only when it has a certificate; slow headers, too many connections,
 //! floods and large bodies get closed or refused (`callback_server`'s limits), and each refusal
-//! is seen as the client sees it (a closed socket, a status code).
+//! is seen as the client sees it (a closed socket, a status code). A connection whose handler
+//! streams a medium (a boot ISO) may outlive the connection time; any other is cut at it.
 mod cluster;
 mod harness;
 mod support;
@@ -9,7 +10,9 @@ mod support;
 use cluster::TestCluster;
 use harness::*;
 use osprov::adapter::simulator::SimRegistry;
-use osprov::controller::callback_server::{BURST, HEADER_TIME, MAX_BODY, MAX_CONNECTIONS};
+use osprov::controller::callback_server::{
+    LongTransfer, BURST, CONNECTION_TIME, HEADER_TIME, MAX_BODY, MAX_CONNECTIONS,
+};
 use osprov::controller::settings::{MetricsAddr, Settings};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -149,4 +152,73 @@ async fn slow_many_or_large_callbacks_are_cut_off(c: TestCluster) {
         "callbacks within the rate are answered: {codes:?}"
     );
     assert!(codes.contains(&429), "a flood is slowed down: {codes:?}");
+}
+
+/// An answer streamed for longer than the connection time: one chunk a second.
+fn slow_body(long: Option<axum::Extension<LongTransfer>>, allow: bool) -> axum::body::Body {
+    if let (true, Some(axum::Extension(long))) = (allow, long) {
+        long.allow();
+    }
+    let chunks = CONNECTION_TIME.as_secs() + 4;
+    let stream = futures::stream::unfold(0u64, move |i| async move {
+        if i == chunks {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        Some((
+            Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"x")),
+            i + 1,
+        ))
+    });
+    axum::body::Body::from_stream(stream)
+}
+
+#[tokio::test]
+async fn a_streamed_medium_outlives_the_connection_time_and_nothing_else_does() {
+    use axum::routing::get;
+    let router = axum::Router::new()
+        .route(
+            "/medium",
+            get(|long: Option<axum::Extension<LongTransfer>>| async move { slow_body(long, true) }),
+        )
+        .route(
+            "/other",
+            get(
+                |long: Option<axum::Extension<LongTransfer>>| async move { slow_body(long, false) },
+            ),
+        );
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let server = tokio::spawn(osprov::controller::callback_server::serve(
+        addr, None, router,
+    ));
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+    let read = |path: &'static str| {
+        let client = client.clone();
+        async move {
+            for _ in 0..50 {
+                if let Ok(r) = client.get(format!("http://{addr}{path}")).send().await {
+                    let started = Instant::now();
+                    return (r.bytes().await.map(|b| b.len()), started.elapsed());
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            panic!("the server never answered");
+        }
+    };
+    let ((medium, took), (other, cut)) = tokio::join!(read("/medium"), read("/other"));
+    let whole = usize::try_from(CONNECTION_TIME.as_secs() + 4).unwrap_or(0);
+    assert_eq!(
+        medium.ok(),
+        Some(whole),
+        "the medium streamed whole, in {took:?}"
+    );
+    assert!(took > CONNECTION_TIME, "{took:?}");
+    assert!(
+        other.map_or(true, |n| n < whole),
+        "any other answer is cut at the connection time ({cut:?})"
+    );
+    server.abort();
 }

@@ -113,14 +113,20 @@ impl CallbackState {
     }
 }
 
-/// The callback router (`POST /callback/{token}`), with the body and rate limits.
+/// The callback router (`POST /callback/{token}`, `GET /drive/{name}`), each with its body and
+/// rate limits.
 pub fn router(state: Arc<CallbackState>) -> Router {
-    super::callback_server::limited(
+    let callbacks = super::callback_server::limited(
         Router::new()
             .route("/callback/{token}", post(callback))
+            .with_state(state.clone()),
+    );
+    let reads = super::callback_server::limited_reads(
+        Router::new()
             .route("/drive/{name}", get(super::drive::serve_drive))
             .with_state(state),
-    )
+    );
+    callbacks.merge(reads)
 }
 
 /// Serve the callback endpoint (HTTPS when `tls` is given) until the task is dropped.

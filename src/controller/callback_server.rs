@@ -8,9 +8,15 @@
 //! | connections at once | [`MAX_CONNECTIONS`] | the connection closed at once |
 //! | TLS handshake | [`HANDSHAKE_TIME`] | the connection closed |
 //! | request headers | [`HEADER_TIME`] | the connection closed (hyper's header-read timeout) |
-//! | whole connection (headers, body, answer) | [`CONNECTION_TIME`] | the connection closed |
+//! | whole connection (headers, body, answer) | [`CONNECTION_TIME`]; [`TRANSFER_TIME`] once a handler streams a medium ([`LongTransfer`]) | the connection closed |
 //! | request body | [`MAX_BODY`] bytes | `413` |
 //! | callbacks per second (all clients) | [`RATE`], bursts of [`BURST`] | `429`, which the documented `curl --retry-all-errors` retries |
+//! | medium reads per second (all BMCs) | [`READ_RATE`], bursts of [`READ_BURST`] | `429` |
+//!
+//! A BMC reads a boot ISO of several GiB in one long answer, or in many ranged ones: the
+//! connection time would cut the first, the callbacks' rate the second. So a handler that has
+//! authenticated a read of a medium marks its connection ([`LongTransfer`]), which then may
+//! last [`TRANSFER_TIME`], and medium reads have a bucket of their own.
 //!
 //! axum's own `serve` sets no header or connection time, so the accept loop is written here over
 //! hyper-util's connection builder (a dozen lines); the router stays axum's.
@@ -37,6 +43,26 @@ pub const CONNECTION_TIME: Duration = Duration::from_secs(30);
 pub const MAX_BODY: usize = 16 * 1024;
 pub const RATE: f64 = 20.0;
 pub const BURST: f64 = 40.0;
+/// How long a connection that streams a medium may last (a 4 GiB ISO at 1 MB/s takes 70 min).
+pub const TRANSFER_TIME: Duration = Duration::from_secs(4 * 3600);
+pub const READ_RATE: f64 = 200.0;
+pub const READ_BURST: f64 = 400.0;
+
+/// A connection's permission to outlive [`CONNECTION_TIME`]: in every request's extensions,
+/// granted by a handler that streams an authenticated read of a medium.
+#[derive(Clone, Debug, Default)]
+pub struct LongTransfer(Arc<std::sync::atomic::AtomicBool>);
+
+impl LongTransfer {
+    /// Let this connection run up to [`TRANSFER_TIME`].
+    pub fn allow(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn allowed(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
 
 /// A token bucket shared by every connection.
 pub struct Bucket {
@@ -82,9 +108,17 @@ async fn rate_limited(State(bucket): State<Arc<Bucket>>, req: Request, next: Nex
     }
 }
 
-/// `router` with the body and rate limits.
+/// `router` with the body limit and the callbacks' rate limit.
 pub fn limited(router: Router) -> Router {
     let bucket = Arc::new(Bucket::new(RATE, BURST));
+    router
+        .layer(axum::middleware::from_fn_with_state(bucket, rate_limited))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+}
+
+/// `router` (medium reads) with the body limit and the reads' own rate limit.
+pub fn limited_reads(router: Router) -> Router {
+    let bucket = Arc::new(Bucket::new(READ_RATE, READ_BURST));
     router
         .layer(axum::middleware::from_fn_with_state(bucket, rate_limited))
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -136,10 +170,14 @@ pub async fn serve(
             debug!(%peer, "callback connection refused: too many at once");
             continue;
         };
-        let (tls, router) = (tls.clone(), router.clone());
+        let long = LongTransfer::default();
+        let (tls, router) = (
+            tls.clone(),
+            router.clone().layer(axum::Extension(long.clone())),
+        );
         tokio::spawn(async move {
             let _slot = slot;
-            let served = tokio::time::timeout(CONNECTION_TIME, async move {
+            let work = async move {
                 match tls {
                     Some(acceptor) => {
                         let stream = tokio::time::timeout(HANDSHAKE_TIME, acceptor.accept(stream))
@@ -150,8 +188,14 @@ pub async fn serve(
                     }
                     None => connection(stream, router).await,
                 }
-            })
-            .await;
+            };
+            tokio::pin!(work);
+            let served = match tokio::time::timeout(CONNECTION_TIME, &mut work).await {
+                Err(_) if long.allowed() => {
+                    tokio::time::timeout(TRANSFER_TIME.saturating_sub(CONNECTION_TIME), work).await
+                }
+                other => other,
+            };
             match served {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => debug!(%peer, error = %e, "callback connection ended"),

@@ -16,6 +16,7 @@
 //! `Content-Range` (parsed by `http-range-header`), an unsatisfiable one with 416; several ranges
 //! at once get the whole drive (200), which HTTP allows.
 use super::callback::{find, valid_key, CallbackState};
+use super::callback_server::LongTransfer;
 use crate::adapter::bootiso::{self, BootIso};
 use crate::adapter::configdrive;
 use crate::adapter::store::StoreError;
@@ -34,6 +35,7 @@ fn refuse(code: StatusCode, message: &str) -> Response {
 pub async fn serve_drive(
     State(state): State<Arc<CallbackState>>,
     Path(name): Path<String>,
+    long: Option<axum::Extension<LongTransfer>>,
     headers: HeaderMap,
 ) -> Response {
     let Some((key, secret)) = name
@@ -70,6 +72,11 @@ pub async fn serve_drive(
     // installed OS's boot, nor after the operation's cleanup.
     let served = !rec.cleaned && rec.installed_boot_at.is_none();
     if let Some(boot_iso) = rec.boot_iso.as_deref().filter(|_| served) {
+        // An authenticated read of a medium that may take long: its connection may outlive
+        // the callback endpoint's connection time.
+        if let Some(axum::Extension(long)) = long {
+            long.allow();
+        }
         return serve_boot_iso(key, boot_iso, &headers);
     }
     let Some(image) = rec.drive.as_deref().filter(|_| served) else {
