@@ -8,7 +8,7 @@
 //! - [`inventory`] and [`session`]: per-dispatcher sessions (subscribe, discover, keep the cache
 //!   current) and the in-memory inventory cache the controller reads at memory speed.
 pub mod decision;
-#[cfg(test)]
+#[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;
 pub mod inventory;
 pub mod keys;

@@ -133,7 +133,7 @@ fn a_running_operation_holds_its_host_and_records_the_backend_id() {
     let written = d.status.expect("the id is new");
     assert_eq!(written, {
         let mut want = next_status(&st, &action, "ubuntu-24.04", 1, now()).unwrap_or_default();
-        want = want.with_backend_id("task-7");
+        want = crate::provisioner::fixtures::with_backend_id(want, "task-7");
         want
     });
     assert!(d.effects.is_empty(), "same phase: no event, no call");

@@ -101,7 +101,7 @@ mod tests {
 
     #[test]
     fn the_crds_carry_no_plain_yaml11_booleans() {
-        for crd in crate::api::crds() {
+        for crd in crate::crds() {
             let y = to_portable_yaml(&crd).expect("yaml");
             for line in y.lines() {
                 let last = line.rsplit([' ', '-']).next().unwrap_or("");

@@ -4,14 +4,8 @@
 //! discover the inventory, start a reprovision (idempotent per token), look an operation up by
 //! token, and cancel where the backend can. Adapters never wait for a provisioning to finish: they
 //! start it and report progress when asked or through events.
-pub mod bootiso;
 pub mod configdrive;
-pub mod libvirt;
-pub mod redfish;
-pub mod simulator;
 pub mod store;
-pub mod tls;
-pub mod vsphere;
 
 use crate::api::{HostProvisioningState, PowerState};
 pub use configdrive::{DriveFormat, HostConfig};
@@ -210,7 +204,7 @@ pub trait Adapter: Send + Sync {
 }
 
 /// A host as tests need it: on, idle, running `os`, offering images `a` and `b`.
-#[cfg(test)]
+#[cfg(any(test, feature = "fixtures"))]
 pub fn test_host(name: &str, os: &str) -> HostInfo {
     HostInfo {
         id: format!("id-{name}"),

@@ -154,12 +154,13 @@ pub fn provisioning(generation: i64, attempts: i32) -> OSProvisioningRequestStat
     }
 }
 
-impl OSProvisioningRequestStatus {
-    /// The same status with the backend's operation id recorded.
-    pub fn with_backend_id(mut self, id: &str) -> Self {
-        if let Some(op) = self.operation.as_mut() {
-            op.id = Some(id.into());
-        }
-        self
+/// `status` with the backend's operation id recorded.
+pub fn with_backend_id(
+    mut status: OSProvisioningRequestStatus,
+    id: &str,
+) -> OSProvisioningRequestStatus {
+    if let Some(op) = status.operation.as_mut() {
+        op.id = Some(id.into());
     }
+    status
 }
