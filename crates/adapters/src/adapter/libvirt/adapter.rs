@@ -558,12 +558,16 @@ impl Adapter for LibvirtAdapter {
     }
 
     /// The `iso` strategy boots an installer, which reads a config drive; the `image` strategy
-    /// attaches one (a NoCloud seed) for the new disk's first boot, whose report the callback
-    /// endpoint takes.
-    fn delivers_config(&self, _format: crate::adapter::DriveFormat) -> bool {
+    /// attaches a NoCloud seed for the new disk's first boot (a cloud image reads no Anaconda
+    /// volume), whose report the callback endpoint takes.
+    fn delivers_config(&self, format: crate::adapter::DriveFormat) -> bool {
         match self.cfg.strategy {
             LibvirtStrategy::Iso => true,
-            LibvirtStrategy::Image => self.store.is_some() && self.cfg.callback_base.is_some(),
+            LibvirtStrategy::Image => {
+                format == crate::adapter::DriveFormat::NoCloud
+                    && self.store.is_some()
+                    && self.cfg.callback_base.is_some()
+            }
         }
     }
 
@@ -606,3 +610,6 @@ fn changed(
     let os = catalogue(c, cfg)?;
     Ok(host(&d, cfg, &os)?.map(BackendEvent::HostChanged))
 }
+
+#[cfg(test)]
+mod tests;
