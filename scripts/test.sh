@@ -6,6 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+# The full test tier: also every test that talks to real third-party software (build.rs). Plain
+# `cargo test` runs the hermetic tier only.
+export OSPROV_TESTS=full
 
 apt_install() {
     if [ "$(id -u)" = 0 ]; then

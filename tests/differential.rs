@@ -12,6 +12,8 @@
 //! - `a_short_differential_run_matches_kube_apiserver` runs in `.ci/run` (seed 1, 300 cases);
 //! - `three_seeds_of_ten_thousand_cases_match_kube_apiserver` is the ignored tier (seeds 1, 2
 //!   and 3, 10,000 cases each).
+// Talks to real third-party software: the full test tier only (see build.rs).
+#![cfg(osprov_full_tests)]
 mod cluster;
 mod support;
 

@@ -4,6 +4,8 @@
 //! elsewhere does not get the BMC account sent there: a hostile service (axum on loopback) whose
 //! root names a Sessions collection on another origin, or redirects there, and a collector on
 //! that origin that counts what it received.
+// Talks to real third-party software: the full test tier only (see build.rs).
+#![cfg(osprov_full_tests)]
 mod cluster;
 mod harness;
 mod redfish_support;

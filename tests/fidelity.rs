@@ -5,6 +5,8 @@
 //! The test prints `N/M calls answered as kube-apiserver answers` and every difference. It passes
 //! only when every difference is listed in [`ALLOWED`] with the reason it is accepted, and when
 //! the embedded API never answered 500.
+// Talks to real third-party software: the full test tier only (see build.rs).
+#![cfg(osprov_full_tests)]
 mod cluster;
 mod support;
 

@@ -10,6 +10,8 @@
 //! close the release's life.
 //!
 //! Real backend only: this test is about the real apiserver, its authorizer and the real Helm.
+// Talks to real third-party software: the full test tier only (see build.rs).
+#![cfg(osprov_full_tests)]
 mod cluster;
 mod harness;
 mod rbac_support;

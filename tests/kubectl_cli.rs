@@ -3,6 +3,8 @@
 //! apply/explain, Table printing, watch, wait, describe with events, delete, and the API's own
 //! 422 message. The same assertions hold for both. Each test uses a fresh `--cache-dir` and the
 //! kubeconfig of its own namespace; `osprov standalone` (the embedded API only) is tested last.
+// Talks to real third-party software: the full test tier only (see build.rs).
+#![cfg(osprov_full_tests)]
 mod cluster;
 mod support;
 

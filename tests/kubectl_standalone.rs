@@ -2,6 +2,8 @@
 //! kubectl (v1.36.3, built by `scripts/k8s-tools.sh`). `kubectl apply -f examples/` then
 //! `kubectl wait --for=condition=Provisioned ospr --all` succeeds and `kubectl get mhost` lists
 //! the hosts with their OS. `standalone` is the embedded API, so these run on it only.
+// Talks to real third-party software: the full test tier only (see build.rs).
+#![cfg(osprov_full_tests)]
 mod cluster;
 mod support;
 

@@ -3,6 +3,8 @@
 //! user-data Secret the way that client sends it (no `apiVersion`/`kind` in the body) and an
 //! OSProvisioningRequest, watches it to `Succeeded`, and the simulator shows the host got that
 //! user-data.
+// Talks to real third-party software: the full test tier only (see build.rs).
+#![cfg(osprov_full_tests)]
 mod cluster;
 mod harness;
 mod support;

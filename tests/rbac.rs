@@ -9,6 +9,8 @@
 //! `tests/python/chart_rules.py`): a use the chart does not grant fails, and so does a grant
 //! the controller never used. The scenario and the comparison live in `rbac_support`, shared
 //! with `tests/helm_install.rs`, which runs them on the real control plane.
+// Talks to real third-party software: the full test tier only (see build.rs).
+#![cfg(osprov_full_tests)]
 mod harness;
 mod rbac_support;
 mod redfish_support;

@@ -10,6 +10,8 @@
 //! job (discovery; media, boot override once, reset, then eject and clear) on 16 threads. Both
 //! sides' HTTP requests are counted from the emulator's access log; the floor is 6 per
 //! reprovision (insert, boot override, its read-back, reset, eject, clear).
+// Talks to real third-party software: the full test tier only (see build.rs).
+#![cfg(osprov_full_tests)]
 mod harness;
 mod redfish_support;
 mod support;

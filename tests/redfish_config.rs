@@ -12,6 +12,8 @@
 //! configuration at its root and the image's kernel arguments in both menus, served from the
 //! controller while the operation runs. `isoinfo` reads it back through both name trees, the El
 //! Torito boot record and the installer's own files unchanged.
+// Talks to real third-party software: the full test tier only (see build.rs).
+#![cfg(osprov_full_tests)]
 mod cluster;
 mod harness;
 mod redfish_rig;

@@ -4,6 +4,8 @@
 //! kube-apiserver (`cluster/`). Each test has its own namespace (where the BMC Secrets and the
 //! controller's operation Secrets live), emulator, ISO server and a controller watching only that
 //! namespace.
+// Talks to real third-party software: the full test tier only (see build.rs).
+#![cfg(osprov_full_tests)]
 mod cluster;
 mod harness;
 mod redfish_rig;

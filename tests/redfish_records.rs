@@ -5,6 +5,8 @@
 //! and inserts. A record that merely gets deleted is kept by its finalizer and the request
 //! finishes; a record that is really gone or is not the one the controller made ends the attempt
 //! with `OperationRecordLost`, and the host is never reset a second time.
+// Talks to real third-party software: the full test tier only (see build.rs).
+#![cfg(osprov_full_tests)]
 mod cluster;
 mod harness;
 mod records_support;

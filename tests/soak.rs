@@ -80,6 +80,7 @@ async fn soak_smoke() {
 }
 
 /// The same on the real kube-apiserver (restarted on its etcd for the API restarts).
+#[cfg(osprov_full_tests)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soak_smoke_real() {
     soak(SMOKE, Backend::Real).await;
@@ -91,6 +92,7 @@ async fn soak_full() {
     soak(FULL, Backend::Embedded).await;
 }
 
+#[cfg(osprov_full_tests)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "the full soak on kube-apiserver: minutes; run it with --ignored (see the README)"]
 async fn soak_full_real() {

@@ -16,6 +16,8 @@
 //!
 //! `redfish_soak_smoke` and `redfish_soak_smoke_real` run in the suite; `redfish_soak` and
 //! `redfish_soak_real` (ignored) are the size in `docs/testing.md`.
+// Talks to real third-party software: the full test tier only (see build.rs).
+#![cfg(osprov_full_tests)]
 mod cluster;
 mod harness;
 mod redfish_support;

@@ -8,6 +8,8 @@
 //! says the VM was reset, the test posts success to its callback URL — so vcsim sees only
 //! osprov's calls. SOAP calls are counted by method from vcsim's trace; the floor is 6 per
 //! reprovision (attach reconfigure, reset, detach reconfigure, and one read of each task's end).
+// Talks to real third-party software: the full test tier only (see build.rs).
+#![cfg(osprov_full_tests)]
 mod cluster;
 mod harness;
 mod support;

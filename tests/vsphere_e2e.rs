@@ -2,6 +2,8 @@
 //! (vcsim, built from its Go module), on both API backends. What the VMs hold (CD-ROM backing,
 //! boot order, extraConfig) is read back through a vim25 session of the test's own; vcsim's
 //! SOAP trace counts what osprov sent (reconfigures, resets, logins).
+// Talks to real third-party software: the full test tier only (see build.rs).
+#![cfg(osprov_full_tests)]
 mod cluster;
 mod harness;
 mod records_support;

@@ -3,6 +3,8 @@
 //! files on its datastore directory and really deletes the old ones, so the test reads the
 //! result from disk (the new disk holds the template's marker text) as well as through a vim25
 //! session of its own; vcsim's SOAP trace counts the copies, reconfigures and power tasks.
+// Talks to real third-party software: the full test tier only (see build.rs).
+#![cfg(osprov_full_tests)]
 mod cluster;
 mod harness;
 mod records_support;

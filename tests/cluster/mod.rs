@@ -45,6 +45,7 @@ macro_rules! on_both_backends {
                 let c = $crate::cluster::TestCluster::start($crate::cluster::Backend::Embedded).await;
                 super::$name(c).await
             }
+            #[cfg(osprov_full_tests)]
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn real() {
                 let c = $crate::cluster::TestCluster::start($crate::cluster::Backend::Real).await;
