@@ -483,7 +483,9 @@ async fn helm_installs_a_controller_the_real_rbac_authorizer_lets_work() {
     );
     let pid = i32::try_from(controller.child.id()).expect("pid");
     // SAFETY: signals our own child process.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    #[allow(unsafe_code)]
+    let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
+    assert_eq!(sent, 0);
     let exit = eventually(20, "osprov to exit on SIGTERM", || {
         let status = controller.child.try_wait().ok().flatten();
         async move { status }

@@ -242,6 +242,7 @@ fn boot(bin: PathBuf, children: &mut Vec<Child>) -> Result<Plane, String> {
 
 /// A fresh directory per test process (mode 0700: it holds the admin key and the signing key),
 /// under a per-user base; directories of test processes that are gone are removed.
+#[allow(unsafe_code)] // getuid, below
 fn work_dir() -> Result<PathBuf, String> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     // SAFETY: getuid has no preconditions and cannot fail.
@@ -285,6 +286,7 @@ fn spawn(program: &Path, log: &Path, args: &[&str]) -> Result<Child, String> {
     let mut cmd = Command::new(program);
     cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
     // SAFETY: prctl is async-signal-safe; the closure allocates nothing.
+    #[allow(unsafe_code)]
     unsafe {
         cmd.pre_exec(|| {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {

@@ -31,23 +31,36 @@ pub mod kind {
 pub mod reason {
     /// `Accepted` of a request past validation.
     pub const HOST_AND_OS_VALID: &str = "HostAndOSValid";
+    /// `Accepted` false: no dispatcher reports the host.
     pub const HOST_NOT_MANAGED: &str = "HostNotManaged";
+    /// `Accepted` false: the host's dispatcher does not offer the OS.
     pub const OS_NOT_AVAILABLE: &str = "OSNotAvailable";
+    /// `Accepted` false: the request names another dispatcher than the one that has the host.
     pub const DISPATCHER_MISMATCH: &str = "DispatcherMismatch";
+    /// Pending: another request holds the host.
     pub const HOST_BUSY: &str = "HostBusy";
+    /// Pending: the dispatcher's `maxConcurrent` is reached.
     pub const WAITING_FOR_CAPACITY: &str = "WaitingForCapacity";
+    /// Pending: the host's dispatcher is not Ready.
     pub const DISPATCHER_UNAVAILABLE: &str = "DispatcherUnavailable";
+    /// Pending: the dispatcher has not discovered its hosts yet.
     pub const WAITING_FOR_DISCOVERY: &str = "WaitingForDiscovery";
+    /// `Progressing`: an attempt runs.
     pub const PROVISIONING: &str = "Provisioning";
+    /// An attempt failed; the next one starts at `nextRetryAt`.
     pub const RETRY_SCHEDULED: &str = "RetryScheduled";
     /// The recorded operation succeeded.
     pub const PROVISIONED: &str = "Provisioned";
+    /// The host already runs the OS: nothing to do.
     pub const ALREADY_PROVISIONED: &str = "AlreadyProvisioned";
+    /// Failed: `maxAttempts` attempts failed.
     pub const ATTEMPTS_EXHAUSTED: &str = "AttemptsExhausted";
+    /// Failed: the management software refused the reprovision for good.
     pub const BACKEND_REJECTED: &str = "BackendRejected";
     /// The operation's record (its `osprov-op-*` Secret) is missing or not the controller's after
     /// the backend may have been touched: the attempt ends and is never started again by itself.
     pub const OPERATION_RECORD_LOST: &str = "OperationRecordLost";
+    /// The operation was cancelled (the request was deleted or changed).
     pub const CANCELLED: &str = "Cancelled";
     /// `spec.timeout` cannot be read as a duration.
     pub const INVALID_TIMEOUT: &str = "InvalidTimeout";
@@ -62,9 +75,13 @@ pub mod reason {
 /// A desired condition, before timestamps are attached.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Desired<'a> {
+    /// The condition's type (`Accepted`, `Progressing`, `Provisioned`, `Ready`, `Discovered`).
     pub type_: &'a str,
+    /// `True`, `False` or `Unknown`.
     pub status: &'a str,
+    /// One of [`reason`].
     pub reason: &'a str,
+    /// For people; never holds Secret contents.
     pub message: String,
 }
 

@@ -317,6 +317,7 @@ pub struct RedfishTls {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretKeyRef {
+    /// The Secret's name.
     pub name: String,
     /// Key inside the Secret (default `ca.crt`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

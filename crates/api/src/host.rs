@@ -77,7 +77,9 @@ pub struct ManagedHostStatus {
     pub last_seen: Option<Time>,
 }
 
-/// Power state of a host.
+/// Power state of a host: `On`, `Off` or `Unknown`. (The variants carry no doc comments of their
+/// own: schemars would turn the CRD's plain `enum` into a `oneOf`.)
+#[allow(missing_docs)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum PowerState {
     On,

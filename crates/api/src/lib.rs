@@ -7,6 +7,7 @@
 //!
 //! The CustomResourceDefinitions are generated from these types (`osprov crds`), committed under
 //! `crds/` and checked for drift by a test; the embedded API is driven by the same objects.
+#![warn(missing_docs)]
 pub mod conditions;
 mod dispatcher;
 mod host;

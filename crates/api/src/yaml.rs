@@ -9,10 +9,13 @@
 //! rewrite can never change what a YAML 1.2 reader sees.
 use serde::Serialize;
 
+/// Why a resource could not be written as YAML.
 #[derive(Debug, thiserror::Error)]
 pub enum YamlError {
+    /// The serialiser refused the value.
     #[error("serialising to YAML: {0}")]
     Serialize(#[from] serde_norway::Error),
+    /// Quoting YAML 1.1 booleans changed what the document says.
     #[error("quoting YAML 1.1 booleans changed the document (a bug in osprov)")]
     RoundTrip,
 }
