@@ -85,7 +85,15 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over_after_expiry(t: Tes
         wait_phase(&requests, &format!("r{i}"), Phase::Provisioning, 20).await;
     }
 
-    // The standby holds back: no reconcile, only the lease, and it is a ready standby.
+    // The standby holds back: no reconcile, only the lease, and it is a ready standby. First the
+    // positive sign that b runs: it has looked at the lease (an answered attempt) and stands by.
+    eventually(10, "b to look at the lease", || async {
+        b.health
+            .standby_ok
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .then_some(())
+    })
+    .await;
     assert!(a.leading() && !b.leading());
     assert_eq!(holder(&lease(&leases).await).as_deref(), Some("a"));
     assert_eq!(
@@ -108,6 +116,14 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over_after_expiry(t: Tes
     let last_renew = before.spec.as_ref().and_then(|s| s.renew_time.clone());
     a.kill().await;
     let killed = Instant::now();
+    // What the killed leader left in flight: only b can finish it, so its Succeeded below is the
+    // positive sign that b looked at those operations before the ledger is checked.
+    let mut in_flight = 0;
+    for i in 0..3 {
+        let r = requests.get(&format!("r{i}")).await.expect("request");
+        in_flight += usize::from(r.status.and_then(|s| s.phase) == Some(Phase::Provisioning));
+    }
+    assert!(in_flight > 0, "the killed leader left nothing in flight");
     wait_leading(&b, 10).await;
     let took = killed.elapsed();
     let after = lease(&leases).await;

@@ -315,6 +315,17 @@ async fn restart_mid_provisioning_never_reprovisions_twice(c: TestCluster) {
         wait_phase(&e.requests, &format!("r{i}"), Phase::Provisioning, 20).await;
     }
     ctl.stop().await;
+    // What the stopped controller left in flight: only the new one can finish it, so its
+    // Succeeded below is the positive sign that the new controller looked at those operations.
+    let mut in_flight = 0;
+    for i in 0..3 {
+        let r = e.requests.get(&format!("r{i}")).await.expect("request");
+        in_flight += usize::from(r.status.and_then(|s| s.phase) == Some(Phase::Provisioning));
+    }
+    assert!(
+        in_flight > 0,
+        "the stopped controller left nothing in flight"
+    );
     let second = e.controller();
     for i in 0..3 {
         wait_phase(&e.requests, &format!("r{i}"), Phase::Succeeded, 30).await;
