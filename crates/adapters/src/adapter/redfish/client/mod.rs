@@ -72,17 +72,26 @@ pub enum RedfishError {
 }
 
 impl RedfishError {
-    /// True when the same call may succeed later without anyone changing anything.
+    /// True when the same call may succeed later without anyone changing anything. Matched
+    /// exhaustively: a new kind of error must be placed here on purpose.
     pub fn is_transient(&self) -> bool {
         match self {
             RedfishError::Connect { .. } | RedfishError::Timeout { .. } => true,
             RedfishError::Status { status, .. } => *status >= 500 || *status == 429,
             RedfishError::Store(_) => true,
-            _ => false,
+            RedfishError::Auth(_)
+            | RedfishError::AuthCoolDown(_)
+            | RedfishError::Tls { .. }
+            | RedfishError::Invalid { .. }
+            | RedfishError::TaskFailed { .. }
+            | RedfishError::Config(_)
+            | RedfishError::Unsupported(_)
+            | RedfishError::RecordLost(_)
+            | RedfishError::SessionExpired => false,
         }
     }
 
-    /// The engine's view of this error.
+    /// The engine's view of this error; transient ones keep this error as their source.
     pub fn into_adapter(self) -> AdapterError {
         match self {
             RedfishError::Auth(_)
@@ -100,16 +109,18 @@ impl RedfishError {
             RedfishError::Status { status, .. } if status >= 500 || status == 429 => {
                 AdapterError::Backend {
                     message: self.to_string(),
-                    source: None,
+                    source: Some(Box::new(self)),
                 }
             }
             RedfishError::Store(_) => AdapterError::Backend {
                 message: self.to_string(),
-                source: None,
+                source: Some(Box::new(self)),
             },
             RedfishError::RecordLost(m) => AdapterError::RecordLost(m),
             // Any other 4xx, a malformed answer or a failed task needs a person.
-            other => AdapterError::Config(other.to_string()),
+            RedfishError::Status { .. }
+            | RedfishError::Invalid { .. }
+            | RedfishError::TaskFailed { .. } => AdapterError::Config(self.to_string()),
         }
     }
 }

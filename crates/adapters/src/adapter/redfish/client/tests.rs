@@ -73,3 +73,78 @@ fn requests_stay_on_the_services_origin() {
         assert!(e.to_string().contains("outside its own origin"), "{e}");
     }
 }
+
+/// One of each kind of error.
+fn every_error() -> Vec<RedfishError> {
+    let url = || "https://bmc/redfish/v1".to_string();
+    let status = |status| RedfishError::Status {
+        method: "GET".into(),
+        url: url(),
+        status,
+        message: String::new(),
+    };
+    vec![
+        RedfishError::Auth(401),
+        RedfishError::AuthCoolDown(Duration::from_secs(1)),
+        RedfishError::Tls {
+            endpoint: url(),
+            detail: String::new(),
+        },
+        RedfishError::Connect {
+            url: url(),
+            detail: String::new(),
+        },
+        RedfishError::Timeout {
+            method: "GET".into(),
+            url: url(),
+        },
+        status(403),
+        status(404),
+        status(429),
+        status(503),
+        RedfishError::Invalid {
+            url: url(),
+            detail: String::new(),
+        },
+        RedfishError::TaskFailed {
+            url: url(),
+            state: "Exception".into(),
+            message: String::new(),
+        },
+        RedfishError::Config(String::new()),
+        RedfishError::Unsupported(String::new()),
+        RedfishError::Store(String::new()),
+        RedfishError::RecordLost(String::new()),
+        RedfishError::SessionExpired,
+    ]
+}
+
+#[test]
+fn transient_is_decided_once_and_the_engine_agrees() {
+    for e in every_error() {
+        let here = e.is_transient();
+        let text = e.to_string();
+        let engine = e.into_adapter();
+        assert_eq!(engine.is_transient(), here, "{text} → {engine:?}");
+    }
+}
+
+#[test]
+fn a_backend_failure_keeps_the_redfish_error_as_its_source() {
+    use std::error::Error as _;
+    let e = RedfishError::Status {
+        method: "POST".into(),
+        url: "https://bmc/redfish/v1/Systems/1/Actions/ComputerSystem.Reset".into(),
+        status: 503,
+        message: "busy".into(),
+    }
+    .into_adapter();
+    let source = e.source().expect("a source");
+    assert!(
+        matches!(
+            source.downcast_ref::<RedfishError>(),
+            Some(RedfishError::Status { status: 503, .. })
+        ),
+        "{source:?}"
+    );
+}
