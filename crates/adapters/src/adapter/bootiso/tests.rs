@@ -46,25 +46,10 @@ const ISOLINUX: &str =
     "DEFAULT install\nLABEL install\n  KERNEL /vmlinuz\n  APPEND console=ttyS0 quiet\n";
 const GRUB: &str = "menuentry install {\n  linux /vmlinuz quiet ---\n  initrd /initrd.gz\n}\n";
 
-/// An installer-shaped image: a kernel, an ISOLINUX and a GRUB menu, a payload.
-fn installer() -> Vec<u8> {
-    let files = vec![
-        file("vmlinuz", &[7u8; 5000]),
-        dir(
-            "isolinux",
-            vec![
-                file("isolinux.cfg", ISOLINUX.as_bytes()),
-                file("ldlinux.c32", &[1; 100]),
-            ],
-        ),
-        dir(
-            "boot",
-            vec![dir("grub", vec![file("grub.cfg", GRUB.as_bytes())])],
-        ),
-        file("os.img", &[9u8; 70_000]),
-    ];
+/// An ISO 9660 image (Rock Ridge and Joliet) of `files`, labelled `label`.
+fn image(label: &str, files: Vec<IsoFile>) -> Vec<u8> {
     let options = IsoFormatOptions {
-        volume_name: "OSPROV_INSTALL".into(),
+        volume_name: label.into(),
         system_id: None,
         volume_set_id: None,
         publisher_id: None,
@@ -84,8 +69,28 @@ fn installer() -> Vec<u8> {
         },
         options,
     )
-    .expect("an installer image");
+    .expect("an image");
     out.into_inner()
+}
+
+/// An installer-shaped image: a kernel, an ISOLINUX and a GRUB menu, a payload.
+fn installer() -> Vec<u8> {
+    let files = vec![
+        file("vmlinuz", &[7u8; 5000]),
+        dir(
+            "isolinux",
+            vec![
+                file("isolinux.cfg", ISOLINUX.as_bytes()),
+                file("ldlinux.c32", &[1; 100]),
+            ],
+        ),
+        dir(
+            "boot",
+            vec![dir("grub", vec![file("grub.cfg", GRUB.as_bytes())])],
+        ),
+        file("os.img", &[9u8; 70_000]),
+    ];
+    image("OSPROV_INSTALL", files)
 }
 
 /// The whole served image, as a BMC reads it.
@@ -253,27 +258,7 @@ async fn images_that_cannot_be_grown_are_refused_with_the_reason() {
         Err(BootIsoError::NotIso9660(_))
     ));
     // No kernel line anywhere: arguments cannot be placed.
-    let mut plain = Vec::new();
-    IsoImageWriter::create(
-        &mut Cursor::new(&mut plain),
-        InputFiles {
-            path_separator: PathSeparator::ForwardSlash,
-            files: vec![file("readme", b"hi")],
-        },
-        IsoFormatOptions {
-            volume_name: "X".into(),
-            system_id: None,
-            volume_set_id: None,
-            publisher_id: None,
-            preparer_id: None,
-            application_id: None,
-            sector_size: 2048,
-            path_separator: PathSeparator::ForwardSlash,
-            features: CreationFeatures::extensions(),
-            strict_charset: false,
-        },
-    )
-    .expect("image");
+    let plain = image("X", vec![file("readme", b"hi")]);
     let e = remaster(&Mem(plain.clone()), "u", &config(), Some("autoinstall")).await;
     assert!(matches!(e, Err(BootIsoError::NoBootMenu)), "{e:?}");
     assert!(!BootIsoError::NoBootMenu.is_transient());
